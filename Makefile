@@ -1,0 +1,34 @@
+# `make demo` and `make test` set everything up themselves on a fresh Debian machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@ldconfig -p | grep -q 'libturbojpeg\.so' || { \
+		echo "installing libturbojpeg0 (Debian) ..."; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libturbojpeg0; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/etl demo
+
+lint: setup
+	$(BIN)/ruff check etl tests benchmarks
+
+test: setup lint
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/compare.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

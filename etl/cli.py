@@ -1,0 +1,113 @@
+"""CLI: `etl convert`, `etl verify` and `etl demo`; user errors become one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from etl.settings import ENCODINGS, RESIZE_MODES, UsageError, build_settings
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _convert_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert an image folder into DIGITS/Caffe LMDB databases",
+                       description="Defaults follow the DIGITS ImageNet recipe: 224x224 squash, 3 channels, "
+                                   "JPEG q90, shuffled with a fixed seed, every core.")
+    p.add_argument("train_dir", help="folder with one sub-folder per class")
+    p.add_argument("out_dir", help="output folder (labels.txt, train_db/, val_db/, mean.binaryproto, ...)")
+    p.add_argument("--config", help="TOML preset (see conf/); options given here override it")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val-dir", help="separate validation folder with the same class names")
+    val.add_argument("--val-pct", type=float, help="validation share per class, in %% (default 25 without --val-dir)")
+    p.add_argument("--width", type=int, help="output width (default 224)")
+    p.add_argument("--height", type=int, help="output height (default 224)")
+    p.add_argument("--resize-mode", choices=RESIZE_MODES, help="how to reach the size (default squash)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="3 = RGB (default), 1 = grayscale")
+    p.add_argument("--encoding", choices=ENCODINGS, help="jpg (default), png or none (raw CHW BGR)")
+    p.add_argument("--quality", type=int, help="JPEG quality (default 90)")
+    p.add_argument("--seed", type=int, help="seed for the shuffle, the val split and noise padding")
+    p.add_argument("--no-shuffle", dest="shuffle", action="store_const", const=False, help="keep class order")
+    p.add_argument("--min-per-class", type=int, help="drop classes with fewer images")
+    p.add_argument("--max-per-class", type=int, help="use at most this many images of a class")
+    p.add_argument("--relative-paths", action="store_const", const=True,
+                   help="train.txt/val.txt paths relative to the source folder")
+    p.add_argument("--max-pixels", type=int, help="refuse images whose header claims more pixels")
+    p.add_argument("--workers", type=int, help="worker processes (default: every usable core)")
+    p.add_argument("--chunk-size", type=int, help="images per task sent to a worker (default 64)")
+    p.add_argument("--commit-every", type=int, help="records per LMDB transaction (default 1000)")
+    p.add_argument("--overwrite", action="store_const", const=True, help="replace a dataset already in OUT_DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="etl", description="Image folders to DIGITS/Caffe-compatible LMDB, on every core.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _convert_parser(sub)
+    v = sub.add_parser("verify", help="decode and check every record of a converted dataset")
+    v.add_argument("out_dir")
+    v.add_argument("--quiet", action="store_true")
+    d = sub.add_parser("demo", help="build a small ImageNet-like tree, convert it, verify it")
+    d.add_argument("--out", help="keep the demo here (default: a temporary folder)")
+    d.add_argument("--workers", type=int)
+    return parser
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from etl.pipeline import convert
+
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet")}
+    settings = build_settings(values, args.config)
+    report = convert(settings, progress=not args.quiet)
+    failed = sum(split["written"] == 0 for split in report["splits"].values())
+    return 1 if failed else 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from etl.verify import render, verify
+
+    if not Path(args.out_dir).is_dir():
+        raise UsageError(f"dataset folder not found: {args.out_dir}")
+    check = verify(args.out_dir, progress=not args.quiet)
+    print(render(check))
+    return 1 if check.problems else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from etl.pipeline import convert
+    from etl.synth import TreeSpec, make_tree
+    from etl.verify import render, verify
+
+    base = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="etl-demo-"))
+    t0 = time.monotonic()
+    print(f"demo: building an ImageNet-like tree in {base} ...")
+    make_tree(base / "train", TreeSpec(classes=8, per_class=60, seed=1))
+    make_tree(base / "val", TreeSpec(classes=8, per_class=10, seed=2, awkward=False))
+    print(f"demo: tree built in {time.monotonic() - t0:.1f} s; converting")
+    values = {"train_dir": str(base / "train"), "out_dir": str(base / "out"), "val_dir": str(base / "val"),
+              "workers": args.workers, "overwrite": True}
+    convert(build_settings(values))
+    check = verify(str(base / "out"))
+    print(render(check))
+    return 1 if check.problems else 0
+
+
+COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = make_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"etl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("etl: interrupted", file=sys.stderr)
+        return 130

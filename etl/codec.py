@@ -1,0 +1,148 @@
+"""Codec: decode any input image to RGB/gray pixels (libjpeg-turbo first, Pillow as fallback) and encode the output."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+from PIL import Image, ImageFile
+from turbojpeg import (
+    TJFLAG_ACCURATEDCT,
+    TJFLAG_STOPONWARNING,
+    TJPF_GRAY,
+    TJPF_RGB,
+    TJSAMP_420,
+    TJSAMP_GRAY,
+    TurboJPEG,
+)
+
+JPEG_MAGIC = b"\xff\xd8"
+
+
+class BadImage(Exception):
+    """The file cannot be turned into an image; the message is the reason reported."""
+
+
+class Decoded(NamedTuple):
+    """Pixels (H, W, channels) uint8, the source size before any DCT scaling, and a decoder warning."""
+
+    pixels: np.ndarray
+    src_w: int
+    src_h: int
+    warning: str | None
+
+
+# Given the source size, how much the JPEG decoder may shrink by DCT scaling (1, 2, 4 or 8).
+ScaleChooser = Callable[[int, int], int]
+
+
+class Codec:
+    """One per worker process: holds the TurboJPEG handle (its library lookup costs ~2.5 ms)."""
+
+    def __init__(self, channels: int, max_pixels: int) -> None:
+        self.tj = TurboJPEG()
+        self.channels = channels
+        self.max_pixels = max_pixels
+        self.pixel_format = TJPF_RGB if channels == 3 else TJPF_GRAY
+        # Pillow is only reached for files libjpeg-turbo refused or warned about: let it decode
+        # what is there (truncated files) rather than fail; the warning is still reported.
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        Image.MAX_IMAGE_PIXELS = None  # our own limit, checked before decoding, applies instead
+
+    def decode(self, data: bytes, choose_scale: ScaleChooser) -> Decoded:
+        if not data:
+            raise BadImage("empty file (0 bytes)")
+        if data.startswith(JPEG_MAGIC):
+            decoded = self._decode_jpeg(data, choose_scale)
+            if decoded is not None:
+                return decoded
+        return self._decode_pillow(data, warning=None)
+
+    def _check_size(self, width: int, height: int) -> None:
+        if width * height > self.max_pixels:
+            raise BadImage(f"image claims {width}x{height} pixels, over the limit of {self.max_pixels} (--max-pixels)")
+        if width < 1 or height < 1:
+            raise BadImage(f"image claims an empty size {width}x{height}")
+
+    def _decode_jpeg(self, data: bytes, choose_scale: ScaleChooser) -> Decoded | None:
+        """libjpeg-turbo, stopping at the first warning; None sends the file to Pillow."""
+        try:
+            width, height, _, _ = self.tj.decode_header(data)
+        except OSError:
+            return None  # unusual sampling factors or a damaged header: Pillow may still read it
+        self._check_size(width, height)
+        denom = choose_scale(width, height)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                pixels = self.tj.decode(data, pixel_format=self.pixel_format,
+                                        scaling_factor=(1, denom) if denom > 1 else None,
+                                        flags=TJFLAG_STOPONWARNING)
+            except OSError:
+                return None  # CMYK/YCCK ("Unsupported color conversion request") and the like
+        if caught:
+            # PyTurboJPEG 1.x can report a fatal error after a warning as a mere warning and hand
+            # back a half-written array: never trust it, decode again with Pillow.
+            return self._decode_pillow(data, warning=str(caught[0].message))
+        return Decoded(pixels, width, height, None)
+
+    def _decode_pillow(self, data: bytes, warning: str | None) -> Decoded:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                self._check_size(*im.size)
+                im.load()
+                pixels = self._to_array(im)
+                return Decoded(pixels, im.size[0], im.size[1], warning)
+        except BadImage:
+            raise
+        except Image.UnidentifiedImageError:
+            raise BadImage(f"not an image ({_sniff(data)})") from None
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+            raise BadImage(f"cannot decode: {exc}") from None
+
+    def _to_array(self, im: Image.Image) -> np.ndarray:
+        if im.mode.startswith("I;16") or im.mode == "I":
+            im = Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).astype(np.uint8))
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(white, rgba)
+        im = im.convert("RGB" if self.channels == 3 else "L")
+        return np.asarray(im).reshape(im.size[1], im.size[0], self.channels)
+
+    def encode(self, pixels: np.ndarray, encoding: str, quality: int) -> bytes:
+        """Encoded JPEG/PNG bytes from RGB (or gray) pixels, or raw CHW BGR bytes for 'none'."""
+        if encoding == "jpg":
+            sub = TJSAMP_420 if self.channels == 3 else TJSAMP_GRAY
+            # ACCURATEDCT: below q96 TurboJPEG would use the fast DCT; this matches Pillow's output.
+            return self.tj.encode(pixels, quality=quality, pixel_format=self.pixel_format,
+                                  jpeg_subsample=sub, flags=TJFLAG_ACCURATEDCT)
+        if encoding == "png":
+            ok, buf = cv2.imencode(".png", to_bgr(pixels))
+            if not ok:
+                raise BadImage("PNG encoding failed")
+            return buf.tobytes()
+        return chw_bgr_bytes(pixels)
+
+
+def to_bgr(pixels: np.ndarray) -> np.ndarray:
+    return pixels[:, :, ::-1] if pixels.shape[2] == 3 else pixels[:, :, 0]
+
+
+def chw_bgr_bytes(pixels: np.ndarray) -> bytes:
+    """Caffe's raw layout: channel planes, blue first."""
+    planes = pixels[:, :, ::-1] if pixels.shape[2] == 3 else pixels
+    return np.ascontiguousarray(planes.transpose(2, 0, 1)).tobytes()
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")):
+        return "HTML/XML text"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in data[:256]):
+        return "plain text"
+    return f"unknown format, starts {data[:4].hex()}"

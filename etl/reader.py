@@ -1,0 +1,95 @@
+"""Reader: a DIGITS/Caffe LMDB as a Python sequence of (HWC RGB uint8 array, label); a PyTorch Dataset as is."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import cv2
+import lmdb
+import numpy as np
+from turbojpeg import TJPF_GRAY, TJPF_RGB, TurboJPEG
+
+from etl.datum import Datum, decode_datum
+
+Sample = tuple[np.ndarray, int]
+
+
+def datum_pixels(datum: Datum, tj: TurboJPEG | None = None) -> np.ndarray:
+    """The record's image as (H, W, C) uint8, RGB order for 3 channels."""
+    if not datum.encoded:
+        chw = np.frombuffer(datum.data, dtype=np.uint8).reshape(datum.channels, datum.height, datum.width)
+        hwc = chw.transpose(1, 2, 0)
+        return np.ascontiguousarray(hwc[:, :, ::-1] if datum.channels == 3 else hwc)
+    if datum.data[:2] == b"\xff\xd8" and tj is not None:
+        fmt = TJPF_RGB if datum.channels == 3 else TJPF_GRAY
+        return tj.decode(datum.data, pixel_format=fmt)
+    flag = cv2.IMREAD_COLOR if datum.channels == 3 else cv2.IMREAD_GRAYSCALE
+    img = cv2.imdecode(np.frombuffer(datum.data, dtype=np.uint8), flag)
+    if img is None:
+        raise ValueError("record data is not a decodable image")
+    return img[:, :, ::-1].copy() if img.ndim == 3 else img[:, :, None]
+
+
+class LmdbDataset:
+    """Random access and iteration over one database; opens the environment lazily in each process."""
+
+    def __init__(self, path: str | os.PathLike[str], transform: Callable[[np.ndarray], Any] | None = None) -> None:
+        self.path = os.fspath(path)
+        if not os.path.isfile(os.path.join(self.path, "data.mdb")):
+            raise FileNotFoundError(f"no LMDB database at {self.path}")
+        self.transform = transform
+        self._env: lmdb.Environment | None = None
+        self._tj: TurboJPEG | None = None
+        self._pid = -1
+
+    def _open(self) -> lmdb.Environment:
+        if self._env is None or self._pid != os.getpid():  # never reuse an environment across fork()
+            self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, max_readers=512)
+            self._tj = TurboJPEG()
+            self._pid = os.getpid()
+        return self._env
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_env": None, "_tj": None, "_pid": -1}
+
+    def __len__(self) -> int:
+        return int(self._open().stat()["entries"])
+
+    def datum(self, index: int) -> Datum:
+        """The raw Datum of record `index` (keys are '%08d_<label>', so a range lookup finds it)."""
+        size = len(self)
+        if index < 0:
+            index += size
+        if not 0 <= index < size:
+            raise IndexError(f"record {index} out of range (database holds {size})")
+        prefix = b"%08d_" % index
+        with self._open().begin(buffers=False) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(prefix) or not cursor.key().startswith(prefix):
+                raise KeyError(f"no record with key prefix {prefix.decode()}")
+            return decode_datum(cursor.value())
+
+    def __getitem__(self, index: int) -> Sample:
+        datum = self.datum(index)
+        return self._sample(datum)
+
+    def _sample(self, datum: Datum) -> Sample:
+        pixels = datum_pixels(datum, self._tj)
+        return (self.transform(pixels) if self.transform else pixels), datum.label
+
+    def items(self) -> Iterator[tuple[bytes, Datum]]:
+        """(key, Datum) in key order: the order Caffe's Data layer reads."""
+        with self._open().begin() as txn:
+            for key, value in txn.cursor():
+                yield bytes(key), decode_datum(bytes(value))
+
+    def __iter__(self) -> Iterator[Sample]:
+        for _, datum in self.items():
+            yield self._sample(datum)
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None

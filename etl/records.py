@@ -1,0 +1,66 @@
+"""Records: the small typed values passed between pipeline stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Item(NamedTuple):
+    """One source image: its place in the write order, where it is, its label."""
+
+    index: int
+    path: str
+    label: int
+
+
+class Task(NamedTuple):
+    """A chunk of consecutive items handed to one worker."""
+
+    chunk_id: int
+    items: tuple[Item, ...]
+
+
+class Record(NamedTuple):
+    """One converted image, ready for the writer: a serialized Datum."""
+
+    index: int
+    label: int
+    path: str
+    value: bytes
+
+
+class Failure(NamedTuple):
+    """An image that was skipped, and why."""
+
+    path: str
+    reason: str
+
+
+STAGES = ("read", "decode", "resize", "encode", "datum")
+
+
+@dataclass
+class ChunkResult:
+    """What a worker returns for a task: records in item order, skips, warnings, pixel sum."""
+
+    chunk_id: int
+    records: list[Record] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    warnings: list[Failure] = field(default_factory=list)
+    pixel_sum: np.ndarray | None = None
+    bytes_read: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+
+class Progress(NamedTuple):
+    """The writer's word to the coordinator after it took a chunk, in order."""
+
+    chunk_id: int
+    written: int
+    failures: list[Failure]
+    warnings: list[Failure]
+    bytes_read: int
+    stage_seconds: dict[str, float]

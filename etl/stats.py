@@ -1,0 +1,106 @@
+"""Stats: per-split counters, the report.json written beside the databases, and the end-of-run summary."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from etl.records import STAGES, Failure, Progress
+from etl.writer import WriterSummary
+
+
+@dataclass
+class SplitStats:
+    """What happened to one database: counts, skips with reasons, time and CPU per stage."""
+
+    name: str
+    listed: int
+    written: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    warnings: list[Failure] = field(default_factory=list)
+    bytes_read: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    started: float = field(default_factory=time.monotonic)
+    wall_seconds: float = 0.0
+    writer: WriterSummary | None = None
+    coordinator_cpu_seconds: float = 0.0
+    worker_count: int = 0
+
+    def take(self, progress: Progress) -> None:
+        self.written += progress.written
+        self.failures.extend(progress.failures)
+        self.warnings.extend(progress.warnings)
+        self.bytes_read += progress.bytes_read
+        for stage, seconds in progress.stage_seconds.items():
+            self.stage_seconds[stage] += seconds
+
+    def finish(self, writer: WriterSummary, coordinator_cpu: float) -> None:
+        self.wall_seconds = time.monotonic() - self.started
+        self.writer = writer
+        self.coordinator_cpu_seconds = coordinator_cpu
+
+    @property
+    def images_per_second(self) -> float:
+        return self.written / self.wall_seconds if self.wall_seconds else 0.0
+
+    def to_json(self, labels: list[str]) -> dict[str, Any]:
+        per_label = self.writer.per_label if self.writer else {}
+        return {
+            "listed": self.listed,
+            "written": self.written,
+            "skipped": len(self.failures),
+            "decoded_with_warnings": len(self.warnings),
+            "per_class": {labels[i]: per_label.get(i, 0) for i in range(len(labels))},
+            "skipped_files": [{"path": f.path, "reason": f.reason} for f in self.failures],
+            "warning_files": [{"path": f.path, "reason": f.reason} for f in self.warnings],
+            "wall_seconds": round(self.wall_seconds, 3),
+            "images_per_second": round(self.images_per_second, 1),
+            "bytes_read": self.bytes_read,
+            "workers": self.worker_count,
+            "worker_cpu_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "coordinator_cpu_seconds": round(self.coordinator_cpu_seconds, 3),
+            "writer": asdict(self.writer) if self.writer else None,
+        }
+
+
+def write_report(out_dir: str, settings: dict[str, Any], labels: list[str], splits: list[SplitStats],
+                 notes: list[str]) -> dict[str, Any]:
+    report = {
+        "tool": "etl",
+        "settings": settings,
+        "labels": len(labels),
+        "notes": notes,
+        "splits": {s.name: s.to_json(labels) for s in splits},
+    }
+    path = Path(out_dir, "report.json")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+    return report
+
+
+def summary_text(out_dir: str, labels: list[str], splits: list[SplitStats], notes: list[str]) -> str:
+    """The one-screen summary printed at the end of a run."""
+    lines = [f"etl convert: {len(labels)} classes -> {out_dir}"]
+    for s in splits:
+        lines.append(f"  {s.name:5s} {s.written:>9,d} written  {len(s.failures):>6,d} skipped  "
+                     f"{len(s.warnings):>6,d} with warnings  {s.wall_seconds:8.1f} s  "
+                     f"{s.images_per_second:8.1f} img/s  ({s.worker_count} workers)")
+        lines.extend(_reasons(s))
+    lines.extend(f"  note: {n}" for n in notes)
+    lines.append(f"  report: {Path(out_dir, 'report.json')}")
+    return "\n".join(lines)
+
+
+def _reasons(s: SplitStats, shown: int = 5) -> list[str]:
+    lines = []
+    counts = Counter(f.reason.split(":")[0] for f in s.failures)
+    for reason, n in counts.most_common(shown):
+        lines.append(f"        skipped {n:>6,d}: {reason}")
+    for f in s.failures[:shown]:
+        lines.append(f"          e.g. {f.path}: {f.reason}")
+    return lines

@@ -1,0 +1,110 @@
+"""Transform: DIGITS' resize modes (squash, crop, fill, half_crop) with an antialiased, cheap resize."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+
+class Geometry(NamedTuple):
+    """How one source size becomes the target: resize to (resize_w, resize_h), then crop or pad."""
+
+    resize_w: int
+    resize_h: int
+    crop_x: int  # offset of the kept window in the resized image (crop, half_crop)
+    crop_y: int
+    pad_x: int  # noise columns on each side (fill, half_crop)
+    pad_y: int  # noise rows on each side
+
+
+def plan_geometry(src_w: int, src_h: int, width: int, height: int, mode: str) -> Geometry:
+    """The same arithmetic as DIGITS' digits.utils.image.resize_image, for each mode."""
+    if mode == "squash" or (src_w, src_h) == (width, height):
+        return Geometry(width, height, 0, 0, 0, 0)
+    wr, hr = src_w / width, src_h / height
+    if mode == "crop":
+        if wr > hr:
+            rw, rh = int(round(src_w / hr)), height
+            return Geometry(rw, rh, int(round((rw - width) / 2.0)), 0, 0, 0)
+        rw, rh = width, int(round(src_h / wr))
+        return Geometry(rw, rh, 0, int(round((rh - height) / 2.0)), 0, 0)
+    if mode == "fill":
+        if wr > hr:
+            rw, rh = width, int(round(src_h / wr))
+            rh += (height - rh) % 2
+        else:
+            rw, rh = int(round(src_w / hr)), height
+            rw += (width - rw) % 2
+        return Geometry(rw, rh, 0, 0, (width - rw) // 2, (height - rh) // 2)
+    if mode == "half_crop":
+        ratio = (wr + hr) / 2.0
+        rw, rh = int(round(src_w / ratio)), int(round(src_h / ratio))
+        if wr > hr:
+            rh += (height - rh) % 2
+            return Geometry(rw, rh, int(round((rw - width) / 2.0)), 0, 0, (height - rh) // 2)
+        rw += (width - rw) % 2
+        return Geometry(rw, rh, 0, int(round((rh - height) / 2.0)), (width - rw) // 2, 0)
+    raise ValueError(f"unknown resize mode {mode!r}")
+
+
+def resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Antialiased downscale: bilinear to twice the target, then an exact 2x2 box average.
+
+    cv2's INTER_AREA is slow for non-integer ratios and INTER_LINEAR alone aliases; this pair
+    costs about half of INTER_AREA and scores above Pillow's BILINEAR in PSNR (see README).
+    """
+    src_h, src_w, channels = pixels.shape
+    if (src_w, src_h) == (width, height):
+        return pixels
+    if src_w <= width and src_h <= height:
+        out = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
+    else:
+        doubled = cv2.resize(pixels, (2 * width, 2 * height), interpolation=cv2.INTER_LINEAR)
+        out = cv2.resize(doubled, (width, height), interpolation=cv2.INTER_AREA)
+    return out.reshape(height, width, channels)  # cv2 drops a single channel axis
+
+
+def noise_rng(seed: int, split_code: int, index: int) -> np.random.Generator:
+    """Noise for one image depends only on the seed and its place, not on which worker runs it."""
+    return np.random.default_rng([seed, split_code, index])
+
+
+def apply_geometry(pixels: np.ndarray, geo: Geometry, width: int, height: int,
+                   rng: np.random.Generator | None) -> np.ndarray:
+    """Resize, then crop the long side and/or pad the short side with random noise."""
+    out = resize(pixels, geo.resize_w, geo.resize_h)
+    if geo.crop_x or geo.resize_w > width:
+        out = out[:, geo.crop_x: geo.crop_x + width]
+    if geo.crop_y or geo.resize_h > height:
+        out = out[geo.crop_y: geo.crop_y + height]
+    if geo.pad_x or geo.pad_y:
+        out = _pad_with_noise(out, geo, rng or np.random.default_rng())
+    return np.ascontiguousarray(out)
+
+
+def _pad_with_noise(img: np.ndarray, geo: Geometry, rng: np.random.Generator) -> np.ndarray:
+    if geo.pad_y:
+        shape = (geo.pad_y,) + img.shape[1:]
+        img = np.concatenate([_noise(rng, shape), img, _noise(rng, shape)], axis=0)
+    if geo.pad_x:
+        shape = (img.shape[0], geo.pad_x) + img.shape[2:]
+        img = np.concatenate([_noise(rng, shape), img, _noise(rng, shape)], axis=1)
+    return img
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.integers(0, 255, size=shape, dtype=np.uint8)
+
+
+def dct_scale(src_w: int, src_h: int, geo: Geometry) -> int:
+    """Largest JPEG DCT downscale (8, 4, 2 or 1) that keeps at least 2x the resize target.
+
+    libjpeg-turbo 2.1 only has fast scaled IDCTs for 1/2, 1/4 and 1/8; keeping the remaining
+    resize at 2x or more makes the result near-identical to a full-size decode.
+    """
+    for denom in (8, 4, 2):
+        if src_w // denom >= 2 * geo.resize_w and src_h // denom >= 2 * geo.resize_h:
+            return denom
+    return 1
