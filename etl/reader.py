@@ -45,7 +45,12 @@ class LmdbDataset:
         self._pid = -1
 
     def _open(self) -> lmdb.Environment:
-        if self._env is None or self._pid != os.getpid():  # never reuse an environment across fork()
+        if self._env is not None and self._pid != os.getpid():
+            # Forked (a DataLoader worker): LMDB environments must not be used across fork(), and
+            # py-lmdb refuses a second open of the same files, so drop the inherited one first.
+            self._env.close()
+            self._env = None
+        if self._env is None:
             self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, max_readers=512)
             self._tj = TurboJPEG()
             self._pid = os.getpid()

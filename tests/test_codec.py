@@ -1,0 +1,108 @@
+"""Decoding every accepted kind of input, channel conversion, and the three output encodings."""
+
+import io
+import re
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from etl.codec import BadImage, Codec, chw_bgr_bytes
+from etl.synth import awkward_files, photo_like
+
+from .conftest import gradient, jpeg
+
+FULL = lambda w, h: 1  # noqa: E731 - no DCT scaling
+
+
+@pytest.fixture(scope="module")
+def rgb_codec():
+    return Codec(channels=3, max_pixels=10_000_000)
+
+
+def test_jpeg_decodes_with_dct_scaling(rgb_codec):
+    data = jpeg(gradient(800, 600), quality=95)
+    full = rgb_codec.decode(data, FULL)
+    half = rgb_codec.decode(data, lambda w, h: 2)
+    assert full.pixels.shape == (600, 800, 3) and (full.src_w, full.src_h) == (800, 600)
+    assert half.pixels.shape == (300, 400, 3) and (half.src_w, half.src_h) == (800, 600)
+    assert full.warning is None
+
+
+@pytest.mark.parametrize("name", sorted(awkward_files(np.random.default_rng(0))))
+def test_awkward_but_valid_files_decode(rgb_codec, name):
+    data = awkward_files(np.random.default_rng(0))[name]
+    out = rgb_codec.decode(data, FULL)
+    assert out.pixels.ndim == 3 and out.pixels.shape[2] == 3 and out.pixels.dtype == np.uint8
+
+
+def test_cmyk_jpeg_colours_survive(rgb_codec):
+    base = np.zeros((64, 64, 3), np.uint8)
+    base[:, :, 0] = 220  # red
+    cmyk = io.BytesIO()
+    Image.fromarray(base).convert("CMYK").save(cmyk, "JPEG", quality=95)
+    out = rgb_codec.decode(cmyk.getvalue(), FULL).pixels
+    assert out[32, 32, 0] > 180 and out[32, 32, 1] < 40 and out[32, 32, 2] < 40
+
+
+def test_transparency_is_composited_on_white(rgb_codec):
+    rgba = np.zeros((10, 10, 4), np.uint8)  # fully transparent black
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+    assert (rgb_codec.decode(buf.getvalue(), FULL).pixels == 255).all()
+
+
+def test_gray_output_from_colour_input():
+    codec = Codec(channels=1, max_pixels=10_000_000)
+    px = np.full((20, 30, 3), (200, 100, 50), np.uint8)
+    out = codec.decode(jpeg(px, quality=95), FULL).pixels
+    assert out.shape == (20, 30, 1)
+    assert abs(int(out[10, 10, 0]) - 124) <= 3  # ITU-R 601 luma of (200,100,50)
+
+
+def test_png_named_jpeg_and_16_bit_png(rgb_codec):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(buf, "PNG")
+    assert (rgb_codec.decode(buf.getvalue(), FULL).pixels == 255).all()
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"", "empty file"),
+    (b"<!DOCTYPE html><html><body>404</body></html>", "not an image (HTML"),
+    (b"hello world, this is text", "not an image (plain text)"),
+])
+def test_non_images_are_refused_with_a_reason(rgb_codec, data, reason):
+    with pytest.raises(BadImage, match=re.escape(reason)):
+        rgb_codec.decode(data, FULL)
+
+
+def test_pixel_limit_refuses_before_decoding():
+    codec = Codec(channels=3, max_pixels=1000)
+    with pytest.raises(BadImage, match="over the limit"):
+        codec.decode(jpeg(gradient(100, 100)), FULL)
+
+
+def test_encodings(rgb_codec):
+    px = photo_like(np.random.default_rng(1), 64, 48)
+    jpg = rgb_codec.encode(px, "jpg", 90)
+    png = rgb_codec.encode(px, "png", 90)
+    raw = rgb_codec.encode(px, "none", 90)
+    ours_err = np.abs(np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")).astype(int) - px).mean()
+    pil_err = np.abs(np.asarray(Image.open(io.BytesIO(jpeg(px, quality=90))).convert("RGB")).astype(int) - px).mean()
+    assert ours_err <= pil_err * 1.05  # as faithful as Pillow's own quality-90 save
+    assert Image.open(io.BytesIO(jpg)).info.get("progressive") is None
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), px)  # lossless, RGB
+    chw = np.frombuffer(raw, np.uint8).reshape(3, 48, 64)
+    np.testing.assert_array_equal(chw[0], px[:, :, 2])  # blue plane first
+    np.testing.assert_array_equal(chw[2], px[:, :, 0])
+    assert raw == chw_bgr_bytes(px)
+
+
+def test_jpeg_is_420_and_matches_pillow_q90(rgb_codec):
+    px = photo_like(np.random.default_rng(2), 224, 224)
+    ours = rgb_codec.encode(px, "jpg", 90)
+    pil = jpeg(px, quality=90)
+    a = cv2.imdecode(np.frombuffer(ours, np.uint8), cv2.IMREAD_COLOR).astype(int)
+    b = cv2.imdecode(np.frombuffer(pil, np.uint8), cv2.IMREAD_COLOR).astype(int)
+    assert np.abs(a - b).max() <= 2  # same quantisation and 4:2:0 sampling as DIGITS' PIL save

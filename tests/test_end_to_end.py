@@ -1,0 +1,197 @@
+"""A generated tree through `etl convert`, read back by independent decoders and by etl.reader."""
+
+import io
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import lmdb
+import numpy as np
+import pytest
+from PIL import Image
+
+from etl.reader import LmdbDataset
+
+from .test_cli import run_cli
+
+
+def all_records(db: Path) -> list[tuple[bytes, bytes]]:
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    with env.begin() as txn:
+        pairs = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+    env.close()
+    return pairs
+
+
+def on_white(im: Image.Image) -> Image.Image:
+    """Pillow's own view of the image, transparency composited on white as the contract says."""
+    if im.mode in ("RGBA", "LA", "P"):
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255**2 / mse)
+
+
+@pytest.fixture(scope="module")
+def converted(small_tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "ds"
+    proc = run_cli("convert", str(small_tree / "train"), str(out), "--val-dir", str(small_tree / "val"),
+                   "--workers", "2", "--chunk-size", "5")
+    assert proc.returncode == 0, proc.stderr
+    return small_tree, out, proc
+
+
+def test_layout_and_labels(converted):
+    tree, out, proc = converted
+    for name in ("labels.txt", "train.txt", "val.txt", "mean.binaryproto", "mean.jpg", "report.json",
+                 "train_db/data.mdb", "train_db/lock.mdb", "val_db/data.mdb"):
+        assert (out / name).exists(), name
+    labels = (out / "labels.txt").read_text().splitlines()
+    assert labels == sorted(p.name for p in (tree / "train").iterdir())
+    assert "etl convert: 3 classes" in proc.stdout and "report:" in proc.stdout
+
+
+def test_every_record_read_by_protobuf_pillow_and_opencv(converted, caffe_pb2):
+    tree, out, _ = converted
+    labels = (out / "labels.txt").read_text().splitlines()
+    for split in ("train", "val"):
+        lines = (out / f"{split}.txt").read_text(encoding="utf-8").splitlines()
+        pairs = all_records(out / f"{split}_db")
+        sources = list((tree / split).rglob("*.*"))
+        assert len(pairs) == len(lines) == len(sources)  # the awkward kinds are all valid images
+        for i, ((key, value), line) in enumerate(zip(pairs, lines, strict=True)):
+            datum = caffe_pb2.Datum()
+            datum.ParseFromString(value)
+            path, label = line.rsplit(" ", 1)
+            assert key == b"%08d_%d" % (i, datum.label)
+            assert datum.label == int(label) and Path(path).relative_to(tree / split).parts[0] == labels[datum.label]
+            assert (datum.channels, datum.height, datum.width, datum.encoded) == (3, 224, 224, True)
+            pil = np.asarray(Image.open(io.BytesIO(datum.data)).convert("RGB"))
+            ocv = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+            assert pil.shape == ocv.shape == (224, 224, 3)
+            reference = np.asarray(on_white(Image.open(path)).resize((224, 224), Image.LANCZOS))
+            assert psnr(pil, reference) > 24, path  # the right picture, in RGB order, under this key
+
+
+def test_mean_is_valid_blobproto_and_matches_records(converted, caffe_pb2):
+    _, out, _ = converted
+    blob = caffe_pb2.BlobProto()
+    blob.ParseFromString((out / "mean.binaryproto").read_bytes())
+    assert (blob.num, blob.channels, blob.height, blob.width) == (1, 3, 224, 224)
+    mean_bgr = np.array(blob.data, np.float32).reshape(3, 224, 224)
+    decoded = np.mean([np.asarray(img, np.float64) for img, _ in LmdbDataset(out / "train_db")], axis=0)
+    # records are JPEG q90 of the pixels that were averaged: close, not equal
+    assert np.abs(mean_bgr[::-1].transpose(1, 2, 0) - decoded).mean() < 2.0
+    jpg = np.asarray(Image.open(out / "mean.jpg"))
+    assert jpg.shape == (224, 224, 3) and np.abs(jpg.astype(float) - decoded).mean() < 3.0
+
+
+def test_reader_random_access_and_pickling(converted):
+    _, out, _ = converted
+    ds = LmdbDataset(out / "train_db")
+    items = list(ds)
+    assert len(ds) == len(items)
+    img, label = ds[3]
+    np.testing.assert_array_equal(img, items[3][0])
+    assert label == items[3][1] and ds[-1][1] == items[-1][1]
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    clone = pickle.loads(pickle.dumps(ds))
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        labels = list(pool.map(_label_of, [clone] * 4, range(4)))  # a spawn DataLoader's workers
+    assert labels == [items[i][1] for i in range(4)]
+    read, write = os.pipe()
+    pid = os.fork()  # a fork DataLoader's workers use the parent's object, environment already open
+    if pid == 0:
+        os.write(write, b"%d" % ds[5][1])
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert int(os.read(read, 16)) == items[5][1]
+    ds.close()
+
+
+def _label_of(ds: LmdbDataset, i: int) -> int:
+    return ds[i][1]
+
+
+def test_verify_passes(converted):
+    _, out, _ = converted
+    proc = run_cli("verify", str(out))
+    assert proc.returncode == 0 and "etl verify: OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_worker_count_does_not_change_a_byte(small_tree, tmp_path):
+    outs = []
+    for workers in ("1", "3"):
+        out = tmp_path / f"w{workers}"
+        proc = run_cli("convert", str(small_tree / "train"), str(out), "--val-pct", "20", "--workers", workers,
+                       "--chunk-size", "3", "--resize-mode", "fill", "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        outs.append(out)
+    a, b = outs
+    for split in ("train_db", "val_db"):
+        assert all_records(a / split) == all_records(b / split)
+    for name in ("train.txt", "val.txt", "labels.txt", "mean.binaryproto", "mean.jpg"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(("encoding", "channels", "mode"), [("none", 3, "crop"), ("png", 1, "half_crop"),
+                                                            ("jpg", 1, "squash")])
+def test_encodings_channels_and_modes_end_to_end(small_tree, tmp_path, caffe_pb2, encoding, channels, mode):
+    out = tmp_path / "o"
+    proc = run_cli("convert", str(small_tree / "val"), str(out), "--val-pct", "0", "--encoding", encoding,
+                   "--channels", str(channels), "--resize-mode", mode, "--width", "96", "--height", "64", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    key, value = all_records(out / "train_db")[0]
+    ds = LmdbDataset(out / "train_db")
+    assert all(img.shape == (64, 96, channels) for img, _ in ds) and len(ds) == 9
+    datum = caffe_pb2.Datum()
+    datum.ParseFromString(value)
+    assert (datum.channels, datum.height, datum.width) == (channels, 64, 96)
+    assert datum.HasField("encoded") is (encoding != "none")
+    if encoding == "none":  # raw records are CHW BGR: reversing the planes gives the reader's RGB
+        chw = np.frombuffer(datum.data, np.uint8).reshape(3, 64, 96)
+        np.testing.assert_array_equal(chw[::-1].transpose(1, 2, 0), ds[0][0])
+    if encoding == "png":
+        assert datum.data[:4] == b"\x89PNG"
+    assert run_cli("verify", str(out), "--quiet").returncode == 0
+
+
+def test_verify_fails_on_a_damaged_database(small_tree, tmp_path):
+    out = tmp_path / "o"
+    assert run_cli("convert", str(small_tree / "val"), str(out), "--val-pct", "0", "--quiet").returncode == 0
+    env = lmdb.open(str(out / "train_db"))
+    with env.begin(write=True) as txn:
+        key = next(iter(txn.cursor()))[0]
+        txn.put(key, b"\x08\x03\x10\xe0\x01\x18\xe0\x01\x22\x04abcd\x28\x00\x38\x01")  # not a JPEG
+        last = list(txn.cursor().iternext(values=False))[-1]
+        txn.delete(last)
+    env.close()
+    proc = run_cli("verify", str(out), "--quiet")
+    assert proc.returncode == 1
+    assert "FAILED" in proc.stdout and "does not decode" in proc.stdout and "report.json says" in proc.stdout
+
+
+def test_existing_dataset_is_not_overwritten(small_tree, tmp_path):
+    out = tmp_path / "o"
+    args = [str(small_tree / "val"), str(out), "--val-pct", "0", "--quiet"]
+    assert run_cli("convert", *args).returncode == 0
+    before = (out / "train.txt").read_bytes()
+    proc = run_cli("convert", *args, "--width", "32")
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert (out / "train.txt").read_bytes() == before
+    assert run_cli("convert", *args, "--width", "32", "--overwrite").returncode == 0
+
+
+def test_console_script_and_module_are_the_same_cli():
+    proc = subprocess.run([sys.executable, "-m", "etl", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "convert" in proc.stdout and "verify" in proc.stdout

@@ -1,0 +1,80 @@
+"""Scanning folders: labels in byte order, nesting, extensions, splits and per-class limits."""
+
+from pathlib import Path
+
+import pytest
+
+from etl.settings import Settings, UsageError
+from etl.sources import plan, scan_tree
+
+
+def touch(root: Path, *names: str) -> None:
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+
+def test_classes_sorted_in_byte_order_and_nested_folders_flattened(tmp_path):
+    touch(tmp_path, "b/1.jpg", "B/2.JPEG", "a/deep/er/3.PnG", "a/4.bmp", "a/5.txt", "_/6.ppm", "c/7.PGM",
+          "loose.jpg")
+    tree = scan_tree(str(tmp_path))
+    assert list(tree) == ["B", "_", "a", "b", "c"]  # uppercase before '_' before lowercase
+    assert tree["a"] == ["a/4.bmp", "a/deep/er/3.PnG"]  # .txt ignored, nested kept
+    assert tree["c"] == ["c/7.PGM"]
+
+
+def settings(tmp_path, **kw) -> Settings:
+    return Settings(train_dir=str(tmp_path / "train"), out_dir=str(tmp_path / "out"), **kw)
+
+
+def test_val_pct_is_per_class_and_labels_follow_the_class(tmp_path):
+    for c, n in (("x", 8), ("y", 4)):
+        touch(tmp_path / "train", *(f"{c}/{i}.jpg" for i in range(n)))
+    job = plan(settings(tmp_path, val_pct=25.0))
+    train, val = job.splits
+    assert job.labels == ["x", "y"]
+    assert sorted(i.path.split("/")[0] for i in val.items) == ["x", "x", "y"]
+    assert len(train.items) == 9
+    for item in train.items + val.items:
+        assert job.labels[item.label] == item.path.split("/")[0]
+    assert [i.index for i in train.items] == list(range(9))
+    assert not {i.path for i in train.items} & {i.path for i in val.items}
+
+
+def test_default_is_digits_25_pct_and_same_seed_same_order(tmp_path):
+    touch(tmp_path / "train", *(f"c{c}/{i}.jpg" for c in range(3) for i in range(20)))
+    a, b = plan(settings(tmp_path)), plan(settings(tmp_path))
+    assert len(a.splits[1].items) == 15
+    assert a.splits[0].items == b.splits[0].items
+    c = plan(settings(tmp_path, seed=2))
+    assert [i.path for i in c.splits[0].items] != [i.path for i in a.splits[0].items]
+
+
+def test_min_and_max_per_class(tmp_path):
+    touch(tmp_path / "train", *(f"big/{i}.jpg" for i in range(10)), "small/0.jpg")
+    job = plan(settings(tmp_path, val_pct=0.0, min_per_class=2, max_per_class=4))
+    assert job.labels == ["big"]
+    assert len(job.splits[0].items) == 4
+    assert any("small" in note for note in job.notes)
+
+
+def test_val_folder_must_use_train_class_names(tmp_path):
+    touch(tmp_path / "train", "a/1.jpg", "b/1.jpg")
+    touch(tmp_path / "val", "a/v.jpg", "zzz/v.jpg")
+    with pytest.raises(UsageError, match="zzz"):
+        plan(settings(tmp_path, val_dir=str(tmp_path / "val")))
+
+
+def test_val_folder_labels(tmp_path):
+    touch(tmp_path / "train", "a/1.jpg", "b/1.jpg")
+    touch(tmp_path / "val", "b/v.jpg")
+    job = plan(settings(tmp_path, val_dir=str(tmp_path / "val")))
+    assert [(i.path, i.label) for i in job.splits[1].items] == [("b/v.jpg", 1)]
+    assert any("no val images" in n for n in job.notes)
+
+
+def test_empty_tree_is_a_usage_error(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(UsageError, match="no images"):
+        plan(settings(tmp_path))

@@ -1,0 +1,66 @@
+"""Resize modes: DIGITS' geometry, output shapes, content placement, deterministic noise."""
+
+import numpy as np
+import pytest
+
+from etl.transform import Geometry, apply_geometry, dct_scale, noise_rng, plan_geometry, resize
+
+from .conftest import gradient
+
+
+@pytest.mark.parametrize(("mode", "src", "expected"), [
+    ("squash", (500, 375), Geometry(224, 224, 0, 0, 0, 0)),
+    ("crop", (500, 375), Geometry(299, 224, 38, 0, 0, 0)),
+    ("crop", (375, 500), Geometry(224, 299, 0, 38, 0, 0)),
+    ("fill", (500, 375), Geometry(224, 168, 0, 0, 0, 28)),
+    ("fill", (375, 500), Geometry(168, 224, 0, 0, 28, 0)),
+    ("half_crop", (500, 375), Geometry(256, 192, 16, 0, 0, 16)),
+    ("half_crop", (100, 50), Geometry(299, 150, 38, 0, 0, 37)),  # odd padding bumped to even, as DIGITS does
+])
+def test_geometry_matches_digits_arithmetic(mode, src, expected):
+    assert plan_geometry(*src, 224, 224, mode) == expected
+
+
+@pytest.mark.parametrize("mode", ["squash", "crop", "fill", "half_crop"])
+@pytest.mark.parametrize("src", [(500, 375), (375, 500), (100, 40), (224, 224), (2000, 90)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_mode_reaches_the_target_shape(mode, src, channels):
+    pixels = gradient(*src)[:, :, :channels].copy()
+    geo = plan_geometry(*src, 224, 160, mode)
+    out = apply_geometry(pixels, geo, 224, 160, noise_rng(0, 0, 0))
+    assert out.shape == (160, 224, channels)
+    assert out.dtype == np.uint8
+
+
+def test_crop_keeps_the_centre():
+    pixels = gradient(600, 300)  # red rises left to right
+    out = apply_geometry(pixels, plan_geometry(600, 300, 100, 100, "crop"), 100, 100, None)
+    # the resized image is 200 wide; the kept window is its middle half: red from ~1/4 to ~3/4 of 255
+    assert 50 < out[50, 0, 0] < 80 and 175 < out[50, -1, 0] < 205
+
+
+def test_fill_pads_with_seeded_noise_around_the_image():
+    pixels = np.full((100, 400, 3), 200, np.uint8)
+    geo = plan_geometry(400, 100, 200, 200, "fill")
+    a = apply_geometry(pixels, geo, 200, 200, noise_rng(5, 0, 11))
+    b = apply_geometry(pixels, geo, 200, 200, noise_rng(5, 0, 11))
+    c = apply_geometry(pixels, geo, 200, 200, noise_rng(5, 0, 12))
+    assert geo.pad_y == 75
+    assert (a[75:125] == 200).all()  # the image itself, untouched by noise
+    assert a[:75].std() > 30 and a[125:].std() > 30  # noise, not a flat border
+    np.testing.assert_array_equal(a, b)  # same seed and index: same noise, whichever worker runs it
+    assert not np.array_equal(a, c)
+
+
+def test_resize_is_antialiased():
+    # a 1-pixel checkerboard must average to grey, not alias into stripes
+    board = (np.indices((448 * 3, 448 * 3)).sum(axis=0) % 2 * 255).astype(np.uint8)[:, :, None]
+    out = resize(board, 224, 224)
+    assert out.shape == (224, 224, 1)
+    assert abs(float(out.mean()) - 127.5) < 2 and out.std() < 10
+
+
+def test_dct_scale_keeps_twice_the_target():
+    assert dct_scale(4000, 3000, Geometry(224, 224, 0, 0, 0, 0)) == 4  # 1000x750 >= 448
+    assert dct_scale(500, 375, Geometry(224, 224, 0, 0, 0, 0)) == 1
+    assert dct_scale(1000, 1000, Geometry(224, 224, 0, 0, 0, 0)) == 2
