@@ -21,6 +21,9 @@ from etl.writer import WriterSpec, WriterSummary, writer_main
 DATASET_FILES = ("labels.txt", "train.txt", "val.txt", "mean.binaryproto", "mean.jpg", "report.json")
 DATASET_DIRS = ("train_db", "val_db")
 POLL_SECONDS = 0.2
+# fork starts workers ~0.3 s sooner than spawn (no re-import of numpy, cv2, Pillow): it is safe here
+# because the coordinator holds no LMDB environment and runs no threads when it starts them.
+START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 
 
 class PipelineError(Exception):
@@ -64,7 +67,7 @@ def chunks(split: Split, size: int) -> list[Task]:
 
 def run_split(split: Split, s: Settings, out: Path, progress: bool) -> SplitStats:
     """Workers convert chunks in parallel; the writer puts them in order; we feed and watch."""
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context(START_METHOD)
     workers = max(1, min(s.worker_count, len(split.items) // s.chunk_size + 1))
     window = 4 * workers + 4  # chunks issued but not yet written: bounds the writer's reorder buffer
     task_q, result_q, progress_q = ctx.Queue(maxsize=2 * workers), ctx.Queue(maxsize=window), ctx.Queue()

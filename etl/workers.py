@@ -6,7 +6,8 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import cv2
@@ -79,10 +80,20 @@ class ImageConverter:
         return result
 
     def _convert(self, item: Item, result: ChunkResult) -> None:
-        spec, clock, times = self.spec, time.perf_counter, result.stage_seconds
-        t0 = clock()
-        data = read_file(os.path.join(spec.root, item.path))
+        t0 = time.perf_counter()
+        data = read_file(os.path.join(self.spec.root, item.path))
         result.bytes_read += len(data)
+        result.stage_seconds["read"] += time.perf_counter() - t0
+        value, pixels, warning = self.convert_bytes(data, item, result.stage_seconds)
+        result.records.append(Record(item.index, item.label, item.path, value))
+        if result.pixel_sum is not None:
+            np.add(result.pixel_sum, pixels, out=result.pixel_sum)
+        if warning:
+            result.warnings.append(Failure(item.path, warning))
+
+    def convert_bytes(self, data: bytes, item: Item, times: dict[str, float]) -> tuple[bytes, np.ndarray, str | None]:
+        """File bytes -> (serialized Datum, the pixels it holds, decoder warning); adds stage times."""
+        spec, clock = self.spec, time.perf_counter
         t1 = clock()
         decoded = self.codec.decode(data, self._scale_chooser)
         t2 = clock()
@@ -93,17 +104,12 @@ class ImageConverter:
         payload = self.codec.encode(pixels, spec.encoding, spec.quality)
         t4 = clock()
         value = encode_datum(spec.channels, spec.height, spec.width, payload, item.label, spec.encoding != "none")
-        result.records.append(Record(item.index, item.label, item.path, value))
-        if result.pixel_sum is not None:
-            np.add(result.pixel_sum, pixels, out=result.pixel_sum)
-        if decoded.warning:
-            result.warnings.append(Failure(item.path, decoded.warning))
         t5 = clock()
-        times["read"] += t1 - t0
         times["decode"] += t2 - t1
         times["resize"] += t3 - t2
         times["encode"] += t4 - t3
         times["datum"] += t5 - t4
+        return value, pixels, decoded.warning
 
     def _scale_chooser(self, src_w: int, src_h: int) -> int:
         s = self.spec
@@ -122,17 +128,17 @@ def worker_main(spec: WorkSpec, task_q: Any, result_q: Any) -> None:
 class WorkerPool:
     """Starts, watches and stops the worker processes of one split."""
 
-    def __init__(self, ctx: SpawnContext, count: int, spec: WorkSpec, task_q: Any, result_q: Any) -> None:
+    def __init__(self, ctx: BaseContext, count: int, spec: WorkSpec, task_q: Any, result_q: Any) -> None:
         self.ctx, self.spec, self.task_q, self.result_q = ctx, spec, task_q, result_q
-        self.procs: list[SpawnProcess] = [self._start(i) for i in range(count)]
+        self.procs: list[BaseProcess] = [self._start(i) for i in range(count)]
 
-    def _start(self, number: int) -> SpawnProcess:
+    def _start(self, number: int) -> BaseProcess:
         proc = self.ctx.Process(target=worker_main, args=(self.spec, self.task_q, self.result_q),
                                 name=f"etl-worker-{number}", daemon=True)
         proc.start()
         return proc
 
-    def dead(self) -> list[SpawnProcess]:
+    def dead(self) -> list[BaseProcess]:
         return [p for p in self.procs if p.exitcode is not None]
 
     def pids(self) -> list[int]:

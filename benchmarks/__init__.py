@@ -1,0 +1,1 @@
+"""Benchmarks: the baselines and the harness that compares etl against them."""
