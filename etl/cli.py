@@ -42,7 +42,15 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="worker processes (default: every usable core)")
     p.add_argument("--chunk-size", type=int, help="images per task sent to a worker (default 64)")
     p.add_argument("--commit-every", type=int, help="records per LMDB transaction (default 1000)")
+    p.add_argument("--strict", action="store_const", const=True,
+                   help="skip images libjpeg decodes only with a warning (truncated, corrupt data)")
+    p.add_argument("--on-error", choices=("skip", "fail"), help="skip bad files and report them (default) "
+                   "or stop at the first one")
+    p.add_argument("--image-timeout", type=float, help="seconds one image may take before its worker is "
+                   "replaced (default 120)")
     p.add_argument("--overwrite", action="store_const", const=True, help="replace a dataset already in OUT_DIR")
+    p.add_argument("--resume", action="store_const", const=True,
+                   help="continue an interrupted run (same arguments) exactly where it stopped")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -102,12 +110,20 @@ COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from etl.pipeline import Interrupted, PipelineError
+
     try:
         args = make_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UsageError as exc:
         print(f"etl: error: {exc}", file=sys.stderr)
         return 2
+    except PipelineError as exc:
+        print(f"etl: error: {exc}", file=sys.stderr)
+        return 1
+    except Interrupted as exc:
+        print(f"etl: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("etl: interrupted", file=sys.stderr)
         return 130

@@ -3,39 +3,57 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import queue
+import pickle
 import shutil
+import signal
 import time
+from collections import deque
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from etl.checkpoint import CHECKPOINT_DIR, Checkpoint, plan_digest
 from etl.records import Progress, Task
 from etl.settings import Settings, UsageError
-from etl.sources import Plan, Split, plan
+from etl.sources import Split, plan
 from etl.stats import SplitStats, summary_text, write_report
-from etl.workers import WorkerPool, WorkSpec
-from etl.writer import WriterSpec, WriterSummary, writer_main
+from etl.workers import WorkerHandle, WorkerPool, WorkSpec
+from etl.writer import END, Ready, WriterError, WriterSpec, WriterSummary, writer_main
 
 DATASET_FILES = ("labels.txt", "train.txt", "val.txt", "mean.binaryproto", "mean.jpg", "report.json")
-DATASET_DIRS = ("train_db", "val_db")
+DATASET_DIRS = ("train_db", "val_db", CHECKPOINT_DIR)
 POLL_SECONDS = 0.2
+MAX_CHUNK_RETRIES = 3
 # fork starts workers ~0.3 s sooner than spawn (no re-import of numpy, cv2, Pillow): it is safe here
 # because the coordinator holds no LMDB environment and runs no threads when it starts them.
 START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 
 
 class PipelineError(Exception):
-    """The run could not finish (a process died); the message says what happened."""
+    """The run could not finish (the writer failed); the message says what happened."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, SIGTERM or --on-error fail: the run stopped early with its work committed."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def prepare_output(s: Settings) -> Path:
     """Create the output folder; never silently replace a dataset already there."""
     out = Path(s.out_dir)
     existing = [n for n in DATASET_FILES + DATASET_DIRS if (out / n).exists()]
+    if s.resume:
+        if not (out / CHECKPOINT_DIR).is_dir():
+            raise UsageError(f"nothing to resume in {out}: no checkpoint from an earlier run")
+        return out
     if existing and not s.overwrite:
-        raise UsageError(f"{out} already holds a dataset ({existing[0]}): pass --overwrite to replace it")
+        raise UsageError(f"{out} already holds a dataset ({existing[0]}): pass --resume to continue it "
+                         "or --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
     for name in existing:
         path = out / name
@@ -43,18 +61,32 @@ def prepare_output(s: Settings) -> Path:
     return out
 
 
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def convert(s: Settings, progress: bool = True) -> dict[str, Any]:
     """Build every database of the dataset; returns the report (also written to report.json)."""
     job = plan(s)
     out = prepare_output(s)
+    checkpoint = Checkpoint(out)
+    digests = {sp.name: plan_digest(sp.items) for sp in job.splits}
+    if s.resume:
+        checkpoint.check_resume(s.output_settings(), digests)
+    else:
+        checkpoint.start_job(s.output_settings(), digests)
     (out / "labels.txt").write_text("".join(f"{name}\n" for name in job.labels), encoding="utf-8",
                                     errors="surrogateescape")
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     done: list[SplitStats] = []
-    for split in job.splits:
-        done.append(run_split(split, s, out, progress))
+    try:
+        for split in job.splits:
+            done.append(SplitRun(split, s, out, progress).run())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not any(sp.name == "val" for sp in job.splits):
         (out / "val.txt").write_text("")
-    report = write_report(str(out), s.output_settings(), job.labels, done, job.notes)
+    report = write_report(str(out), s.output_settings(), job.labels, done, job.notes, resumed=s.resume)
     if progress:
         print(summary_text(str(out), job.labels, done, job.notes))
     return report
@@ -65,76 +97,205 @@ def chunks(split: Split, size: int) -> list[Task]:
     return [Task(k, tuple(items[start:start + size])) for k, start in enumerate(range(0, len(items), size))]
 
 
-def run_split(split: Split, s: Settings, out: Path, progress: bool) -> SplitStats:
-    """Workers convert chunks in parallel; the writer puts them in order; we feed and watch."""
-    ctx = mp.get_context(START_METHOD)
-    workers = max(1, min(s.worker_count, len(split.items) // s.chunk_size + 1))
-    window = 4 * workers + 4  # chunks issued but not yet written: bounds the writer's reorder buffer
-    task_q, result_q, progress_q = ctx.Queue(maxsize=2 * workers), ctx.Queue(maxsize=window), ctx.Queue()
-    wspec = WriterSpec(str(out / f"{split.name}_db"), str(out / f"{split.name}.txt"), split.root,
-                       s.relative_paths, s.commit_every, str(out) if split.name == "train" else None)
-    stats = SplitStats(split.name, len(split.items), worker_count=workers)
-    cpu0 = time.process_time()
-    writer = ctx.Process(target=writer_main, args=(wspec, result_q, progress_q), name="etl-writer", daemon=True)
-    writer.start()
-    pool = WorkerPool(ctx, workers, WorkSpec.for_split(s, split.name, split.root), task_q, result_q)
-    bar = tqdm(total=len(split.items), desc=split.name, unit="img", disable=not progress, smoothing=0.05)
-    try:
-        _feed_and_watch(chunks(split, s.chunk_size), window, task_q, progress_q, pool, writer, stats, bar)
-        pool.stop()
-        result_q.put(None)
-        summary = _await_summary(progress_q, writer)
-        writer.join()
-    finally:
-        bar.close()
-        pool.kill()
-        if writer.is_alive():
-            writer.kill()
-    stats.finish(summary, time.process_time() - cpu0)
-    return stats
+def exit_reason(code: int | None) -> str:
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        name = signal.Signals(-code).name
+        return f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return f"exited with code {code}"
 
 
-def _feed_and_watch(tasks: list[Task], window: int, task_q: Any, progress_q: Any, pool: WorkerPool,
-                    writer: Any, stats: SplitStats, bar: tqdm) -> None:
-    issued = written = 0
-    while written < len(tasks):
-        while issued < len(tasks) and issued - written < window:
+class SplitRun:
+    """Feeds one split's chunks to the workers, forwards results to the writer, replaces lost workers."""
+
+    def __init__(self, split: Split, s: Settings, out: Path, progress: bool) -> None:
+        self.split, self.s, self.out = split, s, out
+        self.tasks = chunks(split, s.chunk_size)
+        self.workers = max(1, min(s.worker_count, len(self.tasks)))
+        self.window = 4 * self.workers + 4  # chunks ahead of the writer: bounds its reorder buffer
+        self.stats = SplitStats(split.name, len(split.items), worker_count=self.workers)
+        self.bar = tqdm(total=len(split.items), desc=split.name, unit="img", disable=not progress,
+                        smoothing=0.05, delay=0.1)
+        self.retry: deque[Task] = deque()
+        self.image_deaths: dict[int, int] = {}
+        self.chunk_deaths: dict[int, int] = {}
+
+    def run(self) -> SplitStats:
+        ctx = mp.get_context(START_METHOD)
+        writer_in, self.to_writer = ctx.Pipe(duplex=False)
+        self.from_writer, writer_out = ctx.Pipe(duplex=False)
+        wspec = WriterSpec(self.split.name, str(self.out), self.split.root, self.s.relative_paths,
+                           self.s.commit_every, self.s.resume, write_mean=self.split.name == "train")
+        cpu0 = time.process_time()
+        self.writer = ctx.Process(target=writer_main, args=(wspec, writer_in, writer_out), name="etl-writer",
+                                  daemon=True)
+        self.writer.start()
+        writer_in.close()
+        writer_out.close()
+        self.pool: WorkerPool | None = None
+        try:
+            ready = self._from_writer_until(Ready)
+            self._take_ready(ready)
+            self.pool = WorkerPool(ctx, self.workers, WorkSpec.for_split(self.s, self.split.name, self.split.root))
+            self._feed_and_watch(ready.start_chunk)
+            summary = self._finish(complete=True)
+        except KeyboardInterrupt:
+            self._stop_early()
+            raise Interrupted(self._interrupt_message("interrupted"), 130) from None
+        except Interrupted:
+            self._stop_early()
+            raise
+        finally:
+            self.bar.close()
+            if self.pool is not None:
+                self.pool.kill()
+            if self.writer.is_alive():
+                self.writer.kill()
+        self.stats.finish(summary, time.process_time() - cpu0)
+        return self.stats
+
+    def _take_ready(self, ready: Ready) -> None:
+        st = self.stats
+        st.written, st.failures, st.warnings = ready.state.records, list(ready.skipped), list(ready.warned)
+        st.bytes_read, st.stage_seconds = ready.state.bytes_read, dict(ready.state.stage_seconds)
+        st.resumed_from = ready.state.records
+        self.bar.update(st.written + len(st.failures))
+
+    def _feed_and_watch(self, start_chunk: int) -> None:
+        assert self.pool is not None
+        self.next_new = self.written = start_chunk
+        while self.written < len(self.tasks):
+            self._issue()
+            handles = {h.conn: h for h in self.pool.handles}
+            sentinels = {h.proc.sentinel: h for h in self.pool.handles}
+            ready = wait([*handles, *sentinels, self.from_writer, self.writer.sentinel], timeout=POLL_SECONDS)
+            for conn in ready:
+                if conn in handles:
+                    self._forward(handles[conn])
+            for sentinel in ready:
+                if sentinel in sentinels and sentinels[sentinel] in self.pool.handles:
+                    self._lost(sentinels[sentinel], exit_reason(sentinels[sentinel].proc.exitcode))
+            self._check_hung()
+            self._drain_writer()
+
+    def _issue(self) -> None:
+        assert self.pool is not None
+        while (self.retry or (self.next_new < len(self.tasks) and self.next_new - self.written < self.window)):
+            handle = self.pool.free()
+            if handle is None:
+                return
+            if self.retry:
+                handle.give(self.retry.popleft())
+            else:
+                handle.give(self.tasks[self.next_new])
+                self.next_new += 1
+
+    def _forward(self, handle: WorkerHandle) -> None:
+        """Pass a finished chunk's bytes straight to the writer (no unpickling here)."""
+        try:
+            data = handle.conn.recv_bytes()
+        except (EOFError, OSError):
+            handle.proc.join(1.0)
+            self._lost(handle, exit_reason(handle.proc.exitcode))
+            return
+        handle.tasks.popleft()
+        self.to_writer.send_bytes(data)
+
+    def _lost(self, handle: WorkerHandle, reason: str) -> None:
+        """A worker died or hung: replace it; retry its image once, then report it as failed."""
+        assert self.pool is not None
+        while handle.tasks and handle.conn.poll():  # results it finished before dying still count
             try:
-                task_q.put_nowait(tasks[issued])
-            except queue.Full:
+                self.to_writer.send_bytes(handle.conn.recv_bytes())
+                handle.tasks.popleft()
+            except (EOFError, OSError):
                 break
-            issued += 1
-        try:
-            msg: Progress = progress_q.get(timeout=POLL_SECONDS)
-        except queue.Empty:
-            _check_alive(pool, writer)
-            continue
-        stats.take(msg)
-        written += 1
-        bar.update(msg.written + len(msg.failures))
+        item, _ = handle.image_in_hand()
+        held = self.pool.replace(handle)
+        if held:
+            held[0] = self._after_death(held[0], item, reason)
+        self.retry.extendleft(reversed(held))
+        self.stats.worker_losses.append(reason)
+
+    def _after_death(self, task: Task, item: int, reason: str) -> Task:
+        give_up = dict(task.give_up)
+        if any(it.index == item for it in task.items):
+            self.image_deaths[item] = self.image_deaths.get(item, 0) + 1
+            if self.image_deaths[item] >= 2:
+                give_up[item] = f"worker process failed twice on this image (last: it {reason})"
+        else:
+            self.chunk_deaths[task.chunk_id] = self.chunk_deaths.get(task.chunk_id, 0) + 1
+            if self.chunk_deaths[task.chunk_id] >= MAX_CHUNK_RETRIES:
+                give_up.update({it.index: f"worker process failed repeatedly (last: it {reason})"
+                                for it in task.items})
+        return task._replace(give_up=give_up)
+
+    def _check_hung(self) -> None:
+        assert self.pool is not None
+        for handle in list(self.pool.handles):
+            item, seconds = handle.image_in_hand()
+            if item >= 0 and seconds > self.s.image_timeout:
+                handle.proc.kill()
+                handle.proc.join(2.0)
+                self._lost(handle, f"hung over {self.s.image_timeout:g} s on one image (--image-timeout)")
+
+    def _drain_writer(self) -> None:
+        while self.from_writer.poll():
+            msg = self.from_writer.recv()
+            if isinstance(msg, WriterError):
+                raise PipelineError(msg.message)
+            if isinstance(msg, Progress):
+                self._take(msg)
+        if self.writer.exitcode is not None and not self.from_writer.poll():
+            raise PipelineError(f"the LMDB writer {exit_reason(self.writer.exitcode)}; run again with --resume")
+
+    def _take(self, msg: Progress) -> None:
+        self.stats.take(msg)
+        self.written += 1
+        self.bar.update(msg.written + len(msg.failures))
         if msg.failures:
-            bar.set_postfix(skipped=len(stats.failures), refresh=False)
+            self.bar.set_postfix(skipped=len(self.stats.failures), refresh=False)
+            if self.s.on_error == "fail":
+                bad = msg.failures[0]
+                raise Interrupted(f"stopped at the first bad file (--on-error fail): {bad.path}: {bad.reason}", 1)
 
+    def _from_writer_until(self, kind: type) -> Any:
+        """Wait for the writer's next message of `kind`, taking progress on the way."""
+        while True:
+            if not self.from_writer.poll(POLL_SECONDS):
+                if self.writer.exitcode is not None:
+                    raise PipelineError(f"the LMDB writer {exit_reason(self.writer.exitcode)}")
+                continue
+            msg = self.from_writer.recv()
+            if isinstance(msg, WriterError):
+                raise PipelineError(msg.message)
+            if isinstance(msg, Progress):
+                self._take(msg)
+            elif isinstance(msg, kind):
+                return msg
 
-def _check_alive(pool: WorkerPool, writer: Any) -> None:
-    if writer.exitcode is not None:
-        raise PipelineError(f"the LMDB writer process exited unexpectedly (exit code {writer.exitcode})")
-    dead = pool.dead()
-    if dead:
-        raise PipelineError(f"worker process {dead[0].name} exited unexpectedly (exit code {dead[0].exitcode})")
+    def _finish(self, complete: bool) -> WriterSummary:
+        if self.pool is not None:
+            self.pool.stop()
+        if complete:
+            self.to_writer.send_bytes(pickle.dumps("done"))
+        self.to_writer.send_bytes(END)
+        summary = self._from_writer_until(WriterSummary)
+        self.writer.join(10.0)
+        return summary
 
-
-def _await_summary(progress_q: Any, writer: Any) -> WriterSummary:
-    while True:
+    def _stop_early(self) -> None:
+        """Kill the workers, let the writer commit every chunk it can write in order."""
+        if self.pool is not None:
+            self.pool.kill()
+            self.pool = None
         try:
-            msg = progress_q.get(timeout=POLL_SECONDS)
-        except queue.Empty:
-            if writer.exitcode is not None:
-                raise PipelineError(f"the LMDB writer exited before finishing (exit code {writer.exitcode})") from None
-            continue
-        if isinstance(msg, WriterSummary):
-            return msg
+            if self.writer.is_alive():
+                self.stats.writer = self._finish(complete=False)
+        except (PipelineError, Interrupted, KeyboardInterrupt, OSError):
+            pass
 
-
-def describe(job: Plan) -> str:
-    return ", ".join(f"{sp.name} {len(sp.items):,d}" for sp in job.splits)
+    def _interrupt_message(self, what: str) -> str:
+        return (f"{what}: {self.split.name} has {self.stats.written:,d} of {len(self.split.items):,d} images "
+                "written and committed; run the same command with --resume to continue")

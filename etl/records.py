@@ -17,10 +17,11 @@ class Item(NamedTuple):
 
 
 class Task(NamedTuple):
-    """A chunk of consecutive items handed to one worker."""
+    """A chunk of consecutive items handed to one worker; give_up: items not to try again, and why."""
 
     chunk_id: int
     items: tuple[Item, ...]
+    give_up: dict[int, str] = {}
 
 
 class Record(NamedTuple):

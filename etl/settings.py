@@ -46,10 +46,14 @@ class Settings:
     max_per_class: int | None = None
     relative_paths: bool = False
     max_pixels: int = 178_956_970  # Pillow's own decompression-bomb limit
+    strict: bool = False  # refuse images libjpeg decodes only with a warning
+    on_error: str = "skip"  # or "fail": stop at the first bad file
+    image_timeout: float = 120.0  # seconds one image may take before its worker is replaced
     workers: int = 0  # 0 = every usable core
     chunk_size: int = 64
     commit_every: int = 1000
     overwrite: bool = False
+    resume: bool = False
 
     @property
     def worker_count(self) -> int:
@@ -64,7 +68,7 @@ class Settings:
 
     def output_settings(self) -> dict[str, Any]:
         """The options that decide the bytes written (not how fast they are written)."""
-        skip = {"workers", "commit_every", "overwrite", "out_dir"}
+        skip = {"workers", "commit_every", "overwrite", "out_dir", "on_error", "image_timeout", "resume"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
@@ -160,6 +164,12 @@ def _check_counts(s: Settings) -> None:
         raise UsageError(f"--chunk-size must be from 1 to 4096, got {s.chunk_size}")
     if s.commit_every < 1:
         raise UsageError(f"--commit-every must be at least 1, got {s.commit_every}")
+    if s.on_error not in ("skip", "fail"):
+        raise UsageError(f"--on-error must be skip or fail, got '{s.on_error}'")
+    if not s.image_timeout > 0:
+        raise UsageError(f"--image-timeout must be above 0 seconds, got {s.image_timeout:g}")
+    if s.resume and s.overwrite:
+        raise UsageError("give either --resume or --overwrite, not both")
     if s.max_pixels < 1:
         raise UsageError(f"--max-pixels must be at least 1, got {s.max_pixels}")
 

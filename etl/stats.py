@@ -29,6 +29,8 @@ class SplitStats:
     writer: WriterSummary | None = None
     coordinator_cpu_seconds: float = 0.0
     worker_count: int = 0
+    resumed_from: int = 0  # records already in the database when this run started
+    worker_losses: list[str] = field(default_factory=list)  # why each replaced worker went
 
     def take(self, progress: Progress) -> None:
         self.written += progress.written
@@ -45,7 +47,8 @@ class SplitStats:
 
     @property
     def images_per_second(self) -> float:
-        return self.written / self.wall_seconds if self.wall_seconds else 0.0
+        """Throughput of this run alone (records a resumed run found already written do not count)."""
+        return (self.written - self.resumed_from) / self.wall_seconds if self.wall_seconds else 0.0
 
     def to_json(self, labels: list[str]) -> dict[str, Any]:
         per_label = self.writer.per_label if self.writer else {}
@@ -54,13 +57,15 @@ class SplitStats:
             "written": self.written,
             "skipped": len(self.failures),
             "decoded_with_warnings": len(self.warnings),
-            "per_class": {labels[i]: per_label.get(i, 0) for i in range(len(labels))},
+            "per_class": {labels[i]: per_label.get(str(i), 0) for i in range(len(labels))},
             "skipped_files": [{"path": f.path, "reason": f.reason} for f in self.failures],
             "warning_files": [{"path": f.path, "reason": f.reason} for f in self.warnings],
             "wall_seconds": round(self.wall_seconds, 3),
             "images_per_second": round(self.images_per_second, 1),
             "bytes_read": self.bytes_read,
             "workers": self.worker_count,
+            "resumed_from": self.resumed_from,
+            "workers_replaced": self.worker_losses,
             "worker_cpu_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "coordinator_cpu_seconds": round(self.coordinator_cpu_seconds, 3),
             "writer": asdict(self.writer) if self.writer else None,
@@ -68,9 +73,10 @@ class SplitStats:
 
 
 def write_report(out_dir: str, settings: dict[str, Any], labels: list[str], splits: list[SplitStats],
-                 notes: list[str]) -> dict[str, Any]:
+                 notes: list[str], resumed: bool = False) -> dict[str, Any]:
     report = {
         "tool": "etl",
+        "resumed": resumed,
         "settings": settings,
         "labels": len(labels),
         "notes": notes,
@@ -90,6 +96,10 @@ def summary_text(out_dir: str, labels: list[str], splits: list[SplitStats], note
         lines.append(f"  {s.name:5s} {s.written:>9,d} written  {len(s.failures):>6,d} skipped  "
                      f"{len(s.warnings):>6,d} with warnings  {s.wall_seconds:8.1f} s  "
                      f"{s.images_per_second:8.1f} img/s  ({s.worker_count} workers)")
+        if s.resumed_from:
+            lines.append(f"        resumed: {s.resumed_from:,d} records were already written")
+        if s.worker_losses:
+            lines.append(f"        {len(s.worker_losses)} worker processes replaced, e.g. one {s.worker_losses[0]}")
         lines.extend(_reasons(s))
     lines.extend(f"  note: {n}" for n in notes)
     lines.append(f"  report: {Path(out_dir, 'report.json')}")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -37,11 +41,12 @@ class WorkSpec:
     seed: int
     max_pixels: int
     sum_pixels: bool  # the train split feeds the mean image
+    strict: bool = False  # refuse images that decode only with a warning
 
     @classmethod
     def for_split(cls, s: Settings, name: str, root: str) -> WorkSpec:
         return cls(root, SPLIT_CODES[name], s.width, s.height, s.resize_mode, s.channels,
-                   s.encoding, s.quality, s.seed, s.max_pixels, sum_pixels=(name == "train"))
+                   s.encoding, s.quality, s.seed, s.max_pixels, sum_pixels=(name == "train"), strict=s.strict)
 
 
 def read_file(path: str) -> bytes:
@@ -63,9 +68,11 @@ def read_file(path: str) -> bytes:
 class ImageConverter:
     """Turns items into Datum records; one per worker process."""
 
-    def __init__(self, spec: WorkSpec) -> None:
+    def __init__(self, spec: WorkSpec, fault: Callable[[str], None] | None = None, slot: Slot | None = None) -> None:
         self.spec = spec
         self.codec = Codec(spec.channels, spec.max_pixels)
+        self.fault = fault
+        self.slot = slot
 
     def run_chunk(self, task: Task) -> ChunkResult:
         spec = self.spec
@@ -73,18 +80,33 @@ class ImageConverter:
         if spec.sum_pixels:
             result.pixel_sum = np.zeros((spec.height, spec.width, spec.channels), dtype=np.uint32)
         for item in task.items:
+            if item.index in task.give_up:
+                result.failures.append(Failure(item.path, task.give_up[item.index]))
+                continue
+            self._hold(item.index)
             try:
                 self._convert(item, result)
             except BadImage as exc:
                 result.failures.append(Failure(item.path, str(exc)))
+        self._hold(-1)
         return result
+
+    def _hold(self, index: int) -> None:
+        if self.slot is not None:
+            self.slot.since.value = time.monotonic()
+            self.slot.item.value = index
 
     def _convert(self, item: Item, result: ChunkResult) -> None:
         t0 = time.perf_counter()
-        data = read_file(os.path.join(self.spec.root, item.path))
+        path = os.path.join(self.spec.root, item.path)
+        if self.fault is not None:
+            self.fault(path)
+        data = read_file(path)
         result.bytes_read += len(data)
         result.stage_seconds["read"] += time.perf_counter() - t0
         value, pixels, warning = self.convert_bytes(data, item, result.stage_seconds)
+        if warning and self.spec.strict:
+            raise BadImage(f"decoded only with a warning (--strict): {warning}")
         result.records.append(Record(item.index, item.label, item.path, value))
         if result.pixel_sum is not None:
             np.add(result.pixel_sum, pixels, out=result.pixel_sum)
@@ -116,45 +138,122 @@ class ImageConverter:
         return dct_scale(src_w, src_h, plan_geometry(src_w, src_h, s.width, s.height, s.resize_mode))
 
 
-def worker_main(spec: WorkSpec, task_q: Any, result_q: Any) -> None:
-    """A worker's life: take chunks until the None sentinel, send each result to the writer."""
+class FaultHook:
+    """Test-only fault injection: ETL_TEST_FAULTS="crash=a.jpg,hang=b.jpg,exit=c.jpg,crash_once=d.jpg".
+
+    crash sends the worker SIGSEGV, exit calls os._exit(3), hang sleeps for an hour; *_once
+    variants fire only the first time (a marker file in ETL_TEST_FAULT_DIR remembers).
+    """
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.rules = dict(rule.split("=", 1)[::-1] for rule in env.get("ETL_TEST_FAULTS", "").split(",") if "=" in rule)
+        self.marker_dir = env.get("ETL_TEST_FAULT_DIR", "")
+
+    def __call__(self, path: str) -> None:
+        action = self.rules.get(os.path.basename(path))
+        if action is None:
+            return
+        if action.endswith("_once"):
+            marker = os.path.join(self.marker_dir, os.path.basename(path) + ".fired")
+            if os.path.exists(marker):
+                return
+            open(marker, "w").close()
+            action = action[: -len("_once")]
+        if action == "crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif action == "exit":
+            os._exit(3)
+        elif action == "hang":
+            time.sleep(3600)
+
+
+class Slot(NamedTuple):
+    """Shared memory one worker writes and the coordinator reads: the image in hand, since when."""
+
+    item: Any  # multiprocessing.Value('q'): the item index, -1 between images
+    since: Any  # multiprocessing.Value('d'): time.monotonic() when it began
+
+
+def worker_main(spec: WorkSpec, conn: Connection, slot: Slot) -> None:
+    """A worker's life: take chunks from its pipe until None, send each result back pickled."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     cv2.setNumThreads(1)  # one image per core: OpenCV's own threads would only contend
-    converter = ImageConverter(spec)
-    while (task := task_q.get()) is not None:
-        result_q.put(converter.run_chunk(task))
+    converter = ImageConverter(spec, FaultHook(dict(os.environ)), slot)
+    parent = os.getppid()
+    while True:
+        if not conn.poll(1.0):
+            if os.getppid() != parent:
+                return  # the coordinator died: do not linger as an orphan
+            continue
+        task = conn.recv()
+        if task is None:
+            return
+        conn.send_bytes(pickle.dumps(converter.run_chunk(task), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+class WorkerHandle:
+    """One worker process, its pipe, its slot, and the tasks it holds in the order it got them."""
+
+    def __init__(self, ctx: BaseContext, number: int, spec: WorkSpec) -> None:
+        self.conn, child_conn = ctx.Pipe()
+        self.slot = Slot(ctx.Value("q", -1, lock=False), ctx.Value("d", 0.0, lock=False))
+        self.proc: BaseProcess = ctx.Process(target=worker_main, args=(spec, child_conn, self.slot),
+                                             name=f"etl-worker-{number}", daemon=True)
+        self.proc.start()
+        child_conn.close()
+        self.tasks: deque[Task] = deque()
+
+    def give(self, task: Task) -> None:
+        self.conn.send(task)
+        self.tasks.append(task)
+
+    def image_in_hand(self) -> tuple[int, float]:
+        """(item index, seconds on it) or (-1, 0) between images."""
+        item = self.slot.item.value
+        return (item, time.monotonic() - self.slot.since.value) if item >= 0 else (-1, 0.0)
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(2.0)
+        self.conn.close()
 
 
 class WorkerPool:
-    """Starts, watches and stops the worker processes of one split."""
+    """Starts, replaces and stops the worker processes of one split; each holds at most 2 tasks."""
 
-    def __init__(self, ctx: BaseContext, count: int, spec: WorkSpec, task_q: Any, result_q: Any) -> None:
-        self.ctx, self.spec, self.task_q, self.result_q = ctx, spec, task_q, result_q
-        self.procs: list[BaseProcess] = [self._start(i) for i in range(count)]
+    def __init__(self, ctx: BaseContext, count: int, spec: WorkSpec, per_worker: int = 2) -> None:
+        self.ctx, self.spec, self.per_worker = ctx, spec, per_worker
+        self.started = 0
+        self.handles: list[WorkerHandle] = [self._start() for _ in range(count)]
 
-    def _start(self, number: int) -> BaseProcess:
-        proc = self.ctx.Process(target=worker_main, args=(self.spec, self.task_q, self.result_q),
-                                name=f"etl-worker-{number}", daemon=True)
-        proc.start()
-        return proc
+    def _start(self) -> WorkerHandle:
+        self.started += 1
+        return WorkerHandle(self.ctx, self.started, self.spec)
 
-    def dead(self) -> list[BaseProcess]:
-        return [p for p in self.procs if p.exitcode is not None]
+    def free(self) -> WorkerHandle | None:
+        """The least loaded worker with room for a task, if any."""
+        best = min(self.handles, key=lambda h: len(h.tasks))
+        return best if len(best.tasks) < self.per_worker else None
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs if p.pid is not None]
+    def replace(self, dead: WorkerHandle) -> list[Task]:
+        """Swap a dead (or killed) worker for a fresh one; returns the tasks it held."""
+        dead.kill()
+        self.handles[self.handles.index(dead)] = self._start()
+        return list(dead.tasks)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask each worker to finish (sentinel), then make sure none is left behind."""
-        for _ in self.procs:
-            self.task_q.put(None)
+        """Ask each worker to finish (None), then make sure none is left behind."""
+        for h in self.handles:
+            try:
+                h.conn.send(None)
+            except OSError:
+                pass
         deadline = time.monotonic() + timeout
-        for proc in self.procs:
-            proc.join(max(0.1, deadline - time.monotonic()))
+        for h in self.handles:
+            h.proc.join(max(0.1, deadline - time.monotonic()))
         self.kill()
 
     def kill(self) -> None:
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.kill()
-            proc.join(1.0)
+        for h in self.handles:
+            h.kill()

@@ -2,34 +2,64 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import queue
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lmdb
 import numpy as np
 from PIL import Image
 
+from etl.checkpoint import Checkpoint, SplitState, skips_before, truncate_lines
 from etl.datum import encode_blobproto
-from etl.records import ChunkResult, Progress
+from etl.records import ChunkResult, Failure, Progress
 
 INITIAL_MAP_SIZE = 1 << 30  # grows by doubling; the file is sparse, so this is not disk used
 APPEND_LIMIT = 10**8  # '%08d' keys stay in byte order below this; append mode needs that
+END = b""  # the coordinator's "no more chunks" on the data pipe
 
 
 @dataclass(frozen=True)
 class WriterSpec:
     """Where one split's database and list file go, and how often to commit."""
 
-    db_path: str
-    list_path: str
+    split: str
+    out_dir: str
     source_root: str
     relative_paths: bool
     commit_every: int
-    mean_dir: str | None  # the train writer also writes mean.binaryproto and mean.jpg
+    resume: bool
+    write_mean: bool  # the train writer also writes mean.binaryproto and mean.jpg
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.out_dir, f"{self.split}_db")
+
+    @property
+    def list_path(self) -> Path:
+        return Path(self.out_dir, f"{self.split}.txt")
+
+
+class Ready(NamedTuple):
+    """The writer's first word: the chunk to start from and what earlier runs already did."""
+
+    start_chunk: int
+    state: SplitState
+    skipped: list[Failure]
+    warned: list[Failure]
+
+
+class WriterError(NamedTuple):
+    """The writer cannot go on (disk full, I/O error); the database holds the last commit."""
+
+    message: str
 
 
 @dataclass
@@ -37,78 +67,121 @@ class WriterSummary:
     """The writer's last word: what it wrote and what writing cost."""
 
     written: int = 0
-    per_label: dict[int, int] = field(default_factory=dict)
     commits: int = 0
     map_size: int = 0
     data_bytes: int = 0
     cpu_seconds: float = 0.0
     put_seconds: float = 0.0
     commit_seconds: float = 0.0
+    per_label: dict[str, int] = field(default_factory=dict)
 
 
 class LmdbWriter:
-    """Keys '%08d_%d' % (write_index, label), values as given, committed every N records."""
+    """Keys '%08d_%d' % (write_index, label), values as given; commits follow the checkpoint protocol."""
 
     def __init__(self, spec: WriterSpec) -> None:
         self.spec = spec
-        Path(spec.db_path).mkdir(parents=True, exist_ok=True)
+        self.checkpoint = Checkpoint(spec.out_dir)
+        spec.db_path.mkdir(parents=True, exist_ok=True)
         # metasync=False keeps ACI on a crash (LMDB may lose the last commit, never corrupt);
         # sync stays on, writemap stays off: both would risk corruption on power loss.
-        self.env = lmdb.open(spec.db_path, map_size=INITIAL_MAP_SIZE, metasync=False,
-                             max_dbs=0, readahead=False)
-        self.list_file = open(spec.list_path, "w", encoding="utf-8", errors="surrogateescape")
+        self.env = lmdb.open(str(spec.db_path), map_size=INITIAL_MAP_SIZE, metasync=False, max_dbs=0,
+                             readahead=False)
         self.batch: list[tuple[bytes, bytes]] = []
         self.lines: list[str] = []
+        self.skip_lines: list[str] = []
         self.summary = WriterSummary()
+        self.state = SplitState()
         self.mean_sum: np.ndarray | None = None
+
+    def open(self) -> Ready:
+        """Start fresh, or pick up exactly where the last commit of an earlier run left off."""
+        skips: list[dict[str, Any]] = []
+        skip_path = self.checkpoint.path(f"{self.spec.split}.skipped.jsonl")
+        if self.spec.resume:
+            self.state = self.checkpoint.state_for(self.spec.split, self.env.stat()["entries"])
+            truncate_lines(self.spec.list_path, self.state.records)
+            skips = skips_before(skip_path, self.state.chunks)
+            if self.spec.write_mean:
+                self.mean_sum = self.checkpoint.load_sum(self.spec.split, self.state.chunks)
+        else:
+            self.spec.list_path.write_text("")
+            skip_path.write_text("")
+        self.summary.written = self.state.records
+        self.summary.per_label = dict(self.state.per_label)
+        self.list_file = open(self.spec.list_path, "a", encoding="utf-8", errors="surrogateescape")
+        self.skip_file = open(skip_path, "a", encoding="utf-8", errors="surrogateescape")
+        return Ready(self.state.chunks, self.state,
+                     [Failure(e["path"], e["reason"]) for e in skips if e["kind"] == "skipped"],
+                     [Failure(e["path"], e["reason"]) for e in skips if e["kind"] == "warning"])
 
     def add(self, result: ChunkResult) -> None:
         t0 = time.perf_counter()
         for rec in result.records:
-            index = self.summary.written
-            self.batch.append((b"%08d_%d" % (index, rec.label), rec.value))
+            self.batch.append((b"%08d_%d" % (self.summary.written, rec.label), rec.value))
             self.lines.append(f"{self._list_path(rec.path)} {rec.label}\n")
             self.summary.written += 1
             self.summary.data_bytes += len(rec.value)
-            self.summary.per_label[rec.label] = self.summary.per_label.get(rec.label, 0) + 1
+            key = str(rec.label)
+            self.summary.per_label[key] = self.summary.per_label.get(key, 0) + 1
+        for kind, entries in (("skipped", result.failures), ("warning", result.warnings)):
+            self.skip_lines.extend(json.dumps({"chunk": result.chunk_id, "kind": kind, "path": f.path,
+                                               "reason": f.reason}) + "\n" for f in entries)
         if result.pixel_sum is not None:
             if self.mean_sum is None:
                 self.mean_sum = np.zeros(result.pixel_sum.shape, dtype=np.int64)
             self.mean_sum += result.pixel_sum
+        self.state.chunks = result.chunk_id + 1
+        self.state.bytes_read += result.bytes_read
+        for stage, seconds in result.stage_seconds.items():
+            self.state.stage_seconds[stage] += seconds
         self.summary.put_seconds += time.perf_counter() - t0
-        if len(self.batch) >= self.spec.commit_every:
-            self.commit()
 
     def _list_path(self, rel: str) -> str:
         return rel if self.spec.relative_paths else os.path.join(os.path.abspath(self.spec.source_root), rel)
 
-    def commit(self) -> None:
-        if not self.batch:
+    def commit(self, complete: bool = False) -> None:
+        """Side files first, then pending state, LMDB commit, then the state: see etl.checkpoint."""
+        if not self.batch and not self.skip_lines and not complete:
             return
         t0 = time.perf_counter()
-        append = self.summary.written < APPEND_LIMIT
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    txn.cursor().putmulti(self.batch, dupdata=False, overwrite=True, append=append)
-                break
-            except lmdb.MapFullError:
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
-        self.list_file.writelines(self.lines)
-        self.list_file.flush()
-        self.batch.clear()
-        self.lines.clear()
+        split, cp = self.spec.split, self.checkpoint
+        for fh, lines in ((self.list_file, self.lines), (self.skip_file, self.skip_lines)):
+            fh.writelines(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+            lines.clear()
+        if self.mean_sum is not None:
+            cp.save_sum(split, self.state.chunks, self.mean_sum)
+        self.state.records = self.summary.written
+        self.state.per_label = dict(self.summary.per_label)
+        self.state.complete = complete
+        cp.save_pending(split, self.state)
+        self._put_batch()
+        cp.promote_pending(split)
+        cp.drop_sums_except(split, {self.state.chunks})
         self.summary.commits += 1
         self.summary.commit_seconds += time.perf_counter() - t0
 
-    def close(self) -> WriterSummary:
-        self.commit()
+    def _put_batch(self) -> None:
+        append = self.summary.written < APPEND_LIMIT
+        while self.batch:
+            try:
+                with self.env.begin(write=True) as txn:
+                    txn.cursor().putmulti(self.batch, dupdata=False, overwrite=True, append=append)
+                self.batch.clear()
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def close(self, complete: bool) -> WriterSummary:
+        self.commit(complete=complete)
         self.env.sync(True)
         self.summary.map_size = self.env.info()["map_size"]
         self.env.close()
         self.list_file.close()
-        if self.spec.mean_dir is not None and self.mean_sum is not None and self.summary.written:
-            write_mean(self.spec.mean_dir, self.mean_sum, self.summary.written)
+        self.skip_file.close()
+        if complete and self.spec.write_mean and self.mean_sum is not None and self.summary.written:
+            write_mean(self.spec.out_dir, self.mean_sum, self.summary.written)
         return self.summary
 
 
@@ -122,20 +195,55 @@ def write_mean(out_dir: str, pixel_sum: np.ndarray, count: int) -> None:
     Image.fromarray(image if channels == 3 else image[:, :, 0]).save(Path(out_dir, "mean.jpg"), quality=90)
 
 
-def writer_main(spec: WriterSpec, result_q: Any, progress_q: Any) -> None:
-    """The writer's life: reorder chunks, write them in order, report each, then its summary."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    writer = LmdbWriter(spec)
+def _receive(data_conn: Any, inbox: queue.Queue) -> None:
+    """Drain the data pipe into memory so the coordinator never waits on a commit's fsync."""
+    try:
+        while (data := data_conn.recv_bytes()) != END:
+            inbox.put(data)
+    except (EOFError, OSError):
+        pass  # the coordinator is gone: treat as the end
+    inbox.put(None)
+
+
+def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any) -> None:
+    """The writer's life: announce where to start, write chunks in order, then its summary."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        writer = LmdbWriter(spec)
+        ready = writer.open()
+        progress_conn.send(ready)
+        complete = _write_in_order(writer, ready.start_chunk, data_conn, progress_conn)
+        summary = writer.close(complete)
+    except Exception as exc:  # disk full, I/O error: the last commit stands; say why and stop
+        progress_conn.send(WriterError(_describe(exc)))
+        raise SystemExit(1) from None
+    summary.cpu_seconds = time.process_time()
+    progress_conn.send(summary)
+
+
+def _write_in_order(writer: LmdbWriter, next_chunk: int, data_conn: Any, progress_conn: Any) -> bool:
+    inbox: queue.Queue = queue.Queue()
+    threading.Thread(target=_receive, args=(data_conn, inbox), daemon=True).start()
     pending: dict[int, ChunkResult] = {}  # the reorder buffer; the coordinator bounds its size
-    next_chunk = 0
-    while (result := result_q.get()) is not None:
+    while (data := inbox.get()) is not None:
+        result: ChunkResult | str = pickle.loads(data)
+        if isinstance(result, str):  # "done": every chunk was sent
+            return not pending
         pending[result.chunk_id] = result
         while next_chunk in pending:
             ready = pending.pop(next_chunk)
             writer.add(ready)
-            progress_q.put(Progress(ready.chunk_id, len(ready.records), ready.failures, ready.warnings,
-                                    ready.bytes_read, ready.stage_seconds))
+            if len(writer.batch) >= writer.spec.commit_every:
+                writer.commit()
+            progress_conn.send(Progress(ready.chunk_id, len(ready.records), ready.failures, ready.warnings,
+                                        ready.bytes_read, ready.stage_seconds))
             next_chunk += 1
-    summary = writer.close()
-    summary.cpu_seconds = time.process_time()
-    progress_q.put(summary)
+    return False  # stopped early (interrupt, error): commit what is complete, mark it incomplete
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.errno == 28 or "No space left" in text or "MDB_MAP_FULL" in text:
+        return f"the disk is full ({text}); free space, then run the same command with --resume"
+    return f"{type(exc).__name__}: {text}"

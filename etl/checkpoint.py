@@ -1,0 +1,156 @@
+"""Checkpoint: what makes a run resumable: the job's identity, and per split the last commit's state.
+
+Commit protocol (the writer runs it): list and skip files are flushed and fsynced, the mean's
+pixel sum is saved, `<split>.pending.json` describes the commit about to happen, LMDB commits,
+then pending becomes `<split>.state.json`. After a crash at any point the database's record count
+matches exactly one of state or pending, and everything else is cut back to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from etl.records import STAGES, Item
+from etl.settings import UsageError
+
+CHECKPOINT_DIR = ".etl"
+
+
+@dataclass
+class SplitState:
+    """Where a split stood after a commit: chunks and records done, and the counts to carry on."""
+
+    chunks: int = 0
+    records: int = 0
+    complete: bool = False
+    per_label: dict[str, int] = field(default_factory=dict)
+    bytes_read: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> SplitState:
+        return cls(**raw)
+
+
+def fsync_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name, fsync, rename: the file is either old or new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def plan_digest(items: list[Item]) -> str:
+    """A fingerprint of a split's content and order: resuming needs the very same list."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(f"{item.index}\0{item.path}\0{item.label}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+class Checkpoint:
+    """The files under OUT_DIR/.etl that record a run's progress."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.dir = Path(out_dir) / CHECKPOINT_DIR
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def start_job(self, settings: dict[str, Any], digests: dict[str, str]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fsync_write(self.path("job.json"), json.dumps({"settings": settings, "splits": digests}).encode())
+
+    def check_resume(self, settings: dict[str, Any], digests: dict[str, str]) -> None:
+        """Refuse to resume with other settings or other input than the first run had."""
+        try:
+            job = json.loads(self.path("job.json").read_text())
+        except (OSError, ValueError):
+            raise UsageError(f"nothing to resume in {self.dir.parent}: no checkpoint from an earlier run") from None
+        changed = [k for k in sorted(set(job["settings"]) | set(settings))
+                   if job["settings"].get(k) != settings.get(k)]
+        if changed:
+            k = changed[0]
+            raise UsageError(f"--resume needs the first run's settings: {k} was {job['settings'].get(k)!r}, "
+                             f"now {settings.get(k)!r}")
+        for split, digest in digests.items():
+            if job["splits"].get(split) != digest:
+                raise UsageError(f"--resume: the {split} images differ from the first run's (files added, "
+                                 "removed or renamed); convert again with --overwrite")
+
+    def save_pending(self, split: str, state: SplitState) -> None:
+        fsync_write(self.path(f"{split}.pending.json"), json.dumps(asdict(state)).encode())
+
+    def promote_pending(self, split: str) -> None:
+        os.replace(self.path(f"{split}.pending.json"), self.path(f"{split}.state.json"))
+
+    def save_sum(self, split: str, chunks: int, pixel_sum: np.ndarray) -> None:
+        path = self.path(f"{split}.sum.{chunks}.npy")
+        with open(path, "wb") as fh:
+            np.save(fh, pixel_sum)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def drop_sums_except(self, split: str, keep: set[int]) -> None:
+        for path in self.dir.glob(f"{split}.sum.*.npy"):
+            if int(path.name.split(".")[2]) not in keep:
+                path.unlink(missing_ok=True)
+
+    def load_sum(self, split: str, chunks: int) -> np.ndarray | None:
+        path = self.path(f"{split}.sum.{chunks}.npy")
+        return np.load(path) if path.exists() else None
+
+    def state_for(self, split: str, records_in_db: int) -> SplitState:
+        """The state whose record count matches the database: the last commit that really happened."""
+        candidates = []
+        for name in (f"{split}.state.json", f"{split}.pending.json"):
+            try:
+                candidates.append(SplitState.from_json(json.loads(self.path(name).read_text())))
+            except FileNotFoundError:
+                continue
+        for state in candidates:
+            if state.records == records_in_db:
+                return state
+        if records_in_db == 0:
+            return SplitState()
+        raise UsageError(f"cannot resume {split}: its database holds {records_in_db} records but no checkpoint "
+                         "matches that count; convert again with --overwrite")
+
+
+def truncate_lines(path: Path, keep: int) -> None:
+    """Cut a text file back to its first `keep` lines (lines are written before their commit)."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as fh:
+        offset = 0
+        for _ in range(keep):
+            line = fh.readline()
+            if not line:
+                break
+            offset += len(line)
+        fh.truncate(offset)
+
+
+def skips_before(path: Path, chunks: int) -> list[dict[str, Any]]:
+    """The skip/warning entries of chunks already committed; rewrites the file to hold only those."""
+    if not path.exists():
+        return []
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line half-written when the run died
+        if entry["chunk"] < chunks:
+            kept.append(entry)
+    fsync_write(path, "".join(json.dumps(e) + "\n" for e in kept).encode("utf-8", "surrogateescape"))
+    return kept
