@@ -48,9 +48,6 @@ class Codec:
         self.channels = channels
         self.max_pixels = max_pixels
         self.pixel_format = TJPF_RGB if channels == 3 else TJPF_GRAY
-        # Pillow is only reached for files libjpeg-turbo refused or warned about: let it decode
-        # what is there (truncated files) rather than fail; the warning is still reported.
-        ImageFile.LOAD_TRUNCATED_IMAGES = True
         Image.MAX_IMAGE_PIXELS = None  # our own limit, checked before decoding, applies instead
 
     def decode(self, data: bytes, choose_scale: ScaleChooser) -> Decoded:
@@ -70,14 +67,16 @@ class Codec:
 
     def _decode_jpeg(self, data: bytes, choose_scale: ScaleChooser) -> Decoded | None:
         """libjpeg-turbo, stopping at the first warning; None sends the file to Pillow."""
-        try:
-            width, height, _, _ = self.tj.decode_header(data)
-        except OSError:
-            return None  # unusual sampling factors or a damaged header: Pillow may still read it
-        self._check_size(width, height)
-        denom = choose_scale(width, height)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            try:
+                width, height, _, _ = self.tj.decode_header(data)
+            except OSError:
+                return None  # unusual sampling factors or a damaged header: Pillow may still read it
+            if caught or not width or not height:
+                return None
+            self._check_size(width, height)
+            denom = choose_scale(width, height)
             try:
                 pixels = self.tj.decode(data, pixel_format=self.pixel_format,
                                         scaling_factor=(1, denom) if denom > 1 else None,
@@ -87,10 +86,14 @@ class Codec:
         if caught:
             # PyTurboJPEG 1.x can report a fatal error after a warning as a mere warning and hand
             # back a half-written array: never trust it, decode again with Pillow.
+            if not has_scan_data(data):
+                raise BadImage("no image data: the file ends right after its JPEG header")
             return self._decode_pillow(data, warning=str(caught[0].message))
         return Decoded(pixels, width, height, None)
 
     def _decode_pillow(self, data: bytes, warning: str | None) -> Decoded:
+        """Pillow for what libjpeg-turbo refused; a truncated file passes only with a JPEG warning."""
+        ImageFile.LOAD_TRUNCATED_IMAGES = warning is not None
         try:
             with Image.open(io.BytesIO(data)) as im:
                 self._check_size(*im.size)
@@ -103,6 +106,8 @@ class Codec:
             raise BadImage(f"not an image ({_sniff(data)})") from None
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
             raise BadImage(f"cannot decode: {exc}") from None
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
 
     def _to_array(self, im: Image.Image) -> np.ndarray:
         if im.mode.startswith("I;16") or im.mode == "I":
@@ -137,6 +142,15 @@ def chw_bgr_bytes(pixels: np.ndarray) -> bytes:
     """Caffe's raw layout: channel planes, blue first."""
     planes = pixels[:, :, ::-1] if pixels.shape[2] == 3 else pixels
     return np.ascontiguousarray(planes.transpose(2, 0, 1)).tobytes()
+
+
+def has_scan_data(data: bytes, minimum: int = 16) -> bool:
+    """Whether any entropy-coded data follows the first SOS segment (a file cut after its header has none)."""
+    sos = data.find(b"\xff\xda")
+    if sos < 0 or sos + 4 > len(data):
+        return False
+    header = int.from_bytes(data[sos + 2: sos + 4], "big")
+    return len(data) - (sos + 2 + header) >= minimum
 
 
 def _sniff(data: bytes) -> str:

@@ -106,6 +106,12 @@ def exit_reason(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def death_reason(handle: WorkerHandle) -> str:
+    # A dying process closes its pipes a moment before it can be reaped: wait for its exit code.
+    handle.proc.join(10.0)
+    return exit_reason(handle.proc.exitcode)
+
+
 class SplitRun:
     """Feeds one split's chunks to the workers, forwards results to the writer, replaces lost workers."""
 
@@ -175,7 +181,7 @@ class SplitRun:
                     self._forward(handles[conn])
             for sentinel in ready:
                 if sentinel in sentinels and sentinels[sentinel] in self.pool.handles:
-                    self._lost(sentinels[sentinel], exit_reason(sentinels[sentinel].proc.exitcode))
+                    self._lost(sentinels[sentinel], death_reason(sentinels[sentinel]))
             self._check_hung()
             self._drain_writer()
 
@@ -196,8 +202,7 @@ class SplitRun:
         try:
             data = handle.conn.recv_bytes()
         except (EOFError, OSError):
-            handle.proc.join(1.0)
-            self._lost(handle, exit_reason(handle.proc.exitcode))
+            self._lost(handle, death_reason(handle))
             return
         handle.tasks.popleft()
         self.to_writer.send_bytes(data)
@@ -240,9 +245,17 @@ class SplitRun:
                 handle.proc.join(2.0)
                 self._lost(handle, f"hung over {self.s.image_timeout:g} s on one image (--image-timeout)")
 
+    def _writer_message(self) -> Any:
+        try:
+            return self.from_writer.recv()
+        except (EOFError, OSError):
+            self.writer.join(2.0)
+            raise PipelineError(f"the LMDB writer {exit_reason(self.writer.exitcode)}; the database holds its "
+                                "last commit: run the same command with --resume") from None
+
     def _drain_writer(self) -> None:
         while self.from_writer.poll():
-            msg = self.from_writer.recv()
+            msg = self._writer_message()
             if isinstance(msg, WriterError):
                 raise PipelineError(msg.message)
             if isinstance(msg, Progress):
@@ -267,7 +280,7 @@ class SplitRun:
                 if self.writer.exitcode is not None:
                     raise PipelineError(f"the LMDB writer {exit_reason(self.writer.exitcode)}")
                 continue
-            msg = self.from_writer.recv()
+            msg = self._writer_message()
             if isinstance(msg, WriterError):
                 raise PipelineError(msg.message)
             if isinstance(msg, Progress):

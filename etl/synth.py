@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
+from turbojpeg import TJPF_CMYK, TurboJPEG
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,33 @@ def awkward_files(rng: np.random.Generator) -> dict[str, bytes]:
     files["tiny.jpg"] = _save(Image.fromarray(photo_like(rng, 40, 30)), "JPEG", quality=90)
     files["progressive.jpeg"] = _save(Image.fromarray(base), "JPEG", quality=90, progressive=True)
     files["very wide ünïcode.jpg"] = _save(Image.fromarray(photo_like(rng, 1200, 80)), "JPEG", quality=90)
+    files["tall sliver.jpg"] = _save(Image.fromarray(photo_like(rng, 20, 900)), "JPEG", quality=90)
+    # YCCK: libjpeg stores Adobe CMYK inverted; libjpeg-turbo refuses it for RGB output
+    inverted = 255 - np.asarray(Image.fromarray(base).convert("CMYK"))
+    files["ycck.JPEG"] = TurboJPEG().encode(np.ascontiguousarray(inverted), quality=90, pixel_format=TJPF_CMYK)
     return files
+
+
+def bad_files(rng: np.random.Generator) -> dict[str, tuple[bytes, str | None]]:
+    """Broken inputs: name -> (bytes, None if it must be skipped, else 'warning' if it converts with one)."""
+    good = _save(Image.fromarray(photo_like(rng, 400, 300)), "JPEG", quality=90)
+    sos = good.index(b"\xff\xda")
+    header_end = sos + 2 + int.from_bytes(good[sos + 2: sos + 4], "big")
+    sof = good.index(b"\xff\xc0")
+    huge = bytearray(good)
+    huge[sof + 5: sof + 9] = (60000).to_bytes(2, "big") * 2
+    junk = good[:-2] + bytes(range(16)) + good[-2:]  # "Corrupt JPEG data: 16 extraneous bytes"
+    return {
+        "zero.JPEG": (b"", None),
+        "error_page.JPEG": (b"<!DOCTYPE html><html><head><title>404 Not Found</title></head></html>", None),
+        "notes.jpg": (b"this file is not an image at all\n" * 5, None),
+        "noise.JPEG": (rng.integers(0, 256, 4000, dtype=np.uint8).tobytes(), None),
+        "header_only.JPEG": (good[:header_end], None),
+        "claims_60000x60000.JPEG": (bytes(huge), None),
+        "truncated.JPEG": (good[: int(len(good) * 0.7)], "warning"),
+        "junk_bytes.JPEG": (junk, "warning"),
+        "cut.png": (_save(Image.fromarray(photo_like(rng, 64, 64)), "PNG")[:300], None),
+    }
 
 
 def _save(im: Image.Image, fmt: str, **options: object) -> bytes:

@@ -141,7 +141,8 @@ class ImageConverter:
 class FaultHook:
     """Test-only fault injection: ETL_TEST_FAULTS="crash=a.jpg,hang=b.jpg,exit=c.jpg,crash_once=d.jpg".
 
-    crash sends the worker SIGSEGV, exit calls os._exit(3), hang sleeps for an hour; *_once
+    crash sends the worker SIGSEGV, exit calls os._exit(3), hang sleeps for an hour, vanish deletes
+    the file just before it is read; *_once
     variants fire only the first time (a marker file in ETL_TEST_FAULT_DIR remembers).
     """
 
@@ -165,6 +166,8 @@ class FaultHook:
             os._exit(3)
         elif action == "hang":
             time.sleep(3600)
+        elif action == "vanish":
+            os.unlink(path)
 
 
 class Slot(NamedTuple):
@@ -177,6 +180,7 @@ class Slot(NamedTuple):
 def worker_main(spec: WorkSpec, conn: Connection, slot: Slot) -> None:
     """A worker's life: take chunks from its pipe until None, send each result back pickled."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the coordinator's handler, inherited by fork
     cv2.setNumThreads(1)  # one image per core: OpenCV's own threads would only contend
     converter = ImageConverter(spec, FaultHook(dict(os.environ)), slot)
     parent = os.getppid()
@@ -204,8 +208,11 @@ class WorkerHandle:
         self.tasks: deque[Task] = deque()
 
     def give(self, task: Task) -> None:
-        self.conn.send(task)
         self.tasks.append(task)
+        try:
+            self.conn.send(task)
+        except OSError:
+            pass  # it died a moment ago: its sentinel will say so, and the task goes back in the queue
 
     def image_in_hand(self) -> tuple[int, float]:
         """(item index, seconds on it) or (-1, 0) between images."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -24,6 +26,7 @@ from etl.records import ChunkResult, Failure, Progress
 INITIAL_MAP_SIZE = 1 << 30  # grows by doubling; the file is sparse, so this is not disk used
 APPEND_LIMIT = 10**8  # '%08d' keys stay in byte order below this; append mode needs that
 END = b""  # the coordinator's "no more chunks" on the data pipe
+DISK_FULL_BYTES = 1 << 20  # numpy and others report a short write without ENOSPC: check what is left
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any) -> None:
         complete = _write_in_order(writer, ready.start_chunk, data_conn, progress_conn)
         summary = writer.close(complete)
     except Exception as exc:  # disk full, I/O error: the last commit stands; say why and stop
-        progress_conn.send(WriterError(_describe(exc)))
+        progress_conn.send(WriterError(_describe(exc, spec.out_dir)))
         raise SystemExit(1) from None
     summary.cpu_seconds = time.process_time()
     progress_conn.send(summary)
@@ -242,8 +245,10 @@ def _write_in_order(writer: LmdbWriter, next_chunk: int, data_conn: Any, progres
     return False  # stopped early (interrupt, error): commit what is complete, mark it incomplete
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, out_dir: str) -> str:
     text = str(exc)
-    if isinstance(exc, OSError) and exc.errno == 28 or "No space left" in text or "MDB_MAP_FULL" in text:
+    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in text
+    if full or shutil.disk_usage(out_dir).free < DISK_FULL_BYTES:
         return f"the disk is full ({text}); free space, then run the same command with --resume"
-    return f"{type(exc).__name__}: {text}"
+    return (f"writing the database failed ({type(exc).__name__}: {text}); it holds its last commit: "
+            "fix the cause, then run the same command with --resume")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from etl.codec import BadImage, Codec, chw_bgr_bytes
-from etl.synth import awkward_files, photo_like
+from etl.synth import awkward_files, bad_files, photo_like
 
 from .conftest import gradient, jpeg
 
@@ -106,3 +106,22 @@ def test_jpeg_is_420_and_matches_pillow_q90(rgb_codec):
     a = cv2.imdecode(np.frombuffer(ours, np.uint8), cv2.IMREAD_COLOR).astype(int)
     b = cv2.imdecode(np.frombuffer(pil, np.uint8), cv2.IMREAD_COLOR).astype(int)
     assert np.abs(a - b).max() <= 2  # same quantisation and 4:2:0 sampling as DIGITS' PIL save
+
+
+@pytest.mark.parametrize("name", sorted(bad_files(np.random.default_rng(0))))
+def test_broken_inputs_are_refused_or_flagged(rgb_codec, name):
+    data, outcome = bad_files(np.random.default_rng(0))[name]
+    if outcome is None:
+        with pytest.raises(BadImage):
+            rgb_codec.decode(data, FULL)
+    else:
+        decoded = rgb_codec.decode(data, FULL)
+        assert decoded.warning and decoded.pixels.shape == (300, 400, 3)
+
+
+def test_ycck_jpeg_colours_survive(rgb_codec):
+    rng = np.random.default_rng(0)
+    base = photo_like(rng, 320, 240)
+    files = awkward_files(np.random.default_rng(0))
+    out = rgb_codec.decode(files["ycck.JPEG"], FULL).pixels
+    assert np.abs(out.astype(int) - base).mean() < 8  # not black, not inverted
