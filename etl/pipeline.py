@@ -205,17 +205,27 @@ class SplitRun:
             self._lost(handle, death_reason(handle))
             return
         handle.tasks.popleft()
-        self.to_writer.send_bytes(data)
+        self._send_to_writer(data)
+
+    def _send_to_writer(self, data: bytes) -> None:
+        try:
+            self.to_writer.send_bytes(data)
+        except OSError:  # the writer is gone: its last message says why
+            self.writer.join(2.0)
+            self._drain_writer()
+            raise PipelineError(f"the LMDB writer {exit_reason(self.writer.exitcode)}; run again with --resume") \
+                from None
 
     def _lost(self, handle: WorkerHandle, reason: str) -> None:
         """A worker died or hung: replace it; retry its image once, then report it as failed."""
         assert self.pool is not None
         while handle.tasks and handle.conn.poll():  # results it finished before dying still count
             try:
-                self.to_writer.send_bytes(handle.conn.recv_bytes())
-                handle.tasks.popleft()
+                data = handle.conn.recv_bytes()
             except (EOFError, OSError):
                 break
+            handle.tasks.popleft()
+            self._send_to_writer(data)
         item, _ = handle.image_in_hand()
         held = self.pool.replace(handle)
         if held:
@@ -292,8 +302,8 @@ class SplitRun:
         if self.pool is not None:
             self.pool.stop()
         if complete:
-            self.to_writer.send_bytes(pickle.dumps("done"))
-        self.to_writer.send_bytes(END)
+            self._send_to_writer(pickle.dumps("done"))
+        self._send_to_writer(END)
         summary = self._from_writer_until(WriterSummary)
         self.writer.join(10.0)
         return summary
