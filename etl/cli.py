@@ -73,8 +73,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet")}
     settings = build_settings(values, args.config)
     report = convert(settings, progress=not args.quiet)
-    failed = sum(split["written"] == 0 for split in report["splits"].values())
-    return 1 if failed else 0
+    if not any(split["written"] for split in report["splits"].values()):
+        print(f"etl: error: no image could be converted; the reasons are in {settings.out_dir}/report.json",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
