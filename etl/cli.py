@@ -51,6 +51,15 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_const", const=True, help="replace a dataset already in OUT_DIR")
     p.add_argument("--resume", action="store_const", const=True,
                    help="continue an interrupted run (same arguments) exactly where it stopped")
+    io = p.add_argument_group("disk I/O (each cap is shared by all processes; N or train=N,val=M)")
+    io.add_argument("--max-read-mbps", help="cap on MB/s the workers read")
+    io.add_argument("--max-write-mbps", help="cap on MB/s the writer writes")
+    io.add_argument("--max-iops", help="cap on input files opened per second")
+    io.add_argument("--adaptive-io", action="store_const", const=True,
+                    help="back off while the input or output disk is busier than --io-target")
+    io.add_argument("--io-target", type=float, help="disk utilisation %% for --adaptive-io (default 80)")
+    io.add_argument("--keep-page-cache", action="store_const", const=True,
+                    help="do not drop read-once input and written output from the page cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 

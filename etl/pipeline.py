@@ -19,6 +19,7 @@ from etl.records import Progress, Task
 from etl.settings import Settings, UsageError
 from etl.sources import Split, plan
 from etl.stats import SplitStats, summary_text, write_report
+from etl.throttle import MB, AdaptiveIO, Budgets, Caps, block_device
 from etl.workers import WorkerHandle, WorkerPool, WorkSpec
 from etl.writer import END, Ready, WriterError, WriterSpec, WriterSummary, writer_main
 
@@ -106,6 +107,13 @@ def exit_reason(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def caps_for(s: Settings, split: str) -> Caps:
+    def pick(value: dict[str, float] | None) -> float | None:
+        return value.get(split) if value else None
+
+    return Caps(pick(s.max_read_mbps), pick(s.max_write_mbps), pick(s.max_iops))
+
+
 def death_reason(handle: WorkerHandle) -> str:
     # A dying process closes its pipes a moment before it can be reaped: wait for its exit code.
     handle.proc.join(10.0)
@@ -123,6 +131,8 @@ class SplitRun:
         self.stats = SplitStats(split.name, len(split.items), worker_count=self.workers)
         self.bar = tqdm(total=len(split.items), desc=split.name, unit="img", disable=not progress,
                         smoothing=0.05, delay=0.1)
+        self.caps = caps_for(s, split.name)
+        self.last_io_update = 0.0
         self.retry: deque[Task] = deque()
         self.image_deaths: dict[int, int] = {}
         self.chunk_deaths: dict[int, int] = {}
@@ -132,10 +142,13 @@ class SplitRun:
         writer_in, self.to_writer = ctx.Pipe(duplex=False)
         self.from_writer, writer_out = ctx.Pipe(duplex=False)
         wspec = WriterSpec(self.split.name, str(self.out), self.split.root, self.s.relative_paths,
-                           self.s.commit_every, self.s.resume, write_mean=self.split.name == "train")
+                           self.s.commit_every, self.s.resume, write_mean=self.split.name == "train",
+                           keep_page_cache=self.s.keep_page_cache)
         cpu0 = time.process_time()
-        self.writer = ctx.Process(target=writer_main, args=(wspec, writer_in, writer_out), name="etl-writer",
-                                  daemon=True)
+        budgets = Budgets(ctx, self.caps)
+        self.watchers = self._watchers(budgets)
+        self.writer = ctx.Process(target=writer_main, args=(wspec, writer_in, writer_out, budgets.write),
+                                  name="etl-writer", daemon=True)
         self.writer.start()
         writer_in.close()
         writer_out.close()
@@ -143,7 +156,8 @@ class SplitRun:
         try:
             ready = self._from_writer_until(Ready)
             self._take_ready(ready)
-            self.pool = WorkerPool(ctx, self.workers, WorkSpec.for_split(self.s, self.split.name, self.split.root))
+            spec = WorkSpec.for_split(self.s, self.split.name, self.split.root)
+            self.pool = WorkerPool(ctx, self.workers, spec, budgets)
             self._feed_and_watch(ready.start_chunk)
             summary = self._finish(complete=True)
         except KeyboardInterrupt:
@@ -159,13 +173,25 @@ class SplitRun:
             if self.writer.is_alive():
                 self.writer.kill()
         self.stats.finish(summary, time.process_time() - cpu0)
+        self.stats.io = {**self.caps.as_json(), "adaptive": {k: w.as_json() for k, w in self.watchers.items()}}
         return self.stats
+
+    def _watchers(self, budgets: Budgets) -> dict[str, AdaptiveIO]:
+        """--adaptive-io: one watcher per direction, on the device that holds its files."""
+        if not self.s.adaptive_io:
+            return {}
+        return {
+            "read": AdaptiveIO(budgets.read, block_device(self.split.root), budgets.read.rate.value,
+                               self.s.io_target),
+            "write": AdaptiveIO(budgets.write, block_device(str(self.out)), budgets.write.rate.value,
+                                self.s.io_target),
+        }
 
     def _take_ready(self, ready: Ready) -> None:
         st = self.stats
         st.written, st.failures, st.warnings = ready.state.records, list(ready.skipped), list(ready.warned)
         st.bytes_read, st.stage_seconds = ready.state.bytes_read, dict(ready.state.stage_seconds)
-        st.resumed_from = ready.state.records
+        st.resumed_from, st.resumed_bytes_read = ready.state.records, ready.state.bytes_read
         self.bar.update(st.written + len(st.failures))
 
     def _feed_and_watch(self, start_chunk: int) -> None:
@@ -184,6 +210,20 @@ class SplitRun:
                     self._lost(sentinels[sentinel], death_reason(sentinels[sentinel]))
             self._check_hung()
             self._drain_writer()
+            self._watch_io()
+
+    def _watch_io(self) -> None:
+        now = time.monotonic()
+        if now - self.last_io_update < 0.5:
+            return
+        self.last_io_update = now
+        done = {"read": self.stats.bytes_read, "write": self.stats.bytes_written}
+        for direction, watcher in self.watchers.items():
+            watcher.observe(now, done[direction])
+        elapsed = max(now - self.stats.started, 1e-3)
+        self.bar.set_postfix(read=f"{self.stats.bytes_read / elapsed / MB:.1f}MB/s",
+                             write=f"{self.stats.bytes_written / elapsed / MB:.1f}MB/s",
+                             skipped=len(self.stats.failures), refresh=False)
 
     def _issue(self) -> None:
         assert self.pool is not None
@@ -278,7 +318,6 @@ class SplitRun:
         self.written += 1
         self.bar.update(msg.written + len(msg.failures))
         if msg.failures:
-            self.bar.set_postfix(skipped=len(self.stats.failures), refresh=False)
             if self.s.on_error == "fail":
                 bad = msg.failures[0]
                 raise Interrupted(f"stopped at the first bad file (--on-error fail): {bad.path}: {bad.reason}", 1)

@@ -53,6 +53,7 @@ class ChunkResult:
     warnings: list[Failure] = field(default_factory=list)
     pixel_sum: np.ndarray | None = None
     bytes_read: int = 0
+    throttled_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
 
@@ -65,3 +66,5 @@ class Progress(NamedTuple):
     warnings: list[Failure]
     bytes_read: int
     stage_seconds: dict[str, float]
+    bytes_written: int
+    throttled_seconds: float

@@ -54,6 +54,12 @@ class Settings:
     commit_every: int = 1000
     overwrite: bool = False
     resume: bool = False
+    max_read_mbps: Any = None  # MB/s, or per split: "train=10,val=5" / a TOML table
+    max_write_mbps: Any = None
+    max_iops: Any = None  # files opened per second
+    adaptive_io: bool = False  # back off while the input/output disk is busier than io_target
+    io_target: float = 80.0  # percent utilisation
+    keep_page_cache: bool = False  # skip the posix_fadvise(DONTNEED) page-cache hygiene
 
     @property
     def worker_count(self) -> int:
@@ -68,7 +74,8 @@ class Settings:
 
     def output_settings(self) -> dict[str, Any]:
         """The options that decide the bytes written (not how fast they are written)."""
-        skip = {"workers", "commit_every", "overwrite", "out_dir", "on_error", "image_timeout", "resume"}
+        skip = {"workers", "commit_every", "overwrite", "out_dir", "on_error", "image_timeout", "resume",
+                "max_read_mbps", "max_write_mbps", "max_iops", "adaptive_io", "io_target", "keep_page_cache"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
@@ -104,6 +111,8 @@ def build_settings(cli_values: dict[str, Any], preset_path: str | None = None) -
 
 def _coerce(name: str, value: Any) -> Any:
     kind = str(_FIELD_TYPES[name])
+    if name in CAP_OPTIONS:
+        return parse_cap(name, value)
     if kind.startswith("int") and isinstance(value, bool):
         raise UsageError(f"option {name} expects a number, got {value!r}")
     if kind.startswith("int") and not isinstance(value, int):
@@ -117,6 +126,38 @@ def _coerce(name: str, value: Any) -> Any:
     if kind.startswith("str") and not isinstance(value, str):
         raise UsageError(f"option {name} expects text, got {value!r}")
     return value
+
+
+CAP_OPTIONS = ("max_read_mbps", "max_write_mbps", "max_iops")
+SPLITS = ("train", "val")
+
+
+def parse_cap(name: str, value: Any) -> dict[str, float]:
+    """A cap for every split ('10'), or per split ('train=10,val=5' or a TOML table)."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, str) and "=" in value:
+        try:
+            value = {k.strip(): float(v) for k, v in (part.split("=", 1) for part in value.split(","))}
+        except ValueError:
+            raise UsageError(f"{flag} expects a number or train=N,val=M, got '{value}'") from None
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in SPLITS]
+        if unknown:
+            raise UsageError(f"{flag}: unknown split '{unknown[0]}' (use train and val)")
+        caps = {k: _positive(flag, v) for k, v in value.items()}
+    else:
+        caps = dict.fromkeys(SPLITS, _positive(flag, value))
+    return caps
+
+
+def _positive(flag: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag} expects a number or train=N,val=M, got {value!r}") from None
+    if isinstance(value, bool) or not number > 0:
+        raise UsageError(f"{flag} must be above 0, got {value!r}")
+    return number
 
 
 def check_settings(s: Settings) -> None:
@@ -168,6 +209,8 @@ def _check_counts(s: Settings) -> None:
         raise UsageError(f"--on-error must be skip or fail, got '{s.on_error}'")
     if not s.image_timeout > 0:
         raise UsageError(f"--image-timeout must be above 0 seconds, got {s.image_timeout:g}")
+    if not 1 <= s.io_target <= 100:
+        raise UsageError(f"--io-target must be a percentage from 1 to 100, got {s.io_target:g}")
     if s.resume and s.overwrite:
         raise UsageError("give either --resume or --overwrite, not both")
     if s.max_pixels < 1:

@@ -30,6 +30,10 @@ class SplitStats:
     coordinator_cpu_seconds: float = 0.0
     worker_count: int = 0
     resumed_from: int = 0  # records already in the database when this run started
+    bytes_written: int = 0
+    resumed_bytes_read: int = 0  # bytes_read carried over from the runs before a resume
+    throttled_seconds: float = 0.0  # summed over workers: time spent waiting for the read budget
+    io: dict[str, Any] = field(default_factory=dict)
     worker_losses: list[str] = field(default_factory=list)  # why each replaced worker went
 
     def take(self, progress: Progress) -> None:
@@ -37,6 +41,8 @@ class SplitStats:
         self.failures.extend(progress.failures)
         self.warnings.extend(progress.warnings)
         self.bytes_read += progress.bytes_read
+        self.bytes_written += progress.bytes_written
+        self.throttled_seconds += progress.throttled_seconds
         for stage, seconds in progress.stage_seconds.items():
             self.stage_seconds[stage] += seconds
 
@@ -63,6 +69,14 @@ class SplitStats:
             "wall_seconds": round(self.wall_seconds, 3),
             "images_per_second": round(self.images_per_second, 1),
             "bytes_read": self.bytes_read,
+            "io": {
+                **self.io,
+                "read_mbps": round((self.bytes_read - self.resumed_bytes_read) / 1e6 / self.wall_seconds, 3)
+                if self.wall_seconds else 0.0,
+                "write_mbps": round(self.bytes_written / 1e6 / self.wall_seconds, 3) if self.wall_seconds else 0.0,
+                "workers_throttled_seconds": round(self.throttled_seconds, 3),
+                "writer_throttled_seconds": round(self.writer.throttled_seconds, 3) if self.writer else 0.0,
+            },
             "workers": self.worker_count,
             "resumed_from": self.resumed_from,
             "workers_replaced": self.worker_losses,

@@ -21,6 +21,7 @@ from etl.codec import BadImage, Codec
 from etl.datum import encode_datum
 from etl.records import ChunkResult, Failure, Item, Record, Task
 from etl.settings import Settings
+from etl.throttle import Budgets, ReadGate
 from etl.transform import apply_geometry, dct_scale, noise_rng, plan_geometry
 
 SPLIT_CODES = {"train": 0, "val": 1}
@@ -42,18 +43,19 @@ class WorkSpec:
     max_pixels: int
     sum_pixels: bool  # the train split feeds the mean image
     strict: bool = False  # refuse images that decode only with a warning
+    keep_page_cache: bool = False
 
     @classmethod
     def for_split(cls, s: Settings, name: str, root: str) -> WorkSpec:
         return cls(root, SPLIT_CODES[name], s.width, s.height, s.resize_mode, s.channels,
-                   s.encoding, s.quality, s.seed, s.max_pixels, sum_pixels=(name == "train"), strict=s.strict)
+                   s.encoding, s.quality, s.seed, s.max_pixels, sum_pixels=(name == "train"), strict=s.strict,
+                   keep_page_cache=s.keep_page_cache)
 
 
-def read_file(path: str) -> bytes:
-    """The file's bytes; the reasons a file cannot be read become BadImage messages."""
+def read_file(path: str, gate: ReadGate) -> bytes:
+    """The file's bytes, within the read budget; the reasons it cannot be read become BadImage messages."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
+        return gate.read_file(path)
     except FileNotFoundError:
         reason = "dangling symlink" if os.path.islink(path) else "file vanished since the scan"
         raise BadImage(f"cannot read: {reason}") from None
@@ -68,15 +70,18 @@ def read_file(path: str) -> bytes:
 class ImageConverter:
     """Turns items into Datum records; one per worker process."""
 
-    def __init__(self, spec: WorkSpec, fault: Callable[[str], None] | None = None, slot: Slot | None = None) -> None:
+    def __init__(self, spec: WorkSpec, fault: Callable[[str], None] | None = None, slot: Slot | None = None,
+                 gate: ReadGate | None = None) -> None:
         self.spec = spec
         self.codec = Codec(spec.channels, spec.max_pixels)
         self.fault = fault
         self.slot = slot
+        self.gate = gate or ReadGate(None, drop_cache=False)
 
     def run_chunk(self, task: Task) -> ChunkResult:
         spec = self.spec
         result = ChunkResult(task.chunk_id)
+        waited_before = self.gate.waited
         if spec.sum_pixels:
             result.pixel_sum = np.zeros((spec.height, spec.width, spec.channels), dtype=np.uint32)
         for item in task.items:
@@ -89,6 +94,7 @@ class ImageConverter:
             except BadImage as exc:
                 result.failures.append(Failure(item.path, str(exc)))
         self._hold(-1)
+        result.throttled_seconds = self.gate.waited - waited_before
         return result
 
     def _hold(self, index: int) -> None:
@@ -101,7 +107,7 @@ class ImageConverter:
         path = os.path.join(self.spec.root, item.path)
         if self.fault is not None:
             self.fault(path)
-        data = read_file(path)
+        data = read_file(path, self.gate)
         result.bytes_read += len(data)
         result.stage_seconds["read"] += time.perf_counter() - t0
         value, pixels, warning = self.convert_bytes(data, item, result.stage_seconds)
@@ -177,12 +183,13 @@ class Slot(NamedTuple):
     since: Any  # multiprocessing.Value('d'): time.monotonic() when it began
 
 
-def worker_main(spec: WorkSpec, conn: Connection, slot: Slot) -> None:
+def worker_main(spec: WorkSpec, conn: Connection, slot: Slot, budgets: Budgets | None) -> None:
     """A worker's life: take chunks from its pipe until None, send each result back pickled."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the coordinator's handler, inherited by fork
     cv2.setNumThreads(1)  # one image per core: OpenCV's own threads would only contend
-    converter = ImageConverter(spec, FaultHook(dict(os.environ)), slot)
+    gate = ReadGate(budgets, drop_cache=not spec.keep_page_cache)
+    converter = ImageConverter(spec, FaultHook(dict(os.environ)), slot, gate)
     parent = os.getppid()
     while True:
         if not conn.poll(1.0):
@@ -198,10 +205,10 @@ def worker_main(spec: WorkSpec, conn: Connection, slot: Slot) -> None:
 class WorkerHandle:
     """One worker process, its pipe, its slot, and the tasks it holds in the order it got them."""
 
-    def __init__(self, ctx: BaseContext, number: int, spec: WorkSpec) -> None:
+    def __init__(self, ctx: BaseContext, number: int, spec: WorkSpec, budgets: Budgets | None) -> None:
         self.conn, child_conn = ctx.Pipe()
         self.slot = Slot(ctx.Value("q", -1, lock=False), ctx.Value("d", 0.0, lock=False))
-        self.proc: BaseProcess = ctx.Process(target=worker_main, args=(spec, child_conn, self.slot),
+        self.proc: BaseProcess = ctx.Process(target=worker_main, args=(spec, child_conn, self.slot, budgets),
                                              name=f"etl-worker-{number}", daemon=True)
         self.proc.start()
         child_conn.close()
@@ -229,14 +236,15 @@ class WorkerHandle:
 class WorkerPool:
     """Starts, replaces and stops the worker processes of one split; each holds at most 2 tasks."""
 
-    def __init__(self, ctx: BaseContext, count: int, spec: WorkSpec, per_worker: int = 2) -> None:
-        self.ctx, self.spec, self.per_worker = ctx, spec, per_worker
+    def __init__(self, ctx: BaseContext, count: int, spec: WorkSpec, budgets: Budgets | None = None,
+                 per_worker: int = 2) -> None:
+        self.ctx, self.spec, self.per_worker, self.budgets = ctx, spec, per_worker, budgets
         self.started = 0
         self.handles: list[WorkerHandle] = [self._start() for _ in range(count)]
 
     def _start(self) -> WorkerHandle:
         self.started += 1
-        return WorkerHandle(self.ctx, self.started, self.spec)
+        return WorkerHandle(self.ctx, self.started, self.spec, self.budgets)
 
     def free(self) -> WorkerHandle | None:
         """The least loaded worker with room for a task, if any."""

@@ -22,6 +22,7 @@ from PIL import Image
 from etl.checkpoint import Checkpoint, SplitState, skips_before, truncate_lines
 from etl.datum import encode_blobproto
 from etl.records import ChunkResult, Failure, Progress
+from etl.throttle import SharedState, TokenBucket, drop_written_pages
 
 INITIAL_MAP_SIZE = 1 << 30  # grows by doubling; the file is sparse, so this is not disk used
 APPEND_LIMIT = 10**8  # '%08d' keys stay in byte order below this; append mode needs that
@@ -40,6 +41,7 @@ class WriterSpec:
     commit_every: int
     resume: bool
     write_mean: bool  # the train writer also writes mean.binaryproto and mean.jpg
+    keep_page_cache: bool = False
 
     @property
     def db_path(self) -> Path:
@@ -76,14 +78,16 @@ class WriterSummary:
     cpu_seconds: float = 0.0
     put_seconds: float = 0.0
     commit_seconds: float = 0.0
+    throttled_seconds: float = 0.0
     per_label: dict[str, int] = field(default_factory=dict)
 
 
 class LmdbWriter:
     """Keys '%08d_%d' % (write_index, label), values as given; commits follow the checkpoint protocol."""
 
-    def __init__(self, spec: WriterSpec) -> None:
+    def __init__(self, spec: WriterSpec, budget: TokenBucket | None = None) -> None:
         self.spec = spec
+        self.budget = budget
         self.checkpoint = Checkpoint(spec.out_dir)
         spec.db_path.mkdir(parents=True, exist_ok=True)
         # metasync=False keeps ACI on a crash (LMDB may lose the last commit, never corrupt);
@@ -162,11 +166,15 @@ class LmdbWriter:
         cp.save_pending(split, self.state)
         self._put_batch()
         cp.promote_pending(split)
+        if not self.spec.keep_page_cache:
+            drop_written_pages(str(self.spec.db_path / "data.mdb"))
         cp.drop_sums_except(split, {self.state.chunks})
         self.summary.commits += 1
         self.summary.commit_seconds += time.perf_counter() - t0
 
     def _put_batch(self) -> None:
+        if self.budget is not None:
+            self.summary.throttled_seconds += self.budget.take(sum(len(v) for _, v in self.batch))
         append = self.summary.written < APPEND_LIMIT
         while self.batch:
             try:
@@ -208,12 +216,12 @@ def _receive(data_conn: Any, inbox: queue.Queue) -> None:
     inbox.put(None)
 
 
-def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any) -> None:
+def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any, write_budget: SharedState | None = None) -> None:
     """The writer's life: announce where to start, write chunks in order, then its summary."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        writer = LmdbWriter(spec)
+        writer = LmdbWriter(spec, TokenBucket(write_budget) if write_budget is not None else None)
         ready = writer.open()
         progress_conn.send(ready)
         complete = _write_in_order(writer, ready.start_chunk, data_conn, progress_conn)
@@ -240,7 +248,8 @@ def _write_in_order(writer: LmdbWriter, next_chunk: int, data_conn: Any, progres
             if len(writer.batch) >= writer.spec.commit_every:
                 writer.commit()
             progress_conn.send(Progress(ready.chunk_id, len(ready.records), ready.failures, ready.warnings,
-                                        ready.bytes_read, ready.stage_seconds))
+                                        ready.bytes_read, ready.stage_seconds,
+                                        sum(len(r.value) for r in ready.records), ready.throttled_seconds))
             next_chunk += 1
     return False  # stopped early (interrupt, error): commit what is complete, mark it incomplete
 
