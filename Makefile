@@ -28,7 +28,7 @@ test: setup lint
 	$(BIN)/pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/compare.py
+	$(BIN)/etl bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.compare import build_corpus  # noqa: E402
+from etl.bench import build_corpus  # noqa: E402
 from etl.synth import awkward_files, bad_files  # noqa: E402
 
 ARGS = ["--val-pct", "10", "--quiet"]
@@ -54,7 +54,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="etl-drill-") as tmp:
         work = Path(tmp)
-        tree = build_corpus(argparse.Namespace(generate=0, src=args.src, repeat=args.repeat), work)
+        tree = build_corpus(work, args.src, 0, args.repeat)
         first = sorted(tree.iterdir())[0]
         must_skip = {"dangling.jpg"}
         for name, (data, outcome) in bad_files(np.random.default_rng(args.seed)).items():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.compare import build_corpus  # noqa: E402
+from etl.bench import build_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="etl-io-") as tmp:
         work = Path(tmp)
-        tree = build_corpus(argparse.Namespace(generate=0, src=args.src, repeat=args.repeat), work)
+        tree = build_corpus(work, args.src, 0, args.repeat)
         before = export(args.baseline_rev, work)
         pairs = [(run(before, tree, work / "o"), run(REPO, tree, work / "o")) for _ in range(args.rounds)]
         rows = [

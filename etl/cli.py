@@ -70,6 +70,24 @@ def make_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="decode and check every record of a converted dataset")
     v.add_argument("out_dir")
     v.add_argument("--quiet", action="store_true")
+    for name, text in (("bench", "measure kernels, stages, the limit, etl against the baselines, the serial "
+                                  "ceiling and memory"),
+                       ("tune", "sweep worker counts and chunk sizes; recommend a setting and plot the curve")):
+        b = sub.add_parser(name, help=text, description=text)
+        src = b.add_mutually_exclusive_group()
+        src.add_argument("--src", help="a folder of real images (class folders, or flat ImageNet <wnid>_*.JPEG)")
+        src.add_argument("--generate", type=int, default=3000,
+                         help="images of a generated ImageNet-like corpus (default 3000)")
+        b.add_argument("--repeat", type=int, default=1, help="copies of the --src files, under new names")
+        b.add_argument("--out", default="bench-out", help="where bench.json / tune.json and sweep.png go")
+        if name == "bench":
+            b.add_argument("--workers", type=int, help="worker processes (default: every usable core)")
+            b.add_argument("--list-counts", default="10000,200000",
+                           help="listed-image counts for the coordinator memory probe")
+            b.add_argument("--ceiling-records", type=int, default=40_000,
+                           help="~17 KB records pushed through the writer for the serial ceiling")
+        else:
+            b.add_argument("--max-workers", type=int, help="sweep 1..N workers (default: 2 x cores)")
     d = sub.add_parser("demo", help="build a small ImageNet-like tree, convert it, verify it")
     d.add_argument("--out", help="keep the demo here (default: a temporary folder)")
     d.add_argument("--workers", type=int)
@@ -118,7 +136,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1 if check.problems else 0
 
 
-COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "demo": cmd_demo}
+def _bench_source(args: argparse.Namespace) -> None:
+    if args.src is not None and not Path(args.src).is_dir():
+        raise UsageError(f"--src folder not found: {args.src}")
+    if args.generate < 1 or args.repeat < 1:
+        raise UsageError("--generate and --repeat must be at least 1")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from etl.bench import render_bench, run_bench
+    from etl.settings import usable_cores
+
+    _bench_source(args)
+    try:
+        counts = tuple(int(c) for c in args.list_counts.split(","))
+    except ValueError:
+        raise UsageError(f"--list-counts expects two numbers like 10000,200000, got '{args.list_counts}'") from None
+    if len(counts) != 2 or not 0 < counts[0] < counts[1]:
+        raise UsageError("--list-counts expects two increasing numbers like 10000,200000")
+    workers = args.workers or usable_cores()
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.ceiling_records < 64:
+        raise UsageError("--ceiling-records must be at least 64")
+    res = run_bench(args.src, args.generate, args.repeat, workers, Path(args.out), counts,  # type: ignore[arg-type]
+                    ceiling_records=args.ceiling_records)
+    print(render_bench(res))
+    print(f"\nfigures: {Path(args.out) / 'bench.json'}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from etl.bench import render_tune, run_tune
+    from etl.settings import usable_cores
+
+    _bench_source(args)
+    max_workers = args.max_workers or 2 * usable_cores()
+    if max_workers < 1:
+        raise UsageError("--max-workers must be at least 1")
+    res = run_tune(args.src, args.generate, args.repeat, max_workers, Path(args.out))
+    print(render_tune(res, Path(args.out)))
+    return 0
+
+
+COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "demo": cmd_demo, "bench": cmd_bench, "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,7 @@ class ChunkResult:
     pixel_sum: np.ndarray | None = None
     bytes_read: int = 0
     throttled_seconds: float = 0.0
+    max_rss_kb: int = 0  # the worker's peak resident memory so far
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
 
@@ -68,3 +69,4 @@ class Progress(NamedTuple):
     stage_seconds: dict[str, float]
     bytes_written: int
     throttled_seconds: float
+    worker_max_rss_kb: int

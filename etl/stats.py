@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.records import STAGES, Failure, Progress
+from etl.workers import peak_rss_kb
 from etl.writer import WriterSummary
 
 
@@ -32,6 +33,8 @@ class SplitStats:
     resumed_from: int = 0  # records already in the database when this run started
     bytes_written: int = 0
     resumed_bytes_read: int = 0  # bytes_read carried over from the runs before a resume
+    worker_max_rss_kb: int = 0
+    coordinator_max_rss_kb: int = 0
     throttled_seconds: float = 0.0  # summed over workers: time spent waiting for the read budget
     io: dict[str, Any] = field(default_factory=dict)
     worker_losses: list[str] = field(default_factory=list)  # why each replaced worker went
@@ -43,11 +46,13 @@ class SplitStats:
         self.bytes_read += progress.bytes_read
         self.bytes_written += progress.bytes_written
         self.throttled_seconds += progress.throttled_seconds
+        self.worker_max_rss_kb = max(self.worker_max_rss_kb, progress.worker_max_rss_kb)
         for stage, seconds in progress.stage_seconds.items():
             self.stage_seconds[stage] += seconds
 
     def finish(self, writer: WriterSummary, coordinator_cpu: float) -> None:
         self.wall_seconds = time.monotonic() - self.started
+        self.coordinator_max_rss_kb = peak_rss_kb()
         self.writer = writer
         self.coordinator_cpu_seconds = coordinator_cpu
 
@@ -82,6 +87,11 @@ class SplitStats:
             "workers_replaced": self.worker_losses,
             "worker_cpu_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "coordinator_cpu_seconds": round(self.coordinator_cpu_seconds, 3),
+            "peak_rss_mb": {
+                "coordinator": round(self.coordinator_max_rss_kb / 1024, 1),
+                "worker_max": round(self.worker_max_rss_kb / 1024, 1),
+                "writer": round(self.writer.max_rss_kb / 1024, 1) if self.writer else 0.0,
+            },
             "writer": asdict(self.writer) if self.writer else None,
         }
 

@@ -33,7 +33,7 @@ def photo_like(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
         colour = tuple(float(c) for c in rng.integers(0, 256, 3))
         cv2.ellipse(img, center, axes, float(rng.integers(0, 180)), 0, 360, colour, -1, cv2.LINE_AA)
     img = cv2.GaussianBlur(img, (0, 0), 1.2)
-    img += rng.normal(0, 6, size=img.shape).astype(np.float32)
+    img += rng.normal(0, 4.5, size=img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -44,7 +44,7 @@ def imagenet_size(rng: np.random.Generator) -> tuple[int, int]:
         return int(rng.integers(60, 224)), int(rng.integers(50, 224))
     if roll < 0.08:
         return int(rng.integers(1500, 2400)), int(rng.integers(1100, 1800))
-    long_side, short_side = int(rng.integers(400, 640)), int(rng.integers(300, 480))
+    long_side, short_side = int(rng.integers(390, 580)), int(rng.integers(310, 450))
     return (long_side, short_side) if rng.random() < 0.75 else (short_side, long_side)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import resource
 import signal
 import time
 from collections import deque
@@ -95,6 +96,7 @@ class ImageConverter:
                 result.failures.append(Failure(item.path, str(exc)))
         self._hold(-1)
         result.throttled_seconds = self.gate.waited - waited_before
+        result.max_rss_kb = peak_rss_kb()
         return result
 
     def _hold(self, index: int) -> None:
@@ -142,6 +144,22 @@ class ImageConverter:
     def _scale_chooser(self, src_w: int, src_h: int) -> int:
         s = self.spec
         return dct_scale(src_w, src_h, plan_geometry(src_w, src_h, s.width, s.height, s.resize_mode))
+
+
+def peak_rss_kb() -> int:
+    """This process's peak resident set size in KiB.
+
+    /proc's VmHWM, where there is one: ru_maxrss survives exec(), so a process started from a big
+    parent would report the parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 class FaultHook:

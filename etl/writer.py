@@ -23,6 +23,7 @@ from etl.checkpoint import Checkpoint, SplitState, skips_before, truncate_lines
 from etl.datum import encode_blobproto
 from etl.records import ChunkResult, Failure, Progress
 from etl.throttle import SharedState, TokenBucket, drop_written_pages
+from etl.workers import peak_rss_kb
 
 INITIAL_MAP_SIZE = 1 << 30  # grows by doubling; the file is sparse, so this is not disk used
 APPEND_LIMIT = 10**8  # '%08d' keys stay in byte order below this; append mode needs that
@@ -79,6 +80,7 @@ class WriterSummary:
     put_seconds: float = 0.0
     commit_seconds: float = 0.0
     throttled_seconds: float = 0.0
+    max_rss_kb: int = 0
     per_label: dict[str, int] = field(default_factory=dict)
 
 
@@ -230,6 +232,7 @@ def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any, write_budg
         progress_conn.send(WriterError(_describe(exc, spec.out_dir)))
         raise SystemExit(1) from None
     summary.cpu_seconds = time.process_time()
+    summary.max_rss_kb = peak_rss_kb()
     progress_conn.send(summary)
 
 
@@ -249,7 +252,8 @@ def _write_in_order(writer: LmdbWriter, next_chunk: int, data_conn: Any, progres
                 writer.commit()
             progress_conn.send(Progress(ready.chunk_id, len(ready.records), ready.failures, ready.warnings,
                                         ready.bytes_read, ready.stage_seconds,
-                                        sum(len(r.value) for r in ready.records), ready.throttled_seconds))
+                                        sum(len(r.value) for r in ready.records), ready.throttled_seconds,
+                                        ready.max_rss_kb))
             next_chunk += 1
     return False  # stopped early (interrupt, error): commit what is complete, mark it incomplete
 

@@ -1,4 +1,4 @@
-"""The naive baselines users write today: multiprocessing.Pool over the files, LMDB writes in the parent."""
+"""Baselines: the naive converters users write today (Pool over the files, LMDB writes in the parent)."""
 
 from __future__ import annotations
 
@@ -18,25 +18,26 @@ from etl.datum import encode_datum
 SIZE = 224
 
 
-def pil_kernel(path: str) -> bytes:
+def pil_kernel(data: bytes) -> bytes:
     """DIGITS' kernel: PIL open, convert RGB, resize BILINEAR, save JPEG quality 90."""
-    im = Image.open(path).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)
+    im = Image.open(io.BytesIO(data)).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
 
-def opencv_kernel(path: str) -> bytes:
+def opencv_kernel(data: bytes) -> bytes:
     """Caffe's kernel: cv2.imdecode, resize INTER_LINEAR, imencode JPEG quality 90."""
-    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     img = cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
     return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
-def _job(args: tuple[Callable[[str], bytes], str, int]) -> tuple[bytes | None, int]:
+def _job(args: tuple[Callable[[bytes], bytes], str, int]) -> tuple[bytes | None, int]:
     kernel, path, label = args
     try:
-        return kernel(path), label
+        with open(path, "rb") as fh:
+            return kernel(fh.read()), label
     except Exception:  # the baseline skips what it cannot read, like the scripts it stands for
         return None, label
 
@@ -45,7 +46,7 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def run_pool_baseline(kernel: Callable[[str], bytes], items: list[tuple[str, int]], workers: int,
+def run_pool_baseline(kernel: Callable[[bytes], bytes], items: list[tuple[str, int]], workers: int,
                       db_path: Path, commit_every: int = 1000) -> dict[str, float]:
     """Pool.imap over the files; the parent builds Datums and commits every `commit_every` records."""
     t0 = time.perf_counter()

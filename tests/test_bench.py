@@ -1,0 +1,50 @@
+"""The benchmark harness runs end to end on a tiny corpus and its outputs are well formed (no speed is asserted)."""
+
+import json
+
+from PIL import Image
+
+from etl.bench import SweepPoint, recommend
+
+from .test_cli import run_cli
+
+
+def test_bench_on_a_tiny_corpus(tmp_path):
+    proc = run_cli("bench", "--generate", "40", "--workers", "2", "--list-counts", "200,1000",
+                   "--ceiling-records", "640", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert res["files"] == 40
+    assert set(res["kernels"]) == {"Pillow BILINEAR (DIGITS)", "OpenCV INTER_LINEAR (Caffe)", "etl"}
+    assert all(k["ms_per_image"] > 0 and 20 < k["psnr_db"] < 60 for k in res["kernels"].values())
+    assert {"read", "header", "encode", "writer commit"} <= set(res["stages"])
+    assert res["limit_images_per_second"] > 0
+    e2e = res["end_to_end"]
+    assert all(r["images"] == 40 for r in e2e.values())
+    assert res["ceiling"]["records"] == 640 and res["ceiling"]["records_per_second"] > 0
+    assert 0 < res["serial"]["serial_cpu_share"] < 1 and res["serial"]["bottleneck_cores"] > 0
+    assert res["memory"]["listed"] == [200, 1000] and res["memory"]["bytes_per_listed_image"] > 0
+    for text in ("x Pillow", "of the limit", "Serial ceiling", "bytes per listed image"):
+        assert text in proc.stdout
+
+
+def test_tune_sweeps_plots_and_recommends(tmp_path):
+    proc = run_cli("tune", "--generate", "24", "--max-workers", "2", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "tune.json").read_text())
+    assert [(p["workers"], p["chunk_size"]) for p in res["points"]][:2] == [(1, 64), (2, 64)]
+    assert {p["chunk_size"] for p in res["points"]} == {16, 64, 256}
+    assert all(p["images_per_second"] > 0 and p["peak_rss_mb"] > 0 for p in res["points"])
+    assert 1 <= res["recommended"]["workers"] <= 2
+    assert Image.open(tmp_path / "sweep.png").size == (640, 400)
+    assert f"workers = {res['recommended']['workers']}" in proc.stdout
+
+
+def test_recommend_prefers_fewer_workers_within_three_percent():
+    pts = [SweepPoint(1, 64, 100, 50, 100), SweepPoint(2, 64, 198, 99, 150), SweepPoint(3, 64, 200, 99, 200)]
+    assert recommend(pts).workers == 2
+
+
+def test_bench_rejects_a_missing_source(tmp_path):
+    proc = run_cli("bench", "--src", str(tmp_path / "none"))
+    assert proc.returncode == 2 and "--src folder not found" in proc.stderr
