@@ -128,14 +128,22 @@ class ReadGate:
         return sum(b.waited for b in (self.read, self.opens) if b is not None)
 
 
-def drop_written_pages(path: str) -> None:
-    """After a synced commit, its pages are on disk: let the kernel drop them from the cache."""
-    if hasattr(os, "posix_fadvise"):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+def drop_written_pages(path: str, start: int) -> int:
+    """After a synced commit its pages are on disk: let the kernel drop what was appended since `start`.
+
+    Pages before it that LMDB rewrites (branch pages, the free list) are hot and stay cached.
+    Returns the new end to start from next time.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return start
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end = os.fstat(fd).st_size
+        if end > start:
+            os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+        return end
+    finally:
+        os.close(fd)
 
 
 def block_device(path: str) -> str | None:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -102,6 +103,8 @@ class LmdbWriter:
         self.summary = WriterSummary()
         self.state = SplitState()
         self.mean_sum: np.ndarray | None = None
+        self.label_counts: Counter[int] = Counter()
+        self.dropped_upto = 0  # data.mdb bytes already advised out of the page cache
 
     def open(self) -> Ready:
         """Start fresh, or pick up exactly where the last commit of an earlier run left off."""
@@ -117,7 +120,7 @@ class LmdbWriter:
             self.spec.list_path.write_text("")
             skip_path.write_text("")
         self.summary.written = self.state.records
-        self.summary.per_label = dict(self.state.per_label)
+        self.label_counts.update({int(k): n for k, n in self.state.per_label.items()})
         self.list_file = open(self.spec.list_path, "a", encoding="utf-8", errors="surrogateescape")
         self.skip_file = open(skip_path, "a", encoding="utf-8", errors="surrogateescape")
         return Ready(self.state.chunks, self.state,
@@ -126,13 +129,14 @@ class LmdbWriter:
 
     def add(self, result: ChunkResult) -> None:
         t0 = time.perf_counter()
+        index, prefix = self.summary.written, self.list_prefix
         for rec in result.records:
-            self.batch.append((b"%08d_%d" % (self.summary.written, rec.label), rec.value))
-            self.lines.append(f"{self._list_path(rec.path)} {rec.label}\n")
-            self.summary.written += 1
+            self.batch.append((b"%08d_%d" % (index, rec.label), rec.value))
+            self.lines.append(f"{prefix}{rec.path} {rec.label}\n")
             self.summary.data_bytes += len(rec.value)
-            key = str(rec.label)
-            self.summary.per_label[key] = self.summary.per_label.get(key, 0) + 1
+            self.label_counts[rec.label] += 1
+            index += 1
+        self.summary.written = index
         for kind, entries in (("skipped", result.failures), ("warning", result.warnings)):
             self.skip_lines.extend(json.dumps({"chunk": result.chunk_id, "kind": kind, "path": f.path,
                                                "reason": f.reason}) + "\n" for f in entries)
@@ -146,8 +150,13 @@ class LmdbWriter:
             self.state.stage_seconds[stage] += seconds
         self.summary.put_seconds += time.perf_counter() - t0
 
-    def _list_path(self, rel: str) -> str:
-        return rel if self.spec.relative_paths else os.path.join(os.path.abspath(self.spec.source_root), rel)
+    @property
+    def list_prefix(self) -> str:
+        """What goes before each relative path in the list file: nothing, or the absolute source root."""
+        return "" if self.spec.relative_paths else os.path.join(os.path.abspath(self.spec.source_root), "")
+
+    def per_label(self) -> dict[str, int]:
+        return {str(label): n for label, n in sorted(self.label_counts.items())}
 
     def commit(self, complete: bool = False) -> None:
         """Side files first, then pending state, LMDB commit, then the state: see etl.checkpoint."""
@@ -163,13 +172,13 @@ class LmdbWriter:
         if self.mean_sum is not None:
             cp.save_sum(split, self.state.chunks, self.mean_sum)
         self.state.records = self.summary.written
-        self.state.per_label = dict(self.summary.per_label)
+        self.state.per_label = self.summary.per_label = self.per_label()
         self.state.complete = complete
         cp.save_pending(split, self.state)
         self._put_batch()
         cp.promote_pending(split)
         if not self.spec.keep_page_cache:
-            drop_written_pages(str(self.spec.db_path / "data.mdb"))
+            self.dropped_upto = drop_written_pages(str(self.spec.db_path / "data.mdb"), self.dropped_upto)
         cp.drop_sums_except(split, {self.state.chunks})
         self.summary.commits += 1
         self.summary.commit_seconds += time.perf_counter() - t0
