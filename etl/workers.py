@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import resource
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -201,6 +203,17 @@ class Slot(NamedTuple):
     since: Any  # multiprocessing.Value('d'): time.monotonic() when it began
 
 
+def _take_tasks(conn: Connection, inbox: queue.Queue) -> None:
+    """Read tasks as soon as they come, so the coordinator never blocks on a big task while this
+    worker is itself blocked sending a result back on the same pipe."""
+    try:
+        while (task := conn.recv()) is not None:
+            inbox.put(task)
+    except (EOFError, OSError):
+        pass
+    inbox.put(None)
+
+
 def worker_main(spec: WorkSpec, conn: Connection, slot: Slot, budgets: Budgets | None) -> None:
     """A worker's life: take chunks from its pipe until None, send each result back pickled."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
@@ -208,13 +221,16 @@ def worker_main(spec: WorkSpec, conn: Connection, slot: Slot, budgets: Budgets |
     cv2.setNumThreads(1)  # one image per core: OpenCV's own threads would only contend
     gate = ReadGate(budgets, drop_cache=not spec.keep_page_cache)
     converter = ImageConverter(spec, FaultHook(dict(os.environ)), slot, gate)
+    inbox: queue.Queue = queue.Queue()
+    threading.Thread(target=_take_tasks, args=(conn, inbox), daemon=True).start()
     parent = os.getppid()
     while True:
-        if not conn.poll(1.0):
+        try:
+            task = inbox.get(timeout=1.0)
+        except queue.Empty:
             if os.getppid() != parent:
                 return  # the coordinator died: do not linger as an orphan
             continue
-        task = conn.recv()
         if task is None:
             return
         conn.send_bytes(pickle.dumps(converter.run_chunk(task), protocol=pickle.HIGHEST_PROTOCOL))
