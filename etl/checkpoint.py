@@ -9,6 +9,7 @@ matches exactly one of state or pending, and everything else is cut back to it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -94,11 +95,9 @@ class Checkpoint:
         os.replace(self.path(f"{split}.pending.json"), self.path(f"{split}.state.json"))
 
     def save_sum(self, split: str, chunks: int, pixel_sum: np.ndarray) -> None:
-        path = self.path(f"{split}.sum.{chunks}.npy")
-        with open(path, "wb") as fh:
-            np.save(fh, pixel_sum)
-            fh.flush()
-            os.fsync(fh.fileno())
+        buf = io.BytesIO()
+        np.save(buf, pixel_sum)
+        fsync_write(self.path(f"{split}.sum.{chunks}.npy"), buf.getvalue())
 
     def drop_sums_except(self, split: str, keep: set[int]) -> None:
         for path in self.dir.glob(f"{split}.sum.*.npy"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import shutil
 import signal
@@ -20,7 +21,7 @@ from etl.settings import Settings, UsageError
 from etl.sources import Split, plan
 from etl.stats import SplitStats, summary_text, write_report
 from etl.throttle import MB, AdaptiveIO, Budgets, Caps, block_device
-from etl.workers import WorkerHandle, WorkerPool, WorkSpec
+from etl.workers import WorkerHandle, WorkerPool, WorkSpec, stop_signals_blocked
 from etl.writer import END, Ready, WriterError, WriterSpec, WriterSummary, writer_main
 
 DATASET_FILES = ("labels.txt", "train.txt", "val.txt", "mean.binaryproto", "mean.jpg", "report.json")
@@ -30,6 +31,13 @@ MAX_CHUNK_RETRIES = 3
 # fork starts workers ~0.3 s sooner than spawn (no re-import of numpy, cv2, Pillow): it is safe here
 # because the coordinator holds no LMDB environment and runs no threads when it starts them.
 START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+
+
+class QuietTqdm(tqdm):
+    """tqdm without its monitor thread: workers are forked while the bar is shown, and a fork
+    should find no other thread running."""
+
+    monitor_interval = 0
 
 
 class PipelineError(Exception):
@@ -44,21 +52,38 @@ class Interrupted(Exception):
         self.exit_code = exit_code
 
 
-def prepare_output(s: Settings) -> Path:
-    """Create the output folder; never silently replace a dataset already there."""
+def check_output(s: Settings) -> None:
+    """Refuse an unusable output folder before any work; never silently replace a dataset."""
     out = Path(s.out_dir)
-    existing = [n for n in DATASET_FILES + DATASET_DIRS if (out / n).exists()]
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output path {out} exists and is not a folder")
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {parent}: choose an output folder you can write to")
     if s.resume:
         if not (out / CHECKPOINT_DIR).is_dir():
             raise UsageError(f"nothing to resume in {out}: no checkpoint from an earlier run")
-        return out
+        return
+    existing = [n for n in DATASET_FILES + DATASET_DIRS if (out / n).exists()]
     if existing and not s.overwrite:
         raise UsageError(f"{out} already holds a dataset ({existing[0]}): pass --resume to continue it "
                          "or --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in existing:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def prepare_output(s: Settings) -> Path:
+    """Create the output folder, clearing an old dataset only when --overwrite said so."""
+    out = Path(s.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+    if not s.resume:
+        for name in DATASET_FILES + DATASET_DIRS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
     return out
 
 
@@ -68,6 +93,7 @@ def _raise_on_sigterm(signum: int, frame: Any) -> None:
 
 def convert(s: Settings, progress: bool = True) -> dict[str, Any]:
     """Build every database of the dataset; returns the report (also written to report.json)."""
+    check_output(s)
     job = plan(s)
     out = prepare_output(s)
     checkpoint = Checkpoint(out)
@@ -129,7 +155,7 @@ class SplitRun:
         self.workers = max(1, min(s.worker_count, len(self.tasks)))
         self.window = 4 * self.workers + 4  # chunks ahead of the writer: bounds its reorder buffer
         self.stats = SplitStats(split.name, len(split.items), worker_count=self.workers)
-        self.bar = tqdm(total=len(split.items), desc=split.name, unit="img", disable=not progress,
+        self.bar = QuietTqdm(total=len(split.items), desc=split.name, unit="img", disable=not progress,
                         smoothing=0.05, delay=0.1)
         self.caps = caps_for(s, split.name)
         self.last_io_update = 0.0
@@ -149,7 +175,8 @@ class SplitRun:
         self.watchers = self._watchers(budgets)
         self.writer = ctx.Process(target=writer_main, args=(wspec, writer_in, writer_out, budgets.write),
                                   name="etl-writer", daemon=True)
-        self.writer.start()
+        with stop_signals_blocked():
+            self.writer.start()
         writer_in.close()
         writer_out.close()
         self.pool: WorkerPool | None = None
@@ -249,7 +276,8 @@ class SplitRun:
 
     def _send_to_writer(self, data: bytes) -> None:
         try:
-            self.to_writer.send_bytes(data)
+            with stop_signals_blocked():  # a Ctrl-C half-way through a message would wedge the writer
+                self.to_writer.send_bytes(data)
         except OSError:  # the writer is gone: its last message says why
             self.writer.join(2.0)
             self._drain_writer()
@@ -359,5 +387,8 @@ class SplitRun:
             pass
 
     def _interrupt_message(self, what: str) -> str:
-        return (f"{what}: {self.split.name} has {self.stats.written:,d} of {len(self.split.items):,d} images "
-                "written and committed; run the same command with --resume to continue")
+        if self.stats.writer is None:  # the writer did not finish: only its last commit is known to hold
+            return (f"{what}: {self.split.name}_db holds its last commit; run the same command with --resume "
+                    "to continue")
+        return (f"{what}: {self.split.name} has {self.stats.writer.written:,d} of {len(self.split.items):,d} "
+                "images written and committed; run the same command with --resume to continue")

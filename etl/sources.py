@@ -43,9 +43,18 @@ def is_image_name(name: str) -> bool:
 
 
 def scan_class_folder(class_dir: Path) -> list[str]:
-    """Image files under one class folder, nested folders flattened, relative to its parent."""
+    """Image files under one class folder, nested folders flattened, relative to its parent.
+
+    Linked folders are followed, each real folder once: a link loop cannot repeat or hang the scan.
+    """
     found: list[str] = []
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames.sort()
         rel_dir = os.path.relpath(dirpath, class_dir.parent)
         found.extend(os.path.join(rel_dir, f) for f in filenames if is_image_name(f))

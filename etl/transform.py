@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import cv2
@@ -73,12 +74,17 @@ def noise_rng(seed: int, split_code: int, index: int) -> np.random.Generator:
 
 def apply_geometry(pixels: np.ndarray, geo: Geometry, width: int, height: int,
                    rng: np.random.Generator | None) -> np.ndarray:
-    """Resize, then crop the long side and/or pad the short side with random noise."""
-    out = resize(pixels, geo.resize_w, geo.resize_h)
-    if geo.crop_x or geo.resize_w > width:
-        out = out[:, geo.crop_x: geo.crop_x + width]
-    if geo.crop_y or geo.resize_h > height:
-        out = out[geo.crop_y: geo.crop_y + height]
+    """Crop, resize, and pad the short side with random noise.
+
+    The crop is taken from the source before resizing: the same picture as resizing first, without
+    ever allocating the full resized image (a 1x30000 strip in crop mode would need gigabytes).
+    """
+    src_h, src_w = pixels.shape[:2]  # may be DCT-scaled: the geometry is in resized pixels
+    keep_w, keep_h = min(width, geo.resize_w), min(height, geo.resize_h)
+    sx, sy = src_w / geo.resize_w, src_h / geo.resize_h
+    x0, x1 = math.floor(geo.crop_x * sx), math.ceil((geo.crop_x + keep_w) * sx)
+    y0, y1 = math.floor(geo.crop_y * sy), math.ceil((geo.crop_y + keep_h) * sy)
+    out = resize(pixels[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)], keep_w, keep_h)
     if geo.pad_x or geo.pad_y:
         out = _pad_with_noise(out, geo, rng or np.random.default_rng())
     return np.ascontiguousarray(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import queue
@@ -10,7 +11,8 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
@@ -96,6 +98,8 @@ class ImageConverter:
                 self._convert(item, result)
             except BadImage as exc:
                 result.failures.append(Failure(item.path, str(exc)))
+            except Exception as exc:  # a defect or an exotic file must cost this image only
+                result.failures.append(Failure(item.path, f"unexpected error: {type(exc).__name__}: {exc}"))
         self._hold(-1)
         result.throttled_seconds = self.gate.waited - waited_before
         result.max_rss_kb = peak_rss_kb()
@@ -112,6 +116,7 @@ class ImageConverter:
         if self.fault is not None:
             self.fault(path)
         data = read_file(path, self.gate)
+        self._hold(item.index)  # the time limit is for work: a throttled read is not a hang
         result.bytes_read += len(data)
         result.stage_seconds["read"] += time.perf_counter() - t0
         value, pixels, warning = self.convert_bytes(data, item, result.stage_seconds)
@@ -162,6 +167,31 @@ def peak_rss_kb() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel kill this worker if the coordinator dies, even mid-image (a worker
+    stuck in a decoder never gets back to its own parent check)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the between-tasks parent check still applies
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM back for a moment: while a process is being forked (so the child can
+    install its own handlers first), or while a message is half-way into a pipe."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class FaultHook:
@@ -218,6 +248,8 @@ def worker_main(spec: WorkSpec, conn: Connection, slot: Slot, budgets: Budgets |
     """A worker's life: take chunks from its pipe until None, send each result back pickled."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the coordinator's handler, inherited by fork
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent around the fork
+    die_with_parent()
     cv2.setNumThreads(1)  # one image per core: OpenCV's own threads would only contend
     gate = ReadGate(budgets, drop_cache=not spec.keep_page_cache)
     converter = ImageConverter(spec, FaultHook(dict(os.environ)), slot, gate)
@@ -244,14 +276,16 @@ class WorkerHandle:
         self.slot = Slot(ctx.Value("q", -1, lock=False), ctx.Value("d", 0.0, lock=False))
         self.proc: BaseProcess = ctx.Process(target=worker_main, args=(spec, child_conn, self.slot, budgets),
                                              name=f"etl-worker-{number}", daemon=True)
-        self.proc.start()
+        with stop_signals_blocked():
+            self.proc.start()
         child_conn.close()
         self.tasks: deque[Task] = deque()
 
     def give(self, task: Task) -> None:
         self.tasks.append(task)
         try:
-            self.conn.send(task)
+            with stop_signals_blocked():
+                self.conn.send(task)
         except OSError:
             pass  # it died a moment ago: its sentinel will say so, and the task goes back in the queue
 

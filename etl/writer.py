@@ -23,8 +23,9 @@ from PIL import Image
 from etl.checkpoint import Checkpoint, SplitState, skips_before, truncate_lines
 from etl.datum import encode_blobproto
 from etl.records import ChunkResult, Failure, Progress
+from etl.settings import UsageError
 from etl.throttle import SharedState, TokenBucket, drop_written_pages
-from etl.workers import peak_rss_kb
+from etl.workers import STOP_SIGNALS, peak_rss_kb
 
 INITIAL_MAP_SIZE = 1 << 30  # grows by doubling; the file is sparse, so this is not disk used
 APPEND_LIMIT = 10**8  # '%08d' keys stay in byte order below this; append mode needs that
@@ -93,10 +94,9 @@ class LmdbWriter:
         self.budget = budget
         self.checkpoint = Checkpoint(spec.out_dir)
         spec.db_path.mkdir(parents=True, exist_ok=True)
-        # metasync=False keeps ACI on a crash (LMDB may lose the last commit, never corrupt);
-        # sync stays on, writemap stays off: both would risk corruption on power loss.
-        self.env = lmdb.open(str(spec.db_path), map_size=INITIAL_MAP_SIZE, metasync=False, max_dbs=0,
-                             readahead=False)
+        # LMDB's defaults: sync and metasync on, writemap off. Every commit is durable before the
+        # checkpoint names it, so not even a power loss can leave the two disagreeing.
+        self.env = lmdb.open(str(spec.db_path), map_size=INITIAL_MAP_SIZE, max_dbs=0, readahead=False)
         self.batch: list[tuple[bytes, bytes]] = []
         self.lines: list[str] = []
         self.skip_lines: list[str] = []
@@ -209,18 +209,24 @@ class LmdbWriter:
 
 def write_mean(out_dir: str, pixel_sum: np.ndarray, count: int) -> None:
     """mean.binaryproto (CHW, BGR, float) and mean.jpg (RGB), as DIGITS writes them."""
-    mean_hwc = pixel_sum.astype(np.float64) / count
-    channels = mean_hwc.shape[2]
-    planes = mean_hwc[:, :, ::-1] if channels == 3 else mean_hwc
+    # DIGITS rounds the mean to whole pixel values before storing it as floats: do the same.
+    image = np.clip(np.rint(pixel_sum / count), 0, 255).astype(np.uint8)
+    channels = image.shape[2]
+    planes = image[:, :, ::-1] if channels == 3 else image
     Path(out_dir, "mean.binaryproto").write_bytes(encode_blobproto(planes.transpose(2, 0, 1).astype(np.float32)))
-    image = np.clip(np.rint(mean_hwc), 0, 255).astype(np.uint8)
     Image.fromarray(image if channels == 3 else image[:, :, 0]).save(Path(out_dir, "mean.jpg"), quality=90)
 
 
-def _receive(data_conn: Any, inbox: queue.Queue) -> None:
+def _receive(data_conn: Any, inbox: queue.Queue, parent: int) -> None:
     """Drain the data pipe into memory so the coordinator never waits on a commit's fsync."""
     try:
-        while (data := data_conn.recv_bytes()) != END:
+        while True:
+            if not data_conn.poll(1.0):
+                if os.getppid() != parent:
+                    break  # the coordinator was killed: commit what is in order, then stop
+                continue
+            if (data := data_conn.recv_bytes()) == END:
+                break
             inbox.put(data)
     except (EOFError, OSError):
         pass  # the coordinator is gone: treat as the end
@@ -231,23 +237,35 @@ def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any, write_budg
     """The writer's life: announce where to start, write chunks in order, then its summary."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent around the fork
     try:
         writer = LmdbWriter(spec, TokenBucket(write_budget) if write_budget is not None else None)
         ready = writer.open()
-        progress_conn.send(ready)
+        _tell(progress_conn, ready)
         complete = _write_in_order(writer, ready.start_chunk, data_conn, progress_conn)
         summary = writer.close(complete)
+    except UsageError as exc:  # a checkpoint that cannot be resumed: its message says what to do
+        _tell(progress_conn, WriterError(str(exc)))
+        raise SystemExit(1) from None
     except Exception as exc:  # disk full, I/O error: the last commit stands; say why and stop
-        progress_conn.send(WriterError(_describe(exc, spec.out_dir)))
+        _tell(progress_conn, WriterError(_describe(exc, spec.out_dir)))
         raise SystemExit(1) from None
     summary.cpu_seconds = time.process_time()
     summary.max_rss_kb = peak_rss_kb()
-    progress_conn.send(summary)
+    _tell(progress_conn, summary)
+
+
+def _tell(conn: Any, message: object) -> None:
+    """Send to the coordinator, which may be gone (killed): then there is no one left to tell."""
+    try:
+        conn.send(message)
+    except OSError:
+        pass
 
 
 def _write_in_order(writer: LmdbWriter, next_chunk: int, data_conn: Any, progress_conn: Any) -> bool:
     inbox: queue.Queue = queue.Queue()
-    threading.Thread(target=_receive, args=(data_conn, inbox), daemon=True).start()
+    threading.Thread(target=_receive, args=(data_conn, inbox, os.getppid()), daemon=True).start()
     pending: dict[int, ChunkResult] = {}  # the reorder buffer; the coordinator bounds its size
     while (data := inbox.get()) is not None:
         result: ChunkResult | str = pickle.loads(data)
@@ -259,7 +277,7 @@ def _write_in_order(writer: LmdbWriter, next_chunk: int, data_conn: Any, progres
             writer.add(ready)
             if len(writer.batch) >= writer.spec.commit_every:
                 writer.commit()
-            progress_conn.send(Progress(ready.chunk_id, len(ready.records), ready.failures, ready.warnings,
+            _tell(progress_conn, Progress(ready.chunk_id, len(ready.records), ready.failures, ready.warnings,
                                         ready.bytes_read, ready.stage_seconds,
                                         sum(len(r.value) for r in ready.records), ready.throttled_seconds,
                                         ready.max_rss_kb))

@@ -32,6 +32,7 @@ def tree(tmp_path):
     (["{t}/train", "{t}/out", "--config", "{t}/none.toml"], "config file not found"),
     (["{t}/train", "{t}/train"], "is an input folder"),
     (["{t}/train", "{t}/out", "--max-per-class", "0"], "--max-per-class must be at least --min-per-class"),
+    (["{t}/train", "{t}/train/a/1.jpg"], "exists and is not a folder"),
 ])
 def test_bad_arguments_one_line_no_traceback(tree, args, message):
     proc = run_cli("convert", *[a.format(t=tree) for a in args])
@@ -39,7 +40,7 @@ def test_bad_arguments_one_line_no_traceback(tree, args, message):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("etl: error:") and message in lines[0], proc.stderr
-    assert not (tree / "out").exists()  # stopped before any work
+    assert not (tree / "out").exists() and (tree / "train" / "a" / "1.jpg").read_bytes() == b"x"  # no work done
 
 
 def test_config_file_unknown_key_and_override(tree):

@@ -88,6 +88,7 @@ def test_mean_is_valid_blobproto_and_matches_records(converted, caffe_pb2):
     blob.ParseFromString((out / "mean.binaryproto").read_bytes())
     assert (blob.num, blob.channels, blob.height, blob.width) == (1, 3, 224, 224)
     mean_bgr = np.array(blob.data, np.float32).reshape(3, 224, 224)
+    assert (mean_bgr == np.round(mean_bgr)).all()  # whole pixel values, as DIGITS stores them
     decoded = np.mean([np.asarray(img, np.float64) for img, _ in LmdbDataset(out / "train_db")], axis=0)
     # records are JPEG q90 of the pixels that were averaged: close, not equal
     assert np.abs(mean_bgr[::-1].transpose(1, 2, 0) - decoded).mean() < 2.0

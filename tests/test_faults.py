@@ -1,5 +1,6 @@
 """Never lose, never hang: bad files, dying and hanging workers, signals, SIGKILL + resume, disk full."""
 
+import io
 import json
 import os
 import random
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from PIL import Image
 
 from etl.synth import TreeSpec, bad_files, make_tree
 
@@ -287,3 +289,50 @@ def test_disk_full_stops_cleanly_and_resumes_after_space_is_freed(tree, tmp_path
         assert dataset(out) == reference
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+# ---- found in review --------------------------------------------------------------------------------
+
+def test_tasks_bigger_than_a_pipe_buffer_do_not_deadlock(tmp_path):
+    tiny = tiny_jpeg()
+    folder = tmp_path / "t" / ("c" * 60)
+    folder.mkdir(parents=True)
+    for i in range(4300):  # two chunks of 4096 items with long names: ~600 KB per pickled task
+        (folder / f"{'x' * 80}_{i:05d}.jpg").write_bytes(tiny)
+    proc = etl("convert", tmp_path / "t", tmp_path / "out", "--workers", "1", "--chunk-size", "4096",
+               "--val-pct", "0", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert report(tmp_path / "out")["splits"]["train"]["written"] == 4300
+
+
+def tiny_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_throttled_reads_are_not_taken_for_hangs(small_tree, tmp_path):
+    proc = etl("convert", small_tree / "val", tmp_path / "out", "--val-pct", "0", "--quiet", "--workers", "2",
+               "--max-read-mbps", "0.3", "--image-timeout", "1")
+    assert proc.returncode == 0, proc.stderr
+    r = report(tmp_path / "out")["splits"]["train"]
+    assert r["skipped"] == 0 and r["workers_replaced"] == [] and r["io"]["workers_throttled_seconds"] > 1
+
+
+def test_killed_coordinator_leaves_no_process_behind_and_resumes(tree, tmp_path, reference):
+    victim = sorted(tree.rglob("*.JPEG"))[-1].name
+    out = tmp_path / "out"
+    proc = start("convert", tree, out, *ARGS, env={"ETL_TEST_FAULTS": f"hang={victim}"})
+    deadline = time.monotonic() + 60
+    while not (out / ".etl" / "train.state.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    children = psutil.Process(proc.pid).children()
+    os.kill(proc.pid, signal.SIGKILL)  # the OOM killer picks the coordinator alone
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], "writer or workers outlived the coordinator"
+    assert consistent(out) > 0
+    resumed = etl("convert", tree, out, *ARGS, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert dataset(out) == reference

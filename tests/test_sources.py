@@ -1,5 +1,6 @@
 """Scanning folders: labels in byte order, nesting, extensions, splits and per-class limits."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,12 @@ def test_empty_tree_is_a_usage_error(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(UsageError, match="no images"):
         plan(settings(tmp_path))
+
+
+def test_linked_folders_are_followed_once_and_loops_do_not_repeat(tmp_path):
+    touch(tmp_path, "a/1.jpg", "a/sub/2.jpg", "shared/3.jpg")
+    os.symlink(tmp_path / "a", tmp_path / "a" / "sub" / "loop")  # a -> sub -> loop -> a
+    os.symlink(tmp_path / "a" / "sub", tmp_path / "a" / "again")  # the same folder twice
+    os.symlink(tmp_path / "shared", tmp_path / "a" / "extra")
+    tree = scan_tree(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in tree["a"]) == ["1.jpg", "2.jpg", "3.jpg"]

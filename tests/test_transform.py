@@ -64,3 +64,9 @@ def test_dct_scale_keeps_twice_the_target():
     assert dct_scale(4000, 3000, Geometry(224, 224, 0, 0, 0, 0)) == 4  # 1000x750 >= 448
     assert dct_scale(500, 375, Geometry(224, 224, 0, 0, 0, 0)) == 1
     assert dct_scale(1000, 1000, Geometry(224, 224, 0, 0, 0, 0)) == 2
+
+
+def test_crop_of_an_extreme_strip_stays_small():
+    strip = gradient(1, 30000)  # crop mode would resize it to 224 x 6,720,000 before cropping
+    out = apply_geometry(strip, plan_geometry(1, 30000, 224, 224, "crop"), 224, 224, None)
+    assert out.shape == (224, 224, 3)
