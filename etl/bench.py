@@ -28,7 +28,7 @@ from PIL import Image
 from etl.baselines import opencv_kernel, pil_kernel, run_pool_baseline
 from etl.codec import Codec
 from etl.datum import encode_datum
-from etl.pipeline import START_METHOD
+from etl.pipeline import mp_context
 from etl.records import STAGES, ChunkResult, Item, Progress, Record
 from etl.settings import usable_cores
 from etl.sources import scan_tree
@@ -233,7 +233,7 @@ def _producer(conn: Any, chunk_ids: list[int], records: int) -> None:
 
 def writer_ceiling(work: Path, total: int = 40_000, producers: int = 4, per_chunk: int = 64) -> dict[str, float]:
     """Records/s the coordinator + writer pair sustains: producers send ready chunks as fast as they can."""
-    ctx = mp.get_context(START_METHOD)
+    ctx = mp_context()
     n_chunks = total // per_chunk
     writer_in, to_writer = ctx.Pipe(duplex=False)
     from_writer, writer_out = ctx.Pipe(duplex=False)
@@ -417,9 +417,16 @@ def serial_figures(etl_run: dict[str, Any], ceiling: dict[str, float]) -> dict[s
             "bottleneck_cores": serial_rate * worker}
 
 
+def _no_opencv_threads() -> None:
+    # The limit and the Pool baselines fork from this process: OpenCV's thread pool must never
+    # exist here, or a forked child calling cv2 deadlocks on a lock held by a thread it lacks.
+    cv2.setNumThreads(1)
+
+
 def run_bench(src: str | None, generate: int, repeat: int, workers: int, out: Path,
               list_counts: tuple[int, int] = (10_000, 200_000), kernel_sample: int = 300,
               ceiling_records: int = 40_000) -> dict[str, Any]:
+    _no_opencv_threads()
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
         work = Path(tmp)
@@ -442,6 +449,7 @@ def run_bench(src: str | None, generate: int, repeat: int, workers: int, out: Pa
 
 
 def run_tune(src: str | None, generate: int, repeat: int, max_workers: int, out: Path) -> dict[str, Any]:
+    _no_opencv_threads()
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="etl-tune-") as tmp:
         work = Path(tmp)

@@ -196,3 +196,17 @@ def test_existing_dataset_is_not_overwritten(small_tree, tmp_path):
 def test_console_script_and_module_are_the_same_cli():
     proc = subprocess.run([sys.executable, "-m", "etl", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "convert" in proc.stdout and "verify" in proc.stdout
+
+
+def test_convert_after_the_caller_used_opencv_threads(small_tree, tmp_path):
+    """A program that ran OpenCV (with its thread pool) before convert() must not deadlock its workers."""
+    code = (
+        "import cv2, numpy as np; cv2.setNumThreads(4); "
+        "cv2.GaussianBlur(np.zeros((2000, 2000, 3), np.uint8), (0, 0), 3); "
+        "from etl.settings import Settings; from etl.pipeline import convert; "
+        f"r = convert(Settings(train_dir={str(small_tree / 'val')!r}, out_dir={str(tmp_path / 'o')!r}, "
+        "val_pct=0.0, workers=2), progress=False); print(r['splits']['train']['written'])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "9"
