@@ -174,8 +174,8 @@ PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> None:
-    """Linux: have the kernel kill this worker if the coordinator dies, even mid-image (a worker
-    stuck in a decoder never gets back to its own parent check)."""
+    """Linux: have the kernel kill this worker if its parent (the forkserver) dies. The coordinator's
+    death is noticed by the task-reading thread, which sees its pipe close."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -240,7 +240,9 @@ def _take_tasks(conn: Connection, inbox: queue.Queue) -> None:
         while (task := conn.recv()) is not None:
             inbox.put(task)
     except (EOFError, OSError):
-        pass
+        # The coordinator is gone (killed): nobody will read a result. Leave now, even if the
+        # main thread is stuck inside a decoder.
+        os._exit(0)
     inbox.put(None)
 
 

@@ -183,10 +183,15 @@ def test_worker_killed_from_outside_is_replaced(tree, tmp_path, reference):
     assert dataset(tmp_path / "out") == reference
 
 
+def workers_of(pid: int) -> list[psutil.Process]:
+    """The worker processes of a run: the forkserver's children that do not hold the LMDB open."""
+    return [c for server in psutil.Process(pid).children() for c in server.children()
+            if not any(f.path.endswith("data.mdb") for f in c.open_files())]
+
+
 def _idle_worker(pid: int) -> int:
-    """The worker stuck on one image: least CPU in half a second, among children without the LMDB open."""
-    children = [c for c in psutil.Process(pid).children()
-                if not any(f.path.endswith("data.mdb") for f in c.open_files())]
+    """The worker stuck on one image: the one that used the least CPU in half a second."""
+    children = workers_of(pid)
     before = {c.pid: sum(c.cpu_times()[:2]) for c in children}
     time.sleep(0.5)
     return min(children, key=lambda c: sum(c.cpu_times()[:2]) - before[c.pid]).pid
@@ -327,7 +332,8 @@ def test_killed_coordinator_leaves_no_process_behind_and_resumes(tree, tmp_path,
     while not (out / ".etl" / "train.state.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)
-    children = psutil.Process(proc.pid).children()
+    children = psutil.Process(proc.pid).children(recursive=True)  # forkserver, workers, writer, tracker
+    assert len(children) >= 4
     os.kill(proc.pid, signal.SIGKILL)  # the OOM killer picks the coordinator alone
     proc.wait(timeout=30)
     gone, alive = psutil.wait_procs(children, timeout=10)
