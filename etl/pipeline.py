@@ -249,10 +249,11 @@ class SplitRun:
             self._check_hung()
             self._drain_writer()
             self._watch_io()
+        self._watch_io(force=True)  # the bar's last figures cover the whole run
 
-    def _watch_io(self) -> None:
+    def _watch_io(self, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self.last_io_update < 0.5:
+        if now - self.last_io_update < 0.5 and not force:
             return
         self.last_io_update = now
         done = {"read": self.stats.bytes_read, "write": self.stats.bytes_written}
