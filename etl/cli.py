@@ -99,7 +99,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet")}
     settings = build_settings(values, args.config)
-    report = convert(settings, progress=not args.quiet)
+    # fork: this process never runs OpenCV, so a forked worker cannot inherit its thread pool's locks
+    report = convert(settings, progress=not args.quiet, start_method="fork")
     if not any(split["written"] for split in report["splits"].values()):
         print(f"etl: error: no image could be converted; the reasons are in {settings.out_dir}/report.json",
               file=sys.stderr)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import time
 from collections import deque
+from multiprocessing import forkserver
 from multiprocessing.connection import wait
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -32,14 +33,22 @@ MAX_CHUNK_RETRIES = 3
 PRELOAD = ["etl.workers", "etl.writer"]
 
 
-def mp_context() -> BaseContext:
-    """forkserver with etl preloaded: workers start almost as fast as with fork (no re-import of
-    numpy, OpenCV, Pillow), yet from a clean single-threaded server. Plain fork is not safe here:
-    a program that used OpenCV before calling convert() has OpenCV's thread pool running, and a
-    forked worker would deadlock on its first cv2 call (seen with `etl demo`)."""
-    if "forkserver" in mp.get_all_start_methods():
+def mp_context(start_method: str | None = None) -> BaseContext:
+    """How worker and writer processes start.
+
+    By default a forkserver with etl preloaded: children start from a clean single-threaded server.
+    Plain fork is faster to start (~0.2 s per run) but only safe from a process that never used
+    OpenCV's thread pool: a forked worker deadlocks on its first cv2 call when the parent's pool
+    was busy (seen with `etl demo`, which draws its images with OpenCV). `etl convert` knows its
+    coordinator never runs OpenCV and asks for fork. spawn where neither exists.
+    """
+    methods = mp.get_all_start_methods()
+    if start_method == "fork" and "fork" in methods:
+        return mp.get_context("fork")
+    if "forkserver" in methods:
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(PRELOAD)
+        forkserver.ensure_running()  # it imports the preload while the caller goes on (scanning)
         return ctx
     return mp.get_context("spawn")
 
@@ -102,9 +111,12 @@ def _raise_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def convert(s: Settings, progress: bool = True) -> dict[str, Any]:
-    """Build every database of the dataset; returns the report (also written to report.json)."""
+def convert(s: Settings, progress: bool = True, start_method: str | None = None) -> dict[str, Any]:
+    """Build every database of the dataset; returns the report (also written to report.json).
+
+    start_method: None (a forkserver, safe from any caller) or "fork" (see mp_context)."""
     check_output(s)
+    ctx = mp_context(start_method)
     job = plan(s)
     out = prepare_output(s)
     checkpoint = Checkpoint(out)
@@ -119,7 +131,7 @@ def convert(s: Settings, progress: bool = True) -> dict[str, Any]:
     done: list[SplitStats] = []
     try:
         for split in job.splits:
-            done.append(SplitRun(split, s, out, progress).run())
+            done.append(SplitRun(split, s, out, progress).run(ctx))
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not any(sp.name == "val" for sp in job.splits):
@@ -174,8 +186,7 @@ class SplitRun:
         self.image_deaths: dict[int, int] = {}
         self.chunk_deaths: dict[int, int] = {}
 
-    def run(self) -> SplitStats:
-        ctx = mp_context()
+    def run(self, ctx: BaseContext) -> SplitStats:
         writer_in, self.to_writer = ctx.Pipe(duplex=False)
         self.from_writer, writer_out = ctx.Pipe(duplex=False)
         wspec = WriterSpec(self.split.name, str(self.out), self.split.root, self.s.relative_paths,

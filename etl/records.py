@@ -55,6 +55,7 @@ class ChunkResult:
     bytes_read: int = 0
     throttled_seconds: float = 0.0
     max_rss_kb: int = 0  # the worker's peak resident memory so far
+    cpu_seconds: float = 0.0  # the worker's CPU time (user + system) spent on this chunk
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
 
@@ -70,3 +71,4 @@ class Progress(NamedTuple):
     bytes_written: int
     throttled_seconds: float
     worker_max_rss_kb: int
+    worker_cpu_seconds: float

@@ -34,6 +34,7 @@ class SplitStats:
     bytes_written: int = 0
     resumed_bytes_read: int = 0  # bytes_read carried over from the runs before a resume
     worker_max_rss_kb: int = 0
+    worker_cpu_total: float = 0.0  # CPU seconds of all workers together (process time, not wall)
     coordinator_max_rss_kb: int = 0
     throttled_seconds: float = 0.0  # summed over workers: time spent waiting for the read budget
     io: dict[str, Any] = field(default_factory=dict)
@@ -47,6 +48,7 @@ class SplitStats:
         self.bytes_written += progress.bytes_written
         self.throttled_seconds += progress.throttled_seconds
         self.worker_max_rss_kb = max(self.worker_max_rss_kb, progress.worker_max_rss_kb)
+        self.worker_cpu_total += progress.worker_cpu_seconds
         for stage, seconds in progress.stage_seconds.items():
             self.stage_seconds[stage] += seconds
 
@@ -85,7 +87,8 @@ class SplitStats:
             "workers": self.worker_count,
             "resumed_from": self.resumed_from,
             "workers_replaced": self.worker_losses,
-            "worker_cpu_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "worker_stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "worker_cpu_seconds": round(self.worker_cpu_total, 3),
             "coordinator_cpu_seconds": round(self.coordinator_cpu_seconds, 3),
             "peak_rss_mb": {
                 "coordinator": round(self.coordinator_max_rss_kb / 1024, 1),

@@ -86,7 +86,7 @@ class ImageConverter:
     def run_chunk(self, task: Task) -> ChunkResult:
         spec = self.spec
         result = ChunkResult(task.chunk_id)
-        waited_before = self.gate.waited
+        waited_before, cpu_before = self.gate.waited, time.process_time()
         if spec.sum_pixels:
             result.pixel_sum = np.zeros((spec.height, spec.width, spec.channels), dtype=np.uint32)
         for item in task.items:
@@ -103,6 +103,7 @@ class ImageConverter:
         self._hold(-1)
         result.throttled_seconds = self.gate.waited - waited_before
         result.max_rss_kb = peak_rss_kb()
+        result.cpu_seconds = time.process_time() - cpu_before
         return result
 
     def _hold(self, index: int) -> None:

@@ -280,7 +280,7 @@ def _write_in_order(writer: LmdbWriter, next_chunk: int, data_conn: Any, progres
             _tell(progress_conn, Progress(ready.chunk_id, len(ready.records), ready.failures, ready.warnings,
                                         ready.bytes_read, ready.stage_seconds,
                                         sum(len(r.value) for r in ready.records), ready.throttled_seconds,
-                                        ready.max_rss_kb))
+                                        ready.max_rss_kb, ready.cpu_seconds))
             next_chunk += 1
     return False  # stopped early (interrupt, error): commit what is complete, mark it incomplete
 
