@@ -193,17 +193,25 @@ def limit(blobs: list[bytes], workers: int) -> float:
 
 # ---- end to end ------------------------------------------------------------------------------------
 
-def end_to_end(tree: Path, work: Path, workers: int) -> dict[str, dict[str, Any]]:
+def end_to_end(tree: Path, work: Path, workers: int, rounds: int = 2) -> dict[str, dict[str, Any]]:
+    """Each contender `rounds` times, interleaved, page cache warmed before every run; the best run counts
+    (these shared machines drift by 10-20% from run to run)."""
     classes = scan_tree(str(tree))
     items = [(str(tree / p), label) for label, files in enumerate(classes.values()) for p in files]
-    out: dict[str, dict[str, Any]] = {}
-    warm([Path(p) for p, _ in items])
-    out["Pool + Pillow (DIGITS kernel)"] = run_pool_baseline(pil_kernel, items, workers, work / "pil_db")
-    warm([Path(p) for p, _ in items])
-    out["Pool + OpenCV (Caffe kernel)"] = run_pool_baseline(opencv_kernel, items, workers, work / "cv_db")
-    warm([Path(p) for p, _ in items])
-    out["etl convert"] = run_etl(tree, work / "etl", workers)
-    return out
+    files = [Path(p) for p, _ in items]
+    contenders: dict[str, Callable[[Path], dict[str, Any]]] = {
+        "Pool + Pillow (DIGITS kernel)": lambda db: run_pool_baseline(pil_kernel, items, workers, db),
+        "Pool + OpenCV (Caffe kernel)": lambda db: run_pool_baseline(opencv_kernel, items, workers, db),
+        "etl convert": lambda db: run_etl(tree, db, workers),
+    }
+    best: dict[str, dict[str, Any]] = {}
+    for r in range(rounds):
+        for k, (name, run) in enumerate(contenders.items()):
+            warm(files)
+            result = run(work / f"e2e_{k}_{r}")
+            if name not in best or result["images_per_second"] > best[name]["images_per_second"]:
+                best[name] = result
+    return best
 
 
 def run_etl(tree: Path, out: Path, workers: int, chunk_size: int = 64) -> dict[str, Any]:
