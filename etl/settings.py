@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, fields
@@ -215,7 +214,3 @@ def _check_counts(s: Settings) -> None:
         raise UsageError("give either --resume or --overwrite, not both")
     if s.max_pixels < 1:
         raise UsageError(f"--max-pixels must be at least 1, got {s.max_pixels}")
-
-
-def replace(s: Settings, **changes: Any) -> Settings:
-    return dataclasses.replace(s, **changes)
