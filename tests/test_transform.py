@@ -60,10 +60,11 @@ def test_resize_is_antialiased():
     assert abs(float(out.mean()) - 127.5) < 2 and out.std() < 10
 
 
-def test_dct_scale_keeps_twice_the_target():
-    assert dct_scale(4000, 3000, Geometry(224, 224, 0, 0, 0, 0)) == 4  # 1000x750 >= 448
-    assert dct_scale(500, 375, Geometry(224, 224, 0, 0, 0, 0)) == 1
-    assert dct_scale(1000, 1000, Geometry(224, 224, 0, 0, 0, 0)) == 2
+def test_dct_scale_still_covers_the_target():
+    assert dct_scale(4000, 3000, Geometry(224, 224, 0, 0, 0, 0)) == 8  # 500x375 >= 224
+    assert dct_scale(500, 375, Geometry(224, 224, 0, 0, 0, 0)) == 1  # 250x187 would not
+    assert dct_scale(1000, 1000, Geometry(224, 224, 0, 0, 0, 0)) == 4
+    assert dct_scale(1000, 1000, Geometry(299, 224, 0, 0, 0, 0)) == 2  # crop mode's wider resize
 
 
 def test_crop_of_an_extreme_strip_stays_small():
