@@ -440,8 +440,9 @@ def run_bench(src: str | None, generate: int, repeat: int, workers: int, out: Pa
         files = corpus_files(tree)
         blobs = [p.read_bytes() for p in files]
         res: dict[str, Any] = {"files": len(files), "workers": workers, "cores": usable_cores()}
-        res["kernels"] = kernels(blobs[:kernel_sample])
-        res["stages"] = stages(files[:kernel_sample], work)
+        stride = max(1, len(files) // kernel_sample)  # spread over the classes, not the first few folders
+        res["kernels"] = kernels(blobs[::stride][:kernel_sample])
+        res["stages"] = stages(files[::stride][:kernel_sample], work)
         gc.collect()
         res["limit_images_per_second"] = limit(blobs, workers)
         del blobs
