@@ -219,11 +219,24 @@ class SplitRun:
             self.bar.close()
             if self.pool is not None:
                 self.pool.kill()
-            if self.writer.is_alive():
-                self.writer.kill()
+            self._release_writer()
         self.stats.finish(summary, time.process_time() - cpu0)
         self.stats.io = {**self.caps.as_json(), "adaptive": {k: w.as_json() for k, w in self.watchers.items()}}
         return self.stats
+
+    def _release_writer(self) -> None:
+        """Close this split's pipes and process handle now, not whenever the garbage collector runs:
+        a stale object closing its file descriptor later could hit a number since reused by the next
+        split's pipes (in this process, or in a child forked while the object was still around)."""
+        if self.writer.is_alive():
+            self.writer.kill()
+        self.writer.join(5.0)
+        for conn in (self.to_writer, self.from_writer):
+            conn.close()
+        try:
+            self.writer.close()
+        except ValueError:
+            pass  # still running after a kill and 5 s: leave it to the OS
 
     def _watchers(self, budgets: Budgets) -> dict[str, AdaptiveIO]:
         """--adaptive-io: one watcher per direction, on the device that holds its files."""

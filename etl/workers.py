@@ -283,6 +283,7 @@ class WorkerHandle:
             self.proc.start()
         child_conn.close()
         self.tasks: deque[Task] = deque()
+        self.released = False
 
     def give(self, task: Task) -> None:
         self.tasks.append(task)
@@ -298,10 +299,18 @@ class WorkerHandle:
         return (item, time.monotonic() - self.slot.since.value) if item >= 0 else (-1, 0.0)
 
     def kill(self) -> None:
+        """Stop the process and release its pipe and handle now (see SplitRun._release_writer)."""
+        if self.released:
+            return
+        self.released = True
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(2.0)
         self.conn.close()
+        try:
+            self.proc.close()
+        except ValueError:
+            pass  # not reaped within 2 s: leave it to the OS
 
 
 class WorkerPool:
