@@ -376,7 +376,8 @@ class SplitRun:
                 self._take(msg)
             elif isinstance(msg, WriterSummary):  # it saw the end of its input before we sent it
                 raise PipelineError(f"the LMDB writer stopped early after {msg.written} records (chunk "
-                                    f"{self.written} of {len(self.tasks)}); run the same command with --resume")
+                                    f"{self.written} of {len(self.tasks)}, input ended by: {msg.ended_by}); "
+                                    "run the same command with --resume")
         if self.writer.exitcode is not None and not self.from_writer.poll():
             raise PipelineError(f"the LMDB writer {exit_reason(self.writer.exitcode)}; run again with --resume")
 

@@ -83,6 +83,7 @@ class WriterSummary:
     commit_seconds: float = 0.0
     throttled_seconds: float = 0.0
     max_rss_kb: int = 0
+    ended_by: str = ""
     per_label: dict[str, int] = field(default_factory=dict)
 
 
@@ -104,6 +105,7 @@ class LmdbWriter:
         self.state = SplitState()
         self.mean_sum: np.ndarray | None = None
         self.label_counts: Counter[int] = Counter()
+        self.ended_by: list[str] = []  # why the input ended, for the coordinator's diagnostics
         self.dropped_upto = 0  # data.mdb bytes already advised out of the page cache
 
     def open(self) -> Ready:
@@ -217,19 +219,21 @@ def write_mean(out_dir: str, pixel_sum: np.ndarray, count: int) -> None:
     Image.fromarray(image if channels == 3 else image[:, :, 0]).save(Path(out_dir, "mean.jpg"), quality=90)
 
 
-def _receive(data_conn: Any, inbox: queue.Queue, parent: int) -> None:
+def _receive(data_conn: Any, inbox: queue.Queue, parent: int, why: list[str]) -> None:
     """Drain the data pipe into memory so the coordinator never waits on a commit's fsync."""
     try:
         while True:
             if not data_conn.poll(1.0):
                 if os.getppid() != parent:
+                    why.append("its parent changed")
                     break  # the coordinator was killed: commit what is in order, then stop
                 continue
             if (data := data_conn.recv_bytes()) == END:
+                why.append("end of input")
                 break
             inbox.put(data)
-    except (EOFError, OSError):
-        pass  # the coordinator is gone: treat as the end
+    except (EOFError, OSError) as exc:
+        why.append(f"{type(exc).__name__} {exc}")  # the coordinator is gone: treat as the end
     inbox.put(None)
 
 
@@ -252,6 +256,7 @@ def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any, write_budg
         raise SystemExit(1) from None
     summary.cpu_seconds = time.process_time()
     summary.max_rss_kb = peak_rss_kb()
+    summary.ended_by = "; ".join(writer.ended_by)
     _tell(progress_conn, summary)
 
 
@@ -265,11 +270,12 @@ def _tell(conn: Any, message: object) -> None:
 
 def _write_in_order(writer: LmdbWriter, next_chunk: int, data_conn: Any, progress_conn: Any) -> bool:
     inbox: queue.Queue = queue.Queue()
-    threading.Thread(target=_receive, args=(data_conn, inbox, os.getppid()), daemon=True).start()
+    threading.Thread(target=_receive, args=(data_conn, inbox, os.getppid(), writer.ended_by), daemon=True).start()
     pending: dict[int, ChunkResult] = {}  # the reorder buffer; the coordinator bounds its size
     while (data := inbox.get()) is not None:
         result: ChunkResult | str = pickle.loads(data)
         if isinstance(result, str):  # "done": every chunk was sent
+            writer.ended_by.append(f"{result!r} with {len(pending)} chunks pending")
             return not pending
         pending[result.chunk_id] = result
         while next_chunk in pending:
