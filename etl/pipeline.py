@@ -408,9 +408,9 @@ class SplitRun:
     def _finish(self, complete: bool) -> WriterSummary:
         if self.pool is not None:
             self.pool.stop()
-        if complete:
-            self._send_to_writer(pickle.dumps("done"))
-        self._send_to_writer(END)
+        # One closing word, never two: the writer finishes on "done" and may be gone before a second
+        # message arrives, which then fails with a broken pipe (it did, now and then, on resume).
+        self._send_to_writer(pickle.dumps("done") if complete else END)
         summary = self._from_writer_until(WriterSummary)
         self.writer.join(10.0)
         return summary
