@@ -35,7 +35,7 @@ from etl.sources import scan_tree
 from etl.synth import TreeSpec, make_tree
 from etl.transform import apply_geometry, plan_geometry
 from etl.workers import ImageConverter, WorkSpec
-from etl.writer import END, Ready, WriterSpec, WriterSummary, writer_main
+from etl.writer import Ready, WriterSpec, WriterSummary, writer_main
 
 SIZE = 224
 RECORD_BYTES = 17_000  # a 224x224 q90 JPEG of ImageNet averages ~17 KB
@@ -266,8 +266,7 @@ def writer_ceiling(work: Path, total: int = 40_000, producers: int = 4, per_chun
                 to_writer.send_bytes(conn.recv_bytes())
             except EOFError:
                 open_pipes.remove(conn)
-    to_writer.send_bytes(pickle.dumps("done"))
-    to_writer.send_bytes(END)
+    to_writer.send_bytes(pickle.dumps("done"))  # its last word: it may exit right after reading it
     while not isinstance(summary := from_writer.recv(), WriterSummary):
         pass
     seconds = time.perf_counter() - t0
