@@ -360,21 +360,24 @@ class SplitRun:
                 self._lost(handle, f"hung over {self.s.image_timeout:g} s on one image (--image-timeout)")
 
     def _writer_message(self) -> Any:
+        """The writer's next message; errors raise, progress is taken (returns None), the rest is returned."""
         try:
-            return self.from_writer.recv()
+            msg = self.from_writer.recv()
         except (EOFError, OSError):
             self.writer.join(2.0)
             raise PipelineError(f"the LMDB writer {exit_reason(self.writer.exitcode)}; the database holds its "
                                 "last commit: run the same command with --resume") from None
+        if isinstance(msg, WriterError):
+            raise PipelineError(msg.message)
+        if isinstance(msg, Progress):
+            self._take(msg)
+            return None
+        return msg
 
     def _drain_writer(self) -> None:
         while self.from_writer.poll():
             msg = self._writer_message()
-            if isinstance(msg, WriterError):
-                raise PipelineError(msg.message)
-            if isinstance(msg, Progress):
-                self._take(msg)
-            elif isinstance(msg, WriterSummary):  # it saw the end of its input before we sent it
+            if isinstance(msg, WriterSummary):  # it saw the end of its input before we sent it
                 raise PipelineError(f"the LMDB writer stopped early after {msg.written} records (chunk "
                                     f"{self.written} of {len(self.tasks)}, input ended by: {msg.ended_by}); "
                                     "run the same command with --resume")
@@ -398,11 +401,7 @@ class SplitRun:
                     raise PipelineError(f"the LMDB writer {exit_reason(self.writer.exitcode)}")
                 continue
             msg = self._writer_message()
-            if isinstance(msg, WriterError):
-                raise PipelineError(msg.message)
-            if isinstance(msg, Progress):
-                self._take(msg)
-            elif isinstance(msg, kind):
+            if isinstance(msg, kind):
                 return msg
 
     def _finish(self, complete: bool) -> WriterSummary:
