@@ -243,7 +243,7 @@ def writer_ceiling(work: Path, total: int = 40_000, producers: int = 4, per_chun
     n_chunks = total // per_chunk
     writer_in, to_writer = ctx.Pipe(duplex=False)
     from_writer, writer_out = ctx.Pipe(duplex=False)
-    spec = WriterSpec("train", str(work / "ceiling"), str(work), False, 1000, False, write_mean=False)
+    spec = WriterSpec("train", str(work / "ceiling"), str(work), False, 1000, False, mean=None)
     Path(spec.out_dir, ".etl").mkdir(parents=True, exist_ok=True)
     writer = ctx.Process(target=writer_main, args=(spec, writer_in, writer_out))
     writer.start()

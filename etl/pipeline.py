@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from etl.checkpoint import CHECKPOINT_DIR, Checkpoint, plan_digest
+from etl.meansum import SumLayout
 from etl.records import Progress, Task
 from etl.settings import Settings, UsageError
 from etl.sources import Split, plan
@@ -156,6 +157,11 @@ def exit_reason(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def mean_layout(s: Settings, split: str) -> SumLayout | None:
+    """The train split's images make the mean image; the others are not summed."""
+    return SumLayout(s.width, s.height, s.channels) if split == "train" else None
+
+
 def caps_for(s: Settings, split: str) -> Caps:
     def pick(value: dict[str, float] | None) -> float | None:
         return value.get(split) if value else None
@@ -190,7 +196,7 @@ class SplitRun:
         writer_in, self.to_writer = ctx.Pipe(duplex=False)
         self.from_writer, writer_out = ctx.Pipe(duplex=False)
         wspec = WriterSpec(self.split.name, str(self.out), self.split.root, self.s.relative_paths,
-                           self.s.commit_every, self.s.resume, write_mean=self.split.name == "train",
+                           self.s.commit_every, self.s.resume, mean=mean_layout(self.s, self.split.name),
                            keep_page_cache=self.s.keep_page_cache)
         cpu0 = time.process_time()
         budgets = Budgets(ctx, self.caps)

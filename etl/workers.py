@@ -22,12 +22,13 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
-from etl.codec import BadImage, Codec
+from etl.codec import BadImage, Codec, Decoded
 from etl.datum import encode_datum
+from etl.meansum import SumLayout
 from etl.records import ChunkResult, Failure, Item, Record, Task
 from etl.settings import Settings
 from etl.throttle import Budgets, ReadGate
-from etl.transform import apply_geometry, dct_scale, noise_rng, plan_geometry
+from etl.transform import Geometry, apply_geometry, dct_scale, fit_planes, noise_rng, plan_geometry
 
 SPLIT_CODES = {"train": 0, "val": 1}
 
@@ -49,6 +50,11 @@ class WorkSpec:
     sum_pixels: bool  # the train split feeds the mean image
     strict: bool = False  # refuse images that decode only with a warning
     keep_page_cache: bool = False
+
+    @property
+    def planar(self) -> bool:
+        """Whether JPEGs can go through as YCbCr planes: colour JPEG output, and a mode that never pads."""
+        return self.encoding == "jpg" and self.channels == 3 and self.resize_mode in ("squash", "crop")
 
     @classmethod
     def for_split(cls, s: Settings, name: str, root: str) -> WorkSpec:
@@ -82,13 +88,14 @@ class ImageConverter:
         self.fault = fault
         self.slot = slot
         self.gate = gate or ReadGate(None, drop_cache=False)
+        self.sums = SumLayout(spec.width, spec.height, spec.channels)
 
     def run_chunk(self, task: Task) -> ChunkResult:
         spec = self.spec
         result = ChunkResult(task.chunk_id)
         waited_before, cpu_before = self.gate.waited, time.process_time()
         if spec.sum_pixels:
-            result.pixel_sum = np.zeros((spec.height, spec.width, spec.channels), dtype=np.uint32)
+            result.pixel_sum = self.sums.zeros()
         for item in task.items:
             if item.index in task.give_up:
                 result.failures.append(Failure(item.path, task.give_up[item.index]))
@@ -120,26 +127,32 @@ class ImageConverter:
         self._hold(item.index)  # the time limit is for work: a throttled read is not a hang
         result.bytes_read += len(data)
         result.stage_seconds["read"] += time.perf_counter() - t0
-        value, pixels, warning = self.convert_bytes(data, item, result.stage_seconds)
+        value, warning = self.convert_bytes(data, item, result.stage_seconds, result.pixel_sum)
         if warning and self.spec.strict:
             raise BadImage(f"decoded only with a warning (--strict): {warning}")
         result.records.append(Record(item.index, item.label, item.path, value))
-        if result.pixel_sum is not None:
-            np.add(result.pixel_sum, pixels, out=result.pixel_sum)
         if warning:
             result.warnings.append(Failure(item.path, warning))
 
-    def convert_bytes(self, data: bytes, item: Item, times: dict[str, float]) -> tuple[bytes, np.ndarray, str | None]:
-        """File bytes -> (serialized Datum, the pixels it holds, decoder warning); adds stage times."""
+    def convert_bytes(self, data: bytes, item: Item, times: dict[str, float],
+                      pixel_sum: np.ndarray | None = None) -> tuple[bytes, str | None]:
+        """File bytes -> (serialized Datum, decoder warning); adds stage times, and the image to pixel_sum."""
         spec, clock = self.spec, time.perf_counter
         t1 = clock()
-        decoded = self.codec.decode(data, self._scale_chooser)
+        planes = self.codec.decode_planes(data, self._scale_chooser) if spec.planar else None
+        decoded = self.codec.decode(data, self._scale_chooser) if planes is None else None
         t2 = clock()
-        geo = plan_geometry(decoded.src_w, decoded.src_h, spec.width, spec.height, spec.resize_mode)
-        rng = noise_rng(spec.seed, spec.split_code, item.index) if spec.resize_mode in ("fill", "half_crop") else None
-        pixels = apply_geometry(decoded.pixels, geo, spec.width, spec.height, rng)
-        t3 = clock()
-        payload = self.codec.encode(pixels, spec.encoding, spec.quality)
+        src = planes or decoded
+        assert src is not None
+        geo = plan_geometry(src.src_w, src.src_h, spec.width, spec.height, spec.resize_mode)
+        if planes is not None:
+            out = fit_planes(planes, geo, spec.width, spec.height)
+            t3 = clock()
+            payload = self.codec.encode_planes(*out, spec.quality)
+        else:
+            out = (self._fit(decoded, geo, item),)
+            t3 = clock()
+            payload = self.codec.encode(out[0], spec.encoding, spec.quality)
         t4 = clock()
         value = encode_datum(spec.channels, spec.height, spec.width, payload, item.label, spec.encoding != "none")
         t5 = clock()
@@ -147,7 +160,15 @@ class ImageConverter:
         times["resize"] += t3 - t2
         times["encode"] += t4 - t3
         times["datum"] += t5 - t4
-        return value, pixels, decoded.warning
+        if pixel_sum is not None:
+            (self.sums.add_planes if planes is not None else self.sums.add_pixels)(pixel_sum, *out)
+        return value, None if decoded is None else decoded.warning
+
+    def _fit(self, decoded: Decoded | None, geo: Geometry, item: Item) -> np.ndarray:
+        assert decoded is not None
+        spec = self.spec
+        rng = noise_rng(spec.seed, spec.split_code, item.index) if spec.resize_mode in ("fill", "half_crop") else None
+        return apply_geometry(decoded.pixels, geo, spec.width, spec.height, rng)
 
     def _scale_chooser(self, src_w: int, src_h: int) -> int:
         s = self.spec

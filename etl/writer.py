@@ -22,6 +22,7 @@ from PIL import Image
 
 from etl.checkpoint import Checkpoint, SplitState, skips_before, truncate_lines
 from etl.datum import encode_blobproto
+from etl.meansum import SumLayout
 from etl.records import ChunkResult, Failure, Progress
 from etl.settings import UsageError
 from etl.throttle import SharedState, TokenBucket, drop_written_pages
@@ -43,7 +44,7 @@ class WriterSpec:
     relative_paths: bool
     commit_every: int
     resume: bool
-    write_mean: bool  # the train writer also writes mean.binaryproto and mean.jpg
+    mean: SumLayout | None  # the train writer also writes mean.binaryproto and mean.jpg
     keep_page_cache: bool = False
 
     @property
@@ -116,7 +117,7 @@ class LmdbWriter:
             self.state = self.checkpoint.state_for(self.spec.split, self.env.stat()["entries"])
             truncate_lines(self.spec.list_path, self.state.records)
             skips = skips_before(skip_path, self.state.chunks)
-            if self.spec.write_mean:
+            if self.spec.mean is not None:
                 self.mean_sum = self.checkpoint.load_sum(self.spec.split, self.state.chunks)
         else:
             self.spec.list_path.write_text("")
@@ -204,15 +205,15 @@ class LmdbWriter:
         self.env.close()
         self.list_file.close()
         self.skip_file.close()
-        if complete and self.spec.write_mean and self.mean_sum is not None and self.summary.written:
-            write_mean(self.spec.out_dir, self.mean_sum, self.summary.written)
+        if complete and self.spec.mean is not None and self.mean_sum is not None and self.summary.written:
+            write_mean(self.spec.out_dir, self.spec.mean.mean_image(self.mean_sum, self.summary.written))
         return self.summary
 
 
-def write_mean(out_dir: str, pixel_sum: np.ndarray, count: int) -> None:
+def write_mean(out_dir: str, mean: np.ndarray) -> None:
     """mean.binaryproto (CHW, BGR, float) and mean.jpg (RGB), as DIGITS writes them."""
     # DIGITS rounds the mean to whole pixel values before storing it as floats: do the same.
-    image = np.clip(np.rint(pixel_sum / count), 0, 255).astype(np.uint8)
+    image = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
     channels = image.shape[2]
     planes = image[:, :, ::-1] if channels == 3 else image
     Path(out_dir, "mean.binaryproto").write_bytes(encode_blobproto(planes.transpose(2, 0, 1).astype(np.float32)))

@@ -1,0 +1,64 @@
+"""Mean image: the pixel sums workers add up (RGB pixels or YCbCr planes) and the mean DIGITS stores."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from etl.codec import ycc_to_rgb
+
+
+class SumLayout(NamedTuple):
+    """Where each sum lives in one flat integer vector (so it crosses pipes and checkpoints as one array).
+
+    [ pixels H*W*C | Y H*W | Cb h*w | Cr h*w | how many images were summed as planes ]
+    Planes are summed as decoded (the YCbCr -> RGB conversion is linear, so it is applied once, to the
+    sums, when the mean is written): exact integers, whatever the chunking.
+    """
+
+    width: int
+    height: int
+    channels: int
+
+    @property
+    def chroma(self) -> tuple[int, int]:
+        return -(-self.height // 2), -(-self.width // 2)
+
+    def _bounds(self) -> list[int]:
+        ch, cw = self.chroma
+        sizes = [self.height * self.width * self.channels, self.height * self.width, ch * cw, ch * cw, 1]
+        return [int(b) for b in np.cumsum([0, *sizes])]
+
+    def zeros(self, dtype: type = np.uint32) -> np.ndarray:
+        return np.zeros(self._bounds()[-1], dtype=dtype)
+
+    def pixels(self, vec: np.ndarray) -> np.ndarray:
+        b = self._bounds()
+        return vec[b[0]:b[1]].reshape(self.height, self.width, self.channels)
+
+    def planes(self, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        b, ch, cw = self._bounds(), *self.chroma
+        return (vec[b[1]:b[2]].reshape(self.height, self.width), vec[b[2]:b[3]].reshape(ch, cw),
+                vec[b[3]:b[4]].reshape(ch, cw))
+
+    def add_pixels(self, vec: np.ndarray, pixels: np.ndarray) -> None:
+        target = self.pixels(vec)
+        np.add(target, pixels, out=target)
+
+    def add_planes(self, vec: np.ndarray, y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> None:
+        for target, plane in zip(self.planes(vec), (y, cb, cr), strict=True):
+            np.add(target, plane, out=target)
+        vec[-1] += 1
+
+    def mean_image(self, vec: np.ndarray, count: int) -> np.ndarray:
+        """The mean of every summed image, as RGB (or gray) floats of shape (H, W, C)."""
+        total = self.pixels(vec).astype(np.float64)
+        planar = int(vec[-1])
+        if planar:
+            y, cb, cr = (p.astype(np.float64) / planar for p in self.planes(vec))
+            # The same chroma upsampling a JPEG decoder does (centred samples, linear): it commutes with the mean.
+            up = [cv2.resize(c, (self.width, self.height), interpolation=cv2.INTER_LINEAR) for c in (cb, cr)]
+            total += planar * ycc_to_rgb(y, up[0], up[1])
+        return total / count
