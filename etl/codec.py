@@ -85,7 +85,7 @@ class Codec:
         if not data.startswith(JPEG_MAGIC):
             return None
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            _record_libjpeg_warnings_only()
             try:
                 width, height, subsample, colorspace = self.tj.decode_header(data)
                 if caught or not width or not height:
@@ -128,7 +128,7 @@ class Codec:
     def _decode_jpeg(self, data: bytes, choose_scale: ScaleChooser) -> Decoded | None:
         """libjpeg-turbo, stopping at the first warning; None sends the file to Pillow."""
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            _record_libjpeg_warnings_only()
             try:
                 width, height, _, _ = self.tj.decode_header(data)
             except OSError:
@@ -192,6 +192,13 @@ class Codec:
                 raise BadImage("PNG encoding failed")
             return buf.tobytes()
         return chw_bgr_bytes(pixels)
+
+
+def _record_libjpeg_warnings_only() -> None:
+    """Inside catch_warnings: record PyTurboJPEG's warnings (libjpeg's), not others that happen to fire
+    meanwhile (a ResourceWarning from garbage collection must not mark an image as damaged)."""
+    warnings.simplefilter("ignore")
+    warnings.filterwarnings("always", module="turbojpeg")
 
 
 def _pad_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from etl.settings import Settings, UsageError
 from etl.sources import Split, plan
 from etl.stats import SplitStats, summary_text, write_report
 from etl.throttle import MB, AdaptiveIO, Budgets, Caps, block_device
-from etl.workers import WorkerHandle, WorkerPool, WorkSpec, stop_signals_blocked
+from etl.workers import WorkerHandle, WorkerPool, WorkSpec, stop_signals_blocked, widen
 from etl.writer import END, Ready, WriterError, WriterSpec, WriterSummary, writer_main
 
 DATASET_FILES = ("labels.txt", "train.txt", "val.txt", "mean.binaryproto", "mean.jpg", "report.json")
@@ -194,6 +194,7 @@ class SplitRun:
 
     def run(self, ctx: BaseContext) -> SplitStats:
         writer_in, self.to_writer = ctx.Pipe(duplex=False)
+        widen(writer_in, self.to_writer)
         self.from_writer, writer_out = ctx.Pipe(duplex=False)
         wspec = WriterSpec(self.split.name, str(self.out), self.split.root, self.s.relative_paths,
                            self.s.commit_every, self.s.resume, mean=mean_layout(self.s, self.split.name),
