@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import wait
+from multiprocessing.connection import Client
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,12 @@ from etl.baselines import opencv_kernel, pil_kernel, run_pool_baseline
 from etl.codec import Codec, Decoded, Planes
 from etl.datum import encode_datum
 from etl.pipeline import mp_context
-from etl.records import STAGES, ChunkResult, Item, Progress, Record
+from etl.records import STAGES, ChunkResult, Item, Progress, Record, ResultsLink
 from etl.settings import usable_cores
 from etl.sources import scan_tree
 from etl.synth import TreeSpec, make_tree
 from etl.transform import apply_geometry, fit_planes, plan_geometry
-from etl.workers import ImageConverter, WorkSpec
+from etl.workers import ImageConverter, WorkSpec, widen
 from etl.writer import Ready, WriterSpec, WriterSummary, writer_main
 
 SIZE = 224
@@ -246,8 +246,11 @@ def run_etl(tree: Path, out: Path, workers: int, chunk_size: int = 64) -> dict[s
 
 # ---- the serial part: the writer alone, fed at full speed -------------------------------------------
 
-def _producer(conn: Any, chunk_ids: list[int], records: int) -> None:
+def _producer(link: ResultsLink, chunk_ids: list[int], records: int) -> None:
+    """A stand-in worker: connects to the writer as workers do and sends ready chunks, pickled."""
     value = encode_datum(3, SIZE, SIZE, os.urandom(RECORD_BYTES), 1, True)
+    conn = Client(link.address, family="AF_UNIX", authkey=link.authkey)
+    widen(conn)
     for cid in chunk_ids:
         result = ChunkResult(cid, [Record(cid * records + i, 1, f"x/{cid}_{i}.jpg", value) for i in range(records)])
         conn.send_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
@@ -255,34 +258,25 @@ def _producer(conn: Any, chunk_ids: list[int], records: int) -> None:
 
 
 def writer_ceiling(work: Path, total: int = 40_000, producers: int = 4, per_chunk: int = 64) -> dict[str, float]:
-    """Records/s the coordinator + writer pair sustains: producers send ready chunks as fast as they can."""
+    """Records/s the writer sustains: producers send it ready chunks as fast as they can, as workers do."""
     ctx = mp_context()
     n_chunks = total // per_chunk
     writer_in, to_writer = ctx.Pipe(duplex=False)
     from_writer, writer_out = ctx.Pipe(duplex=False)
     spec = WriterSpec("train", str(work / "ceiling"), str(work), False, 1000, False, mean=None)
     Path(spec.out_dir, ".etl").mkdir(parents=True, exist_ok=True)
-    writer = ctx.Process(target=writer_main, args=(spec, writer_in, writer_out))
+    link = ResultsLink.new()
+    writer = ctx.Process(target=writer_main, args=(spec, writer_in, writer_out, None, link))
     writer.start()
     assert isinstance(from_writer.recv(), Ready)
-    pipes, procs = [], []
-    for k in range(producers):
-        recv, send = ctx.Pipe(duplex=False)
-        procs.append(ctx.Process(target=_producer, args=(send, list(range(k, n_chunks, producers)), per_chunk)))
-        pipes.append(recv)
+    procs = [ctx.Process(target=_producer, args=(link, list(range(k, n_chunks, producers)), per_chunk))
+             for k in range(producers)]
     t0 = time.perf_counter()
     for p in procs:
         p.start()
-    open_pipes, written = list(pipes), 0
+    written = 0
     while written < n_chunks:
-        for conn in wait([*open_pipes, from_writer]):
-            if conn is from_writer:
-                written += isinstance(conn.recv(), Progress)
-                continue
-            try:
-                to_writer.send_bytes(conn.recv_bytes())
-            except EOFError:
-                open_pipes.remove(conn)
+        written += isinstance(from_writer.recv(), Progress)
     to_writer.send_bytes(pickle.dumps("done"))  # its last word: it may exit right after reading it
     while not isinstance(summary := from_writer.recv(), WriterSummary):
         pass

@@ -34,6 +34,17 @@ class SumLayout(NamedTuple):
     def zeros(self, dtype: type = np.uint32) -> np.ndarray:
         return np.zeros(self._bounds()[-1], dtype=dtype)
 
+    @staticmethod
+    def chunk_dtype(images: int) -> type:
+        """The smallest integer type that cannot overflow summing this many 8-bit images."""
+        return np.uint16 if images * 255 <= np.iinfo(np.uint16).max else np.uint32
+
+    def trim(self, vec: np.ndarray) -> tuple[np.ndarray, int]:
+        """(tail, offset): the vector without its pixel part when no image was summed as pixels, which
+        is the usual case (JPEGs go as planes): a chunk's sum then crosses the pipes at a fifth of the size."""
+        start = self._bounds()[1]
+        return (vec[start:].copy(), start) if not vec[:start].any() else (vec, 0)
+
     def pixels(self, vec: np.ndarray) -> np.ndarray:
         b = self._bounds()
         return vec[b[0]:b[1]].reshape(self.height, self.width, self.channels)

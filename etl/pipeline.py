@@ -19,12 +19,12 @@ from tqdm import tqdm
 
 from etl.checkpoint import CHECKPOINT_DIR, Checkpoint, plan_digest
 from etl.meansum import SumLayout
-from etl.records import Progress, Task
+from etl.records import Progress, ResultsLink, Task
 from etl.settings import Settings, UsageError
 from etl.sources import Split, plan
 from etl.stats import SplitStats, summary_text, write_report
 from etl.throttle import MB, AdaptiveIO, Budgets, Caps, block_device
-from etl.workers import WorkerHandle, WorkerPool, WorkSpec, stop_signals_blocked, widen
+from etl.workers import WorkerHandle, WorkerPool, WorkSpec, stop_signals_blocked
 from etl.writer import END, Ready, WriterError, WriterSpec, WriterSummary, writer_main
 
 DATASET_FILES = ("labels.txt", "train.txt", "val.txt", "mean.binaryproto", "mean.jpg", "report.json")
@@ -176,7 +176,8 @@ def death_reason(handle: WorkerHandle) -> str:
 
 
 class SplitRun:
-    """Feeds one split's chunks to the workers, forwards results to the writer, replaces lost workers."""
+    """Feeds one split's chunks to the workers (who send results to the writer), follows the writer's
+    progress, replaces lost workers."""
 
     def __init__(self, split: Split, s: Settings, out: Path, progress: bool) -> None:
         self.split, self.s, self.out = split, s, out
@@ -193,8 +194,8 @@ class SplitRun:
         self.chunk_deaths: dict[int, int] = {}
 
     def run(self, ctx: BaseContext) -> SplitStats:
-        writer_in, self.to_writer = ctx.Pipe(duplex=False)
-        widen(writer_in, self.to_writer)
+        writer_in, self.to_writer = ctx.Pipe(duplex=False)  # the closing word ("done" or END)
+        link = ResultsLink.new()  # workers' results go straight to the writer
         self.from_writer, writer_out = ctx.Pipe(duplex=False)
         wspec = WriterSpec(self.split.name, str(self.out), self.split.root, self.s.relative_paths,
                            self.s.commit_every, self.s.resume, mean=mean_layout(self.s, self.split.name),
@@ -202,7 +203,7 @@ class SplitRun:
         cpu0 = time.process_time()
         budgets = Budgets(ctx, self.caps)
         self.watchers = self._watchers(budgets)
-        self.writer = ctx.Process(target=writer_main, args=(wspec, writer_in, writer_out, budgets.write),
+        self.writer = ctx.Process(target=writer_main, args=(wspec, writer_in, writer_out, budgets.write, link),
                                   name="etl-writer", daemon=True)
         with stop_signals_blocked():
             self.writer.start()
@@ -213,7 +214,7 @@ class SplitRun:
             ready = self._from_writer_until(Ready)
             self._take_ready(ready)
             spec = WorkSpec.for_split(self.s, self.split.name, self.split.root)
-            self.pool = WorkerPool(ctx, self.workers, spec, budgets)
+            self.pool = WorkerPool(ctx, self.workers, spec, link, budgets)
             self._feed_and_watch(ready.start_chunk)
             summary = self._finish(complete=True)
         except KeyboardInterrupt:
@@ -273,7 +274,7 @@ class SplitRun:
             ready = wait([*handles, *sentinels, self.from_writer, self.writer.sentinel], timeout=POLL_SECONDS)
             for conn in ready:
                 if conn in handles:
-                    self._forward(handles[conn])
+                    self._delivered(handles[conn])
             for sentinel in ready:
                 if sentinel in sentinels and sentinels[sentinel] in self.pool.handles:
                     self._lost(sentinels[sentinel], death_reason(sentinels[sentinel]))
@@ -307,15 +308,14 @@ class SplitRun:
                 handle.give(self.tasks[self.next_new])
                 self.next_new += 1
 
-    def _forward(self, handle: WorkerHandle) -> None:
-        """Pass a finished chunk's bytes straight to the writer (no unpickling here)."""
+    def _delivered(self, handle: WorkerHandle) -> None:
+        """A worker sent a chunk to the writer: it has room for another task."""
         try:
-            data = handle.conn.recv_bytes()
+            handle.conn.recv()
         except (EOFError, OSError):
             self._lost(handle, death_reason(handle))
             return
         handle.tasks.popleft()
-        self._send_to_writer(data)
 
     def _send_to_writer(self, data: bytes) -> None:
         try:
@@ -330,13 +330,12 @@ class SplitRun:
     def _lost(self, handle: WorkerHandle, reason: str) -> None:
         """A worker died or hung: replace it; retry its image once, then report it as failed."""
         assert self.pool is not None
-        while handle.tasks and handle.conn.poll():  # results it finished before dying still count
+        while handle.tasks and handle.conn.poll():  # chunks it delivered before dying still count
             try:
-                data = handle.conn.recv_bytes()
+                handle.conn.recv()
             except (EOFError, OSError):
                 break
             handle.tasks.popleft()
-            self._send_to_writer(data)
         item, _ = handle.image_in_hand()
         held = self.pool.replace(handle)
         if held:

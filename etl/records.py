@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import sys
 from dataclasses import dataclass, field
+from multiprocessing.connection import arbitrary_address
 from typing import NamedTuple
 
 import numpy as np
@@ -51,12 +55,27 @@ class ChunkResult:
     records: list[Record] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     warnings: list[Failure] = field(default_factory=list)
-    pixel_sum: np.ndarray | None = None
+    pixel_sum: np.ndarray | None = None  # the tail of a meansum.SumLayout vector, from sum_offset on
+    sum_offset: int = 0
     bytes_read: int = 0
     throttled_seconds: float = 0.0
     max_rss_kb: int = 0  # the worker's peak resident memory so far
     cpu_seconds: float = 0.0  # the worker's CPU time (user + system) spent on this chunk
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+
+class ResultsLink(NamedTuple):
+    """Where workers send their chunk results straight to the writer: its listening socket, and the
+    key that admits them (multiprocessing's challenge, so no other local process can write in)."""
+
+    address: str
+    authkey: bytes
+
+    @classmethod
+    def new(cls) -> ResultsLink:
+        if sys.platform.startswith("linux"):  # an abstract socket: no file to leave behind if killed
+            return cls(f"\0etl-{os.getpid()}-{secrets.token_hex(8)}", secrets.token_bytes(16))
+        return cls(arbitrary_address("AF_UNIX"), secrets.token_bytes(16))
 
 
 class Progress(NamedTuple):

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Client, Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, NamedTuple
@@ -28,7 +28,7 @@ import numpy as np
 from etl.codec import BadImage, Codec, Decoded
 from etl.datum import encode_datum
 from etl.meansum import SumLayout
-from etl.records import ChunkResult, Failure, Item, Record, Task
+from etl.records import ChunkResult, Failure, Item, Record, ResultsLink, Task
 from etl.settings import Settings
 from etl.throttle import Budgets, ReadGate
 from etl.transform import Geometry, apply_geometry, dct_scale, fit_planes, noise_rng, plan_geometry
@@ -98,7 +98,7 @@ class ImageConverter:
         result = ChunkResult(task.chunk_id)
         waited_before, cpu_before = self.gate.waited, time.process_time()
         if spec.sum_pixels:
-            result.pixel_sum = self.sums.zeros()
+            result.pixel_sum = self.sums.zeros(self.sums.chunk_dtype(len(task.items)))
         for item in task.items:
             if item.index in task.give_up:
                 result.failures.append(Failure(item.path, task.give_up[item.index]))
@@ -111,6 +111,8 @@ class ImageConverter:
             except Exception as exc:  # a defect or an exotic file must cost this image only
                 result.failures.append(Failure(item.path, f"unexpected error: {type(exc).__name__}: {exc}"))
         self._hold(-1)
+        if result.pixel_sum is not None:
+            result.pixel_sum, result.sum_offset = self.sums.trim(result.pixel_sum)
         result.throttled_seconds = self.gate.waited - waited_before
         result.max_rss_kb = peak_rss_kb()
         result.cpu_seconds = time.process_time() - cpu_before
@@ -271,8 +273,9 @@ def _take_tasks(conn: Connection, inbox: queue.Queue) -> None:
     inbox.put(None)
 
 
-def worker_main(spec: WorkSpec, conn: Connection, slot: Slot, budgets: Budgets | None) -> None:
-    """A worker's life: take chunks from its pipe until None, send each result back pickled."""
+def worker_main(spec: WorkSpec, conn: Connection, slot: Slot, budgets: Budgets | None, link: ResultsLink) -> None:
+    """A worker's life: take chunks from its pipe until None; send each result to the writer, pickled,
+    then the chunk's number back to the coordinator (which thus never copies the records)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the coordinator's handler, inherited by fork
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent around the fork
@@ -280,6 +283,11 @@ def worker_main(spec: WorkSpec, conn: Connection, slot: Slot, budgets: Budgets |
     cv2.setNumThreads(1)  # one image per core: OpenCV's own threads would only contend
     gate = ReadGate(budgets, drop_cache=not spec.keep_page_cache)
     converter = ImageConverter(spec, FaultHook(dict(os.environ)), slot, gate)
+    try:
+        to_writer = Client(link.address, family="AF_UNIX", authkey=link.authkey)
+    except (OSError, EOFError):
+        return  # the writer is gone: the coordinator sees that and stops the run
+    widen(to_writer)
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_take_tasks, args=(conn, inbox), daemon=True).start()
     parent = os.getppid()
@@ -292,7 +300,12 @@ def worker_main(spec: WorkSpec, conn: Connection, slot: Slot, budgets: Budgets |
             continue
         if task is None:
             return
-        conn.send_bytes(pickle.dumps(converter.run_chunk(task), protocol=pickle.HIGHEST_PROTOCOL))
+        result = pickle.dumps(converter.run_chunk(task), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            to_writer.send_bytes(result)
+        except OSError:
+            return  # the writer is gone (see above)
+        conn.send(task.chunk_id)
 
 
 PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size: a whole chunk's results in one or two system calls
@@ -318,11 +331,11 @@ def widen(*conns: Connection) -> None:
 class WorkerHandle:
     """One worker process, its pipe, its slot, and the tasks it holds in the order it got them."""
 
-    def __init__(self, ctx: BaseContext, number: int, spec: WorkSpec, budgets: Budgets | None) -> None:
-        self.conn, child_conn = ctx.Pipe()
-        widen(self.conn, child_conn)
+    def __init__(self, ctx: BaseContext, number: int, spec: WorkSpec, budgets: Budgets | None,
+                 link: ResultsLink) -> None:
+        self.conn, child_conn = ctx.Pipe()  # tasks out, chunk numbers back: small messages only
         self.slot = Slot(ctx.Value("q", -1, lock=False), ctx.Value("d", 0.0, lock=False))
-        self.proc: BaseProcess = ctx.Process(target=worker_main, args=(spec, child_conn, self.slot, budgets),
+        self.proc: BaseProcess = ctx.Process(target=worker_main, args=(spec, child_conn, self.slot, budgets, link),
                                              name=f"etl-worker-{number}", daemon=True)
         with stop_signals_blocked():
             self.proc.start()
@@ -361,15 +374,15 @@ class WorkerHandle:
 class WorkerPool:
     """Starts, replaces and stops the worker processes of one split; each holds at most 2 tasks."""
 
-    def __init__(self, ctx: BaseContext, count: int, spec: WorkSpec, budgets: Budgets | None = None,
-                 per_worker: int = 2) -> None:
-        self.ctx, self.spec, self.per_worker, self.budgets = ctx, spec, per_worker, budgets
+    def __init__(self, ctx: BaseContext, count: int, spec: WorkSpec, link: ResultsLink,
+                 budgets: Budgets | None = None, per_worker: int = 2) -> None:
+        self.ctx, self.spec, self.per_worker, self.budgets, self.link = ctx, spec, per_worker, budgets, link
         self.started = 0
         self.handles: list[WorkerHandle] = [self._start() for _ in range(count)]
 
     def _start(self) -> WorkerHandle:
         self.started += 1
-        return WorkerHandle(self.ctx, self.started, self.spec, self.budgets)
+        return WorkerHandle(self.ctx, self.started, self.spec, self.budgets, self.link)
 
     def free(self) -> WorkerHandle | None:
         """The least loaded worker with room for a task, if any."""

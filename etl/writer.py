@@ -13,6 +13,8 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Listener
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,10 +25,10 @@ from PIL import Image
 from etl.checkpoint import Checkpoint, SplitState, skips_before, truncate_lines
 from etl.datum import encode_blobproto
 from etl.meansum import SumLayout
-from etl.records import ChunkResult, Failure, Progress
+from etl.records import ChunkResult, Failure, Progress, ResultsLink
 from etl.settings import UsageError
 from etl.throttle import SharedState, TokenBucket, drop_written_pages
-from etl.workers import STOP_SIGNALS, peak_rss_kb
+from etl.workers import STOP_SIGNALS, peak_rss_kb, widen
 
 INITIAL_MAP_SIZE = 1 << 30  # grows by doubling; the file is sparse, so this is not disk used
 APPEND_LIMIT = 10**8  # '%08d' keys stay in byte order below this; append mode needs that
@@ -143,10 +145,10 @@ class LmdbWriter:
         for kind, entries in (("skipped", result.failures), ("warning", result.warnings)):
             self.skip_lines.extend(json.dumps({"chunk": result.chunk_id, "kind": kind, "path": f.path,
                                                "reason": f.reason}) + "\n" for f in entries)
-        if result.pixel_sum is not None:
+        if result.pixel_sum is not None and self.spec.mean is not None:
             if self.mean_sum is None:
-                self.mean_sum = np.zeros(result.pixel_sum.shape, dtype=np.int64)
-            self.mean_sum += result.pixel_sum
+                self.mean_sum = self.spec.mean.zeros(np.int64)
+            self.mean_sum[result.sum_offset:] += result.pixel_sum
         self.state.chunks = result.chunk_id + 1
         self.state.bytes_read += result.bytes_read
         for stage, seconds in result.stage_seconds.items():
@@ -238,16 +240,20 @@ def _receive(data_conn: Any, inbox: queue.Queue, parent: int, why: list[str]) ->
     inbox.put(None)
 
 
-def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any, write_budget: SharedState | None = None) -> None:
-    """The writer's life: announce where to start, write chunks in order, then its summary."""
+def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any, write_budget: SharedState | None = None,
+                link: ResultsLink | None = None) -> None:
+    """The writer's life: open the door for workers' results, announce where to start, write chunks in
+    order, then its summary. Chunks come from the workers (link) or on the data pipe; the closing word
+    always comes on the data pipe, from the coordinator."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent around the fork
     try:
         writer = LmdbWriter(spec, TokenBucket(write_budget) if write_budget is not None else None)
         ready = writer.open()
+        listener = Listener(link.address, family="AF_UNIX", authkey=link.authkey) if link is not None else None
         _tell(progress_conn, ready)
-        complete = _write_in_order(writer, ready.start_chunk, data_conn, progress_conn)
+        complete = _write_in_order(writer, ready.start_chunk, data_conn, progress_conn, listener)
         summary = writer.close(complete)
     except UsageError as exc:  # a checkpoint that cannot be resumed: its message says what to do
         _tell(progress_conn, WriterError(str(exc)))
@@ -269,15 +275,43 @@ def _tell(conn: Any, message: object) -> None:
         pass
 
 
-def _write_in_order(writer: LmdbWriter, next_chunk: int, data_conn: Any, progress_conn: Any) -> bool:
+def _accept_workers(listener: Listener, inbox: queue.Queue) -> None:
+    """Each worker connects once; a thread per worker reads its chunks into the inbox."""
+    while True:
+        try:
+            conn = listener.accept()
+        except AuthenticationError:
+            continue  # not one of ours
+        except OSError:
+            return  # the listener was closed
+        widen(conn)
+        threading.Thread(target=_receive_chunks, args=(conn, inbox), daemon=True).start()
+
+
+def _receive_chunks(conn: Any, inbox: queue.Queue) -> None:
+    try:
+        while True:
+            inbox.put(conn.recv_bytes())
+    except (EOFError, OSError):
+        # The worker finished, or died: a chunk it had half sent is lost here, and the coordinator,
+        # which never got its number back, runs it again.
+        conn.close()
+
+
+def _write_in_order(writer: LmdbWriter, next_chunk: int, data_conn: Any, progress_conn: Any,
+                    listener: Listener | None = None) -> bool:
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_receive, args=(data_conn, inbox, os.getppid(), writer.ended_by), daemon=True).start()
+    if listener is not None:
+        threading.Thread(target=_accept_workers, args=(listener, inbox), daemon=True).start()
     pending: dict[int, ChunkResult] = {}  # the reorder buffer; the coordinator bounds its size
     while (data := inbox.get()) is not None:
         result: ChunkResult | str = pickle.loads(data)
         if isinstance(result, str):  # "done": every chunk was sent
             writer.ended_by.append(f"{result!r} with {len(pending)} chunks pending")
             return not pending
+        if result.chunk_id < next_chunk or result.chunk_id in pending:
+            continue  # delivered twice: its worker died after sending it, and it was run again
         pending[result.chunk_id] = result
         while next_chunk in pending:
             ready = pending.pop(next_chunk)

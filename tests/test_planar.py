@@ -149,3 +149,23 @@ def test_mean_of_plane_sums_is_the_mean_of_the_images():
         layout.add_pixels(vec, px)
         expected += px
     np.testing.assert_allclose(layout.mean_image(vec, 9), expected / 9, atol=1e-9)
+
+
+def test_chunk_sums_travel_trimmed_and_small_without_changing_the_mean():
+    layout = SumLayout(6, 4, 3)
+    rng = np.random.default_rng(3)
+    planes_only = layout.zeros(layout.chunk_dtype(257))
+    assert planes_only.dtype == np.uint16 and layout.chunk_dtype(258) == np.uint32
+    neutral = np.full(layout.chroma, 128, np.uint8)
+    white = (np.full((4, 6), 255, np.uint8), neutral, neutral)
+    for _ in range(257):  # 257 white images: the largest sum uint16 holds
+        layout.add_planes(planes_only, *white)
+    tail, offset = layout.trim(planes_only)
+    assert offset == 6 * 4 * 3 and len(tail) == len(planes_only) - offset
+    mixed = layout.zeros()
+    layout.add_pixels(mixed, rng.integers(0, 256, size=(4, 6, 3), dtype=np.uint8))
+    assert layout.trim(mixed)[1] == 0  # a chunk with a pixel-path image keeps its whole vector
+    total = layout.zeros(np.int64)
+    total[offset:] += tail
+    np.testing.assert_allclose(layout.mean_image(total, 257), layout.mean_image(planes_only.astype(np.int64), 257))
+    assert np.abs(layout.mean_image(total, 257) - 255).max() < 1e-9  # no uint16 overflow on the way

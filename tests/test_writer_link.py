@@ -1,0 +1,97 @@
+"""Workers send chunks straight to the writer: duplicates, half-sent chunks and strangers."""
+
+import multiprocessing as mp
+import pickle
+import struct
+from multiprocessing.connection import Client
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from etl.records import ChunkResult, Progress, Record, ResultsLink
+from etl.writer import Ready, WriterSpec, WriterSummary, writer_main
+
+
+def chunk(cid: int, per_chunk: int = 3) -> bytes:
+    records = [Record(cid * per_chunk + i, i, f"c/{cid}_{i}.jpg", b"datum-%d-%d" % (cid, i)) for i in range(per_chunk)]
+    return pickle.dumps(ChunkResult(cid, records))
+
+
+@pytest.fixture
+def writer(tmp_path: Path):
+    ctx = mp.get_context("fork")
+    writer_in, to_writer = ctx.Pipe(duplex=False)
+    from_writer, writer_out = ctx.Pipe(duplex=False)
+    (tmp_path / ".etl").mkdir()
+    spec = WriterSpec("train", str(tmp_path), str(tmp_path), True, 100, False, mean=None)
+    link = ResultsLink.new()
+    proc = ctx.Process(target=writer_main, args=(spec, writer_in, writer_out, None, link))
+    proc.start()
+    assert isinstance(from_writer.recv(), Ready)
+    yield link, to_writer, from_writer, tmp_path
+    proc.join(10)
+    if proc.is_alive():
+        proc.kill()
+
+
+def finish(to_writer, from_writer) -> WriterSummary:
+    to_writer.send_bytes(pickle.dumps("done"))
+    while not isinstance(msg := from_writer.recv(), WriterSummary):
+        pass
+    return msg
+
+
+def wait_written(from_writer, chunks: int) -> None:
+    seen = 0
+    while seen < chunks:
+        seen += isinstance(from_writer.recv(), Progress)
+
+
+def keys(out: Path) -> list[bytes]:
+    env = lmdb.open(str(out / "train_db"), readonly=True, lock=False)
+    with env.begin() as txn:
+        found = [k for k, _ in txn.cursor()]
+    env.close()
+    return found
+
+
+def test_a_chunk_delivered_twice_is_written_once(writer):
+    link, to_writer, from_writer, out = writer
+    first, second = (Client(link.address, family="AF_UNIX", authkey=link.authkey) for _ in range(2))
+    first.send_bytes(chunk(1))
+    first.send_bytes(chunk(0))
+    wait_written(from_writer, 2)
+    second.send_bytes(chunk(0))  # a worker died after sending chunk 0; its replacement sent it again
+    second.send_bytes(chunk(2))
+    wait_written(from_writer, 1)
+    first.close()
+    second.close()
+    summary = finish(to_writer, from_writer)
+    assert summary.written == 9 and "with 0 chunks pending" in summary.ended_by
+    assert keys(out) == [b"%08d_%d" % (i, i % 3) for i in range(9)]
+
+
+def test_a_half_sent_chunk_is_dropped_and_its_rerun_written(writer):
+    link, to_writer, from_writer, out = writer
+    dying = Client(link.address, family="AF_UNIX", authkey=link.authkey)
+    whole = chunk(0)
+    dying._send(struct.pack("!i", len(whole)) + whole[: len(whole) // 2])  # killed half-way through
+    dying.close()
+    rerun = Client(link.address, family="AF_UNIX", authkey=link.authkey)
+    rerun.send_bytes(whole)
+    wait_written(from_writer, 1)
+    rerun.close()
+    assert finish(to_writer, from_writer).written == 3
+    assert len(keys(out)) == 3
+
+
+def test_a_stranger_without_the_key_cannot_write(writer):
+    link, to_writer, from_writer, out = writer
+    with pytest.raises(mp.AuthenticationError):
+        Client(link.address, family="AF_UNIX", authkey=b"not the key")
+    ours = Client(link.address, family="AF_UNIX", authkey=link.authkey)  # and the door stays open
+    ours.send_bytes(chunk(0))
+    wait_written(from_writer, 1)
+    ours.close()
+    assert finish(to_writer, from_writer).written == 3
