@@ -87,7 +87,7 @@ class SplitStats:
             "workers": self.worker_count,
             "resumed_from": self.resumed_from,
             "workers_replaced": self.worker_losses,
-            "worker_stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "worker_stage_cpu_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "worker_cpu_seconds": round(self.worker_cpu_total, 3),
             "coordinator_cpu_seconds": round(self.coordinator_cpu_seconds, 3),
             "peak_rss_mb": {

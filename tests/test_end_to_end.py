@@ -1,6 +1,7 @@
 """A generated tree through `etl convert`, read back by independent decoders and by etl.reader."""
 
 import io
+import json
 import multiprocessing
 import os
 import pickle
@@ -58,6 +59,15 @@ def test_layout_and_labels(converted):
     labels = (out / "labels.txt").read_text().splitlines()
     assert labels == sorted(p.name for p in (tree / "train").iterdir())
     assert "etl convert: 3 classes" in proc.stdout and "report:" in proc.stdout
+
+
+def test_report_has_per_stage_cpu_times(converted):
+    _, out, _ = converted
+    train = json.loads((out / "report.json").read_text())["splits"]["train"]
+    stages = train["worker_stage_cpu_seconds"]
+    assert set(stages) == {"read", "decode", "resize", "encode", "datum"}
+    assert stages["decode"] > 0 and stages["encode"] > 0 and stages["resize"] > 0
+    assert sum(stages.values()) <= train["worker_cpu_seconds"] + 0.01  # parts of the workers' CPU time
 
 
 def test_every_record_read_by_protobuf_pillow_and_opencv(converted, caffe_pb2):
