@@ -251,7 +251,7 @@ def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any, write_budg
     try:
         writer = LmdbWriter(spec, TokenBucket(write_budget) if write_budget is not None else None)
         ready = writer.open()
-        listener = Listener(link.address, family="AF_UNIX", authkey=link.authkey) if link is not None else None
+        listener = Listener(link.address, family="AF_UNIX", backlog=64, authkey=link.authkey) if link else None
         _tell(progress_conn, ready)
         complete = _write_in_order(writer, ready.start_chunk, data_conn, progress_conn, listener)
         summary = writer.close(complete)
