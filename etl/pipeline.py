@@ -199,7 +199,7 @@ class SplitRun:
         self.from_writer, writer_out = ctx.Pipe(duplex=False)
         wspec = WriterSpec(self.split.name, str(self.out), self.split.root, self.s.relative_paths,
                            self.s.commit_every, self.s.resume, mean=mean_layout(self.s, self.split.name),
-                           keep_page_cache=self.s.keep_page_cache)
+                           keep_page_cache=self.s.keep_page_cache, stop_at_failure=self.s.on_error == "fail")
         cpu0 = time.process_time()
         budgets = Budgets(ctx, self.caps)
         self.watchers = self._watchers(budgets)

@@ -48,6 +48,7 @@ class WriterSpec:
     resume: bool
     mean: SumLayout | None  # the train writer also writes mean.binaryproto and mean.jpg
     keep_page_cache: bool = False
+    stop_at_failure: bool = False  # --on-error fail: a chunk with a bad file is not written, nor any after it
 
     @property
     def db_path(self) -> Path:
@@ -315,15 +316,23 @@ def _write_in_order(writer: LmdbWriter, next_chunk: int, data_conn: Any, progres
         pending[result.chunk_id] = result
         while next_chunk in pending:
             ready = pending.pop(next_chunk)
+            if writer.spec.stop_at_failure and ready.failures:
+                # Not committed, so a resume converts this chunk again: a file fixed meanwhile goes in.
+                writer.ended_by.append(f"a bad file in chunk {ready.chunk_id} (--on-error fail)")
+                _tell(progress_conn, _progress(ready, written=0))
+                return False
             writer.add(ready)
             if len(writer.batch) >= writer.spec.commit_every:
                 writer.commit()
-            _tell(progress_conn, Progress(ready.chunk_id, len(ready.records), ready.failures, ready.warnings,
-                                        ready.bytes_read, ready.stage_seconds,
-                                        sum(len(r.value) for r in ready.records), ready.throttled_seconds,
-                                        ready.max_rss_kb, ready.cpu_seconds))
+            _tell(progress_conn, _progress(ready, written=len(ready.records)))
             next_chunk += 1
     return False  # stopped early (interrupt, error): commit what is complete, mark it incomplete
+
+
+def _progress(chunk: ChunkResult, written: int) -> Progress:
+    return Progress(chunk.chunk_id, written, chunk.failures, chunk.warnings, chunk.bytes_read, chunk.stage_seconds,
+                    sum(len(r.value) for r in chunk.records), chunk.throttled_seconds, chunk.max_rss_kb,
+                    chunk.cpu_seconds)
 
 
 def _describe(exc: BaseException, out_dir: str) -> str:

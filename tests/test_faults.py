@@ -117,6 +117,29 @@ def test_on_error_fail_stops_at_the_first_bad_file(messy_tree, tmp_path):
     assert "n00000001" in proc.stderr  # names the file and its reason
 
 
+def test_on_error_fail_then_fix_then_resume_writes_everything(tree, tmp_path):
+    """The chunk holding the bad file is not committed, so once the file is fixed, --resume writes it;
+    left unfixed, --resume stops on it again (it was committed as skipped, before)."""
+    root = tmp_path / "t"
+    shutil.copytree(tree, root)
+    good = tmp_path / "good"
+    assert etl("convert", root, good, "--val-pct", "0", "--chunk-size", "4", "--quiet").returncode == 0
+    order = [line.rsplit(" ", 1)[0] for line in (good / "train.txt").read_text().splitlines()]
+    victim = root / order[-1]  # the very last one written: the case that used to slip through
+    original = victim.read_bytes()
+    victim.write_bytes(b"not an image")
+    out, args = tmp_path / "out", ("--val-pct", "0", "--chunk-size", "4", "--on-error", "fail", "--quiet")
+    first = etl("convert", root, out, *args)
+    assert first.returncode == 1 and "stopped at the first bad file" in first.stderr
+    assert len(all_records(out / "train_db")) < len(order) - 1  # its whole chunk is left out
+    again = etl("convert", root, out, *args, "--resume")
+    assert again.returncode == 1 and victim.name in again.stderr
+    victim.write_bytes(original)
+    fixed = etl("convert", root, out, *args, "--resume")
+    assert fixed.returncode == 0, fixed.stderr
+    assert dataset(out) == dataset(good)
+
+
 def test_unreadable_and_vanishing_files(tree, tmp_path):
     root = tmp_path / "t"
     shutil.copytree(tree, root)
