@@ -15,7 +15,9 @@ class SumLayout(NamedTuple):
 
     [ pixels H*W*C | Y H*W | Cb h*w | Cr h*w | how many images were summed as planes ]
     Planes are summed as decoded (the YCbCr -> RGB conversion is linear, so it is applied once, to the
-    sums, when the mean is written): exact integers, whatever the chunking.
+    sums, when the mean is written): exact integers, whatever the chunking. The one difference from
+    converting each image: a decoder clamps out-of-range pixels to 0..255, which a sum cannot (it
+    matters only for saturated colours, by a level or so on a dataset's mean).
     """
 
     width: int
@@ -45,6 +47,12 @@ class SumLayout(NamedTuple):
         start = self._bounds()[1]
         return (vec[start:].copy(), start) if not vec[:start].any() else (vec, 0)
 
+    def from_pixel_sum(self, pixel_sum: np.ndarray) -> np.ndarray:
+        """A vector holding an (H, W, C) pixel sum: how etl 0.1 checkpoints stored the sum, resumed by 0.2."""
+        vec = self.zeros(np.int64)
+        self.pixels(vec)[...] = pixel_sum
+        return vec
+
     def pixels(self, vec: np.ndarray) -> np.ndarray:
         b = self._bounds()
         return vec[b[0]:b[1]].reshape(self.height, self.width, self.channels)
@@ -69,7 +77,10 @@ class SumLayout(NamedTuple):
         planar = int(vec[-1])
         if planar:
             y, cb, cr = (p.astype(np.float64) / planar for p in self.planes(vec))
-            # The same chroma upsampling a JPEG decoder does (centred samples, linear): it commutes with the mean.
-            up = [cv2.resize(c, (self.width, self.height), interpolation=cv2.INTER_LINEAR) for c in (cb, cr)]
+            # The chroma upsampling a JPEG decoder does (each sample to 2x2 pixels, centred, linear; an odd
+            # size's last sample half past the edge), which commutes with the mean.
+            ch, cw = self.chroma
+            up = [cv2.resize(c, (2 * cw, 2 * ch), interpolation=cv2.INTER_LINEAR)[:self.height, :self.width]
+                  for c in (cb, cr)]
             total += planar * ycc_to_rgb(y, up[0], up[1])
         return total / count

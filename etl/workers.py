@@ -133,15 +133,14 @@ class ImageConverter:
         result.bytes_read += len(data)
         result.stage_seconds["read"] += time.thread_time() - t0
         value, warning = self.convert_bytes(data, item, result.stage_seconds, result.pixel_sum)
-        if warning and self.spec.strict:
-            raise BadImage(f"decoded only with a warning (--strict): {warning}")
         result.records.append(Record(item.index, item.label, item.path, value))
         if warning:
             result.warnings.append(Failure(item.path, warning))
 
     def convert_bytes(self, data: bytes, item: Item, times: dict[str, float],
                       pixel_sum: np.ndarray | None = None) -> tuple[bytes, str | None]:
-        """File bytes -> (serialized Datum, decoder warning); adds each stage's CPU time, and the image to pixel_sum.
+        """File bytes -> (serialized Datum, decoder warning); adds each stage's CPU time, and the image to
+        pixel_sum; BadImage for a warning under --strict.
 
         CPU time, not wall time: a throttled or slow read, or a worker waiting for a core, is not a
         stage's cost (throttling is reported on its own)."""
@@ -168,9 +167,12 @@ class ImageConverter:
         times["resize"] += t3 - t2
         times["encode"] += t4 - t3
         times["datum"] += t5 - t4
+        warning = None if decoded is None else decoded.warning
+        if warning and spec.strict:  # before the sum: a refused image must not count in the mean
+            raise BadImage(f"decoded only with a warning (--strict): {warning}")
         if pixel_sum is not None:
             (self.sums.add_planes if planes is not None else self.sums.add_pixels)(pixel_sum, *out)
-        return value, None if decoded is None else decoded.warning
+        return value, warning
 
     def _fit(self, decoded: Decoded | None, geo: Geometry, item: Item) -> np.ndarray:
         assert decoded is not None
@@ -276,6 +278,26 @@ def _take_tasks(conn: Connection, inbox: queue.Queue) -> None:
     inbox.put(None)
 
 
+CONNECT_SECONDS = 60.0
+
+
+def _connect(link: ResultsLink) -> Connection | None:
+    """The worker's socket to the writer. A handshake that never ends would leave this worker
+    holding tasks with no image in hand, where the hang check cannot see it: die instead, and be
+    replaced like any worker that dies."""
+    watchdog = threading.Timer(CONNECT_SECONDS, os._exit, args=(1,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        conn = Client(link.address, family="AF_UNIX", authkey=link.authkey)
+    except Exception:  # refused, reset, wrong key: no writer to work for
+        return None
+    finally:
+        watchdog.cancel()
+    widen(conn)
+    return conn
+
+
 def worker_main(spec: WorkSpec, conn: Connection, slot: Slot, budgets: Budgets | None, link: ResultsLink) -> None:
     """A worker's life: take chunks from its pipe until None; send each result to the writer, pickled,
     then the chunk's number back to the coordinator (which thus never copies the records)."""
@@ -286,11 +308,9 @@ def worker_main(spec: WorkSpec, conn: Connection, slot: Slot, budgets: Budgets |
     cv2.setNumThreads(1)  # one image per core: OpenCV's own threads would only contend
     gate = ReadGate(budgets, drop_cache=not spec.keep_page_cache)
     converter = ImageConverter(spec, FaultHook(dict(os.environ)), slot, gate)
-    try:
-        to_writer = Client(link.address, family="AF_UNIX", authkey=link.authkey)
-    except (OSError, EOFError):
+    to_writer = _connect(link)
+    if to_writer is None:
         return  # the writer is gone: the coordinator sees that and stops the run
-    widen(to_writer)
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_take_tasks, args=(conn, inbox), daemon=True).start()
     parent = os.getppid()

@@ -13,8 +13,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from multiprocessing import AuthenticationError
-from multiprocessing.connection import Listener
+from multiprocessing.connection import Listener, answer_challenge, deliver_challenge
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -122,6 +121,8 @@ class LmdbWriter:
             skips = skips_before(skip_path, self.state.chunks)
             if self.spec.mean is not None:
                 self.mean_sum = self.checkpoint.load_sum(self.spec.split, self.state.chunks)
+                if self.mean_sum is not None and self.mean_sum.ndim == 3:  # written before planes were summed
+                    self.mean_sum = self.spec.mean.from_pixel_sum(self.mean_sum)
         else:
             self.spec.list_path.write_text("")
             skip_path.write_text("")
@@ -252,9 +253,10 @@ def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any, write_budg
     try:
         writer = LmdbWriter(spec, TokenBucket(write_budget) if write_budget is not None else None)
         ready = writer.open()
-        listener = Listener(link.address, family="AF_UNIX", backlog=64, authkey=link.authkey) if link else None
+        listener = Listener(link.address, family="AF_UNIX", backlog=64) if link else None
         _tell(progress_conn, ready)
-        complete = _write_in_order(writer, ready.start_chunk, data_conn, progress_conn, listener)
+        complete = _write_in_order(writer, ready.start_chunk, data_conn, progress_conn, listener,
+                                   link.authkey if link else b"")
         summary = writer.close(complete)
     except UsageError as exc:  # a checkpoint that cannot be resumed: its message says what to do
         _tell(progress_conn, WriterError(str(exc)))
@@ -276,35 +278,38 @@ def _tell(conn: Any, message: object) -> None:
         pass
 
 
-def _accept_workers(listener: Listener, inbox: queue.Queue) -> None:
-    """Each worker connects once; a thread per worker reads its chunks into the inbox."""
+def _accept_workers(listener: Listener, authkey: bytes, inbox: queue.Queue) -> None:
+    """Each worker connects once; a thread per connection checks its key, then reads its chunks into
+    the inbox. The key is checked there, not here, so that a peer that dies or stalls half-way
+    through the handshake costs its own thread only and never stops the door for the others."""
     while True:
         try:
-            conn = listener.accept()
-        except AuthenticationError:
-            continue  # not one of ours
-        except OSError:
-            return  # the listener was closed
-        widen(conn)
-        threading.Thread(target=_receive_chunks, args=(conn, inbox), daemon=True).start()
+            conn = listener.accept()  # the listener has no authkey: accept() does no handshake
+        except Exception:  # e.g. out of file descriptors for a moment: keep the door open
+            time.sleep(0.1)
+            continue
+        threading.Thread(target=_receive_chunks, args=(conn, authkey, inbox), daemon=True).start()
 
 
-def _receive_chunks(conn: Any, inbox: queue.Queue) -> None:
+def _receive_chunks(conn: Any, authkey: bytes, inbox: queue.Queue) -> None:
     try:
+        deliver_challenge(conn, authkey)  # what Listener.accept() would do with an authkey
+        answer_challenge(conn, authkey)
+        widen(conn)
         while True:
             inbox.put(conn.recv_bytes())
-    except (EOFError, OSError):
-        # The worker finished, or died: a chunk it had half sent is lost here, and the coordinator,
-        # which never got its number back, runs it again.
+    except Exception:  # a stranger, or a worker gone: this connection ends, nothing else
+        # A chunk half sent by a dying worker is lost here; the coordinator, which never got its
+        # number back, runs it again.
         conn.close()
 
 
 def _write_in_order(writer: LmdbWriter, next_chunk: int, data_conn: Any, progress_conn: Any,
-                    listener: Listener | None = None) -> bool:
+                    listener: Listener | None = None, authkey: bytes = b"") -> bool:
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_receive, args=(data_conn, inbox, os.getppid(), writer.ended_by), daemon=True).start()
     if listener is not None:
-        threading.Thread(target=_accept_workers, args=(listener, inbox), daemon=True).start()
+        threading.Thread(target=_accept_workers, args=(listener, authkey, inbox), daemon=True).start()
     pending: dict[int, ChunkResult] = {}  # the reorder buffer; the coordinator bounds its size
     while (data := inbox.get()) is not None:
         result: ChunkResult | str = pickle.loads(data)

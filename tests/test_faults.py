@@ -109,6 +109,25 @@ def test_strict_rejects_images_decoded_with_warnings(messy_tree, tmp_path):
     assert r["warning_files"] == []
 
 
+def test_images_refused_by_strict_stay_out_of_the_mean(tmp_path):
+    """Eight black images and one white one that decodes only with a warning: under --strict the mean
+    is black (it once counted the refused image in the sum but not in the count)."""
+    root = tmp_path / "train" / "n0"
+    root.mkdir(parents=True)
+    for i in range(8):
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buf, "JPEG", quality=90)
+        (root / f"black{i}.JPEG").write_bytes(buf.getvalue())
+    buf = io.BytesIO()
+    Image.fromarray(np.full((256, 256, 3), 255, np.uint8)).save(buf, "JPEG", quality=90)
+    (root / "white_truncated.JPEG").write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+    out = tmp_path / "out"
+    proc = etl("convert", tmp_path / "train", out, "--val-pct", "0", "--strict", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert report(out)["splits"]["train"]["written"] == 8
+    assert np.asarray(Image.open(out / "mean.jpg")).max() <= 2
+
+
 def test_on_error_fail_stops_at_the_first_bad_file(messy_tree, tmp_path):
     root, _ = messy_tree
     proc = etl("convert", root, tmp_path / "out", "--val-pct", "0", "--on-error", "fail", "--quiet")

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from turbojpeg import TJPF_RGB
 
 from etl.codec import Codec, Planes, ycc_to_rgb
 from etl.meansum import SumLayout
@@ -169,3 +170,27 @@ def test_chunk_sums_travel_trimmed_and_small_without_changing_the_mean():
     total[offset:] += tail
     np.testing.assert_allclose(layout.mean_image(total, 257), layout.mean_image(planes_only.astype(np.int64), 257))
     assert np.abs(layout.mean_image(total, 257) - 255).max() < 1e-9  # no uint16 overflow on the way
+
+
+@pytest.mark.parametrize("size", [(31, 17), (32, 16), (9, 9), (224, 224)])
+def test_mean_of_planes_matches_what_a_decoder_shows(codec, size):
+    """The mean image from plane sums against libjpeg-turbo's own RGB decode of the same JPEG: chroma
+    upsampled and placed as a decoder does, odd sizes included (once 5 levels off at the far edge)."""
+    w, h = size
+    layout = SumLayout(w, h, 3)
+    ch, cw = layout.chroma
+    y = np.full((h, w), 128, np.uint8)
+    cb = np.tile(np.linspace(60, 196, cw), (ch, 1)).astype(np.uint8)  # ramps: any misplacement shows
+    cr = np.tile(np.linspace(80, 176, ch)[:, None], (1, cw)).astype(np.uint8)
+    jpg = codec.encode_planes(y, cb, cr, 100)
+    planes = codec.decode_planes(jpg, lambda sw, sh: 1)
+    vec = layout.zeros(np.int64)
+    layout.add_planes(vec, planes.y[:h, :w], planes.cb[:ch, :cw], planes.cr[:ch, :cw])
+    shown = codec.tj.decode(jpg, pixel_format=TJPF_RGB).astype(np.float64)
+    assert np.abs(layout.mean_image(vec, 1) - shown).max() <= 1.5
+
+
+def test_a_sum_checkpointed_by_etl_0_1_resumes():
+    layout = SumLayout(6, 4, 3)
+    old = np.random.default_rng(4).integers(0, 255 * 50, size=(4, 6, 3))  # 0.1 kept an (H, W, C) sum
+    np.testing.assert_allclose(layout.mean_image(layout.from_pixel_sum(old), 50), old / 50)

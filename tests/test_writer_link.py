@@ -2,7 +2,9 @@
 
 import multiprocessing as mp
 import pickle
+import socket
 import struct
+import threading
 from multiprocessing.connection import Client
 from pathlib import Path
 
@@ -45,6 +47,7 @@ def finish(to_writer, from_writer) -> WriterSummary:
 def wait_written(from_writer, chunks: int) -> None:
     seen = 0
     while seen < chunks:
+        assert from_writer.poll(20), "the writer wrote nothing for 20 s"
         seen += isinstance(from_writer.recv(), Progress)
 
 
@@ -94,4 +97,28 @@ def test_a_stranger_without_the_key_cannot_write(writer):
     ours.send_bytes(chunk(0))
     wait_written(from_writer, 1)
     ours.close()
+    assert finish(to_writer, from_writer).written == 3
+
+
+def test_peers_that_die_or_stall_in_the_handshake_do_not_close_the_door(writer):
+    """Before, one connect-and-close (a worker killed while connecting) stopped the writer accepting,
+    and the next replacement worker hung for ever."""
+    link, to_writer, from_writer, out = writer
+    for _ in range(3):  # connect and vanish at once
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(link.address)
+        sock.close()
+    silent = socket.socket(socket.AF_UNIX)  # connect and never answer the challenge
+    silent.connect(link.address)
+    connected: list = []
+    attempt = threading.Thread(target=lambda: connected.append(
+        Client(link.address, family="AF_UNIX", authkey=link.authkey)), daemon=True)
+    attempt.start()
+    attempt.join(20)
+    assert connected, "a worker could not connect after the bad peers"
+    worker = connected[0]
+    worker.send_bytes(chunk(0))
+    wait_written(from_writer, 1)
+    worker.close()
+    silent.close()
     assert finish(to_writer, from_writer).written == 3
