@@ -2,6 +2,7 @@
 
 import io
 import re
+import warnings
 
 import cv2
 import numpy as np
@@ -125,3 +126,22 @@ def test_ycck_jpeg_colours_survive(rgb_codec):
     files = awkward_files(np.random.default_rng(0))
     out = rgb_codec.decode(files["ycck.JPEG"], FULL).pixels
     assert np.abs(out.astype(int) - base).mean() < 8  # not black, not inverted
+
+
+def test_other_warnings_during_a_decode_do_not_mark_the_image(rgb_codec, monkeypatch):
+    """Only libjpeg's own warnings count: a ResourceWarning raised inside turbojpeg's code (a garbage
+    collection can run there) once sent good images down the warning path."""
+    import turbojpeg
+
+    real = turbojpeg.TurboJPEG.decode_header
+
+    def noisy(self, data):
+        warnings.warn("unclosed file", ResourceWarning, stacklevel=1)  # attributed to this test module...
+        exec("import warnings; warnings.warn('unclosed file', ResourceWarning)",  # ...and to turbojpeg
+             {"__name__": "turbojpeg"})
+        return real(self, data)
+
+    monkeypatch.setattr(turbojpeg.TurboJPEG, "decode_header", noisy)
+    data = jpeg(gradient(300, 200), quality=90)
+    assert rgb_codec.decode_planes(data, FULL) is not None
+    assert rgb_codec.decode(data, FULL).warning is None

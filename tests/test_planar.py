@@ -135,7 +135,8 @@ def test_ycc_to_rgb_agrees_with_pillow():
 
 
 def test_mean_of_plane_sums_is_the_mean_of_the_images():
-    """Summing planes and converting once equals converting each image (upsampled like a decoder) and averaging."""
+    """Summing planes and converting once equals converting each image and averaging (the linearity the
+    mean relies on), with images summed as pixels mixed in."""
     layout = SumLayout(7, 5, 3)
     rng = np.random.default_rng(1)
     vec, expected = layout.zeros(np.int64), np.zeros((5, 7, 3))
@@ -143,7 +144,8 @@ def test_mean_of_plane_sums_is_the_mean_of_the_images():
         y = rng.integers(30, 220, size=(5, 7), dtype=np.uint8)
         cb, cr = (rng.integers(90, 170, size=layout.chroma, dtype=np.uint8) for _ in range(2))
         layout.add_planes(vec, y, cb, cr)
-        up = [cv2.resize(c.astype(np.float64), (7, 5), interpolation=cv2.INTER_LINEAR) for c in (cb, cr)]
+        # a decoder's upsampling: each sample to 2x2, cut to the odd size (test_..._what_a_decoder_shows)
+        up = [cv2.resize(c.astype(np.float64), (8, 6), interpolation=cv2.INTER_LINEAR)[:5, :7] for c in (cb, cr)]
         expected += ycc_to_rgb(y.astype(np.float64), *up)
     for _ in range(3):
         px = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
