@@ -24,7 +24,7 @@ from etl.settings import Settings, UsageError
 from etl.sources import Split, plan
 from etl.stats import SplitStats, summary_text, write_report
 from etl.throttle import MB, AdaptiveIO, Budgets, Caps, block_device
-from etl.workers import WorkerHandle, WorkerPool, WorkSpec, stop_signals_blocked
+from etl.workers import NO_WRITER_EXIT, WorkerHandle, WorkerPool, WorkSpec, stop_signals_blocked
 from etl.writer import END, Ready, WriterError, WriterSpec, WriterSummary, writer_main
 
 DATASET_FILES = ("labels.txt", "train.txt", "val.txt", "mean.binaryproto", "mean.jpg", "report.json")
@@ -151,6 +151,8 @@ def chunks(split: Split, size: int) -> list[Task]:
 def exit_reason(code: int | None) -> str:
     if code is None:
         return "stopped answering"
+    if code == NO_WRITER_EXIT:
+        return f"could not connect to the LMDB writer (exit code {code})"
     if code < 0:
         name = signal.Signals(-code).name
         return f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
@@ -191,6 +193,7 @@ class SplitRun:
         self.last_io_update = 0.0
         self.retry: deque[Task] = deque()
         self.image_deaths: dict[int, int] = {}
+        self.idle_losses = 0  # workers lost in a row with no image in hand and no chunk delivered
         self.chunk_deaths: dict[int, int] = {}
 
     def run(self, ctx: BaseContext) -> SplitStats:
@@ -316,6 +319,7 @@ class SplitRun:
             self._lost(handle, death_reason(handle))
             return
         handle.tasks.popleft()
+        self.idle_losses = 0
 
     def _send_to_writer(self, data: bytes) -> None:
         try:
@@ -337,11 +341,18 @@ class SplitRun:
                 break
             handle.tasks.popleft()
         item, _ = handle.image_in_hand()
+        no_writer = handle.proc.exitcode == NO_WRITER_EXIT
+        self.stats.worker_losses.append(reason)
+        self.idle_losses = 0 if item >= 0 else self.idle_losses + 1
+        if self.idle_losses > 2 * self.workers + 3:  # not an image's fault: replacing them would loop for ever
+            self._stop_early()
+            raise PipelineError(f"workers keep stopping before they convert anything ({self.idle_losses} in a "
+                                f"row; the last one {reason}); the database holds its last commit: once the cause is "
+                                "fixed, run the same command with --resume")
         held = self.pool.replace(handle)
-        if held:
+        if held and not no_writer:  # a worker that never reached the writer held its chunk blamelessly
             held[0] = self._after_death(held[0], item, reason)
         self.retry.extendleft(reversed(held))
-        self.stats.worker_losses.append(reason)
 
     def _after_death(self, task: Task, item: int, reason: str) -> Task:
         give_up = dict(task.give_up)

@@ -230,7 +230,7 @@ class FaultHook:
     """Test-only fault injection: ETL_TEST_FAULTS="crash=a.jpg,hang=b.jpg,exit=c.jpg,crash_once=d.jpg".
 
     crash sends the worker SIGSEGV, exit calls os._exit(3), hang sleeps for an hour, vanish deletes
-    the file just before it is read; *_once
+    the file just before it is read; the name <startup> fires as a worker starts; *_once
     variants fire only the first time (a marker file in ETL_TEST_FAULT_DIR remembers).
     """
 
@@ -279,13 +279,15 @@ def _take_tasks(conn: Connection, inbox: queue.Queue) -> None:
 
 
 CONNECT_SECONDS = 60.0
+NO_WRITER_EXIT = 75  # a worker's exit code when it cannot reach the writer (EX_TEMPFAIL)
+STARTUP_FAULT = "<startup>"  # ETL_TEST_FAULTS="exit=<startup>": the fault hook's name for worker start-up
 
 
 def _connect(link: ResultsLink) -> Connection | None:
     """The worker's socket to the writer. A handshake that never ends would leave this worker
     holding tasks with no image in hand, where the hang check cannot see it: die instead, and be
     replaced like any worker that dies."""
-    watchdog = threading.Timer(CONNECT_SECONDS, os._exit, args=(1,))
+    watchdog = threading.Timer(CONNECT_SECONDS, os._exit, args=(NO_WRITER_EXIT,))
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -307,10 +309,12 @@ def worker_main(spec: WorkSpec, conn: Connection, slot: Slot, budgets: Budgets |
     die_with_parent()
     cv2.setNumThreads(1)  # one image per core: OpenCV's own threads would only contend
     gate = ReadGate(budgets, drop_cache=not spec.keep_page_cache)
-    converter = ImageConverter(spec, FaultHook(dict(os.environ)), slot, gate)
+    fault = FaultHook(dict(os.environ))
+    fault(STARTUP_FAULT)  # test-only: a worker that dies before doing anything
+    converter = ImageConverter(spec, fault, slot, gate)
     to_writer = _connect(link)
     if to_writer is None:
-        return  # the writer is gone: the coordinator sees that and stops the run
+        os._exit(NO_WRITER_EXIT)  # the coordinator says why, and does not blame the chunk it holds
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_take_tasks, args=(conn, inbox), daemon=True).start()
     parent = os.getppid()

@@ -9,6 +9,8 @@ import pickle
 import queue
 import shutil
 import signal
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -278,30 +280,55 @@ def _tell(conn: Any, message: object) -> None:
         pass
 
 
+HANDSHAKE_SECONDS = 5.0  # a connection that has not proven its key by then is dropped
+MAX_HANDSHAKES = 64  # handshakes in progress at once; more connections are dropped at the door
+
+
 def _accept_workers(listener: Listener, authkey: bytes, inbox: queue.Queue) -> None:
     """Each worker connects once; a thread per connection checks its key, then reads its chunks into
-    the inbox. The key is checked there, not here, so that a peer that dies or stalls half-way
-    through the handshake costs its own thread only and never stops the door for the others."""
+    the inbox. The key is checked there, not here, with a time limit and a bound on how many at
+    once, so that a peer that dies, stalls or crowds the door costs its own connection only."""
+    handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
     while True:
+        conn, admitted = None, False
         try:
             conn = listener.accept()  # the listener has no authkey: accept() does no handshake
-        except Exception:  # e.g. out of file descriptors for a moment: keep the door open
+            admitted = handshakes.acquire(blocking=False)
+            if not admitted:
+                conn.close()  # a worker turned away retries as its replacement
+                continue
+            threading.Thread(target=_receive_chunks, args=(conn, authkey, handshakes, inbox), daemon=True).start()
+        except Exception:  # out of descriptors or threads for a moment: drop this one, keep the door open
+            if admitted:
+                handshakes.release()
+            if conn is not None:
+                conn.close()
             time.sleep(0.1)
-            continue
-        threading.Thread(target=_receive_chunks, args=(conn, authkey, inbox), daemon=True).start()
 
 
-def _receive_chunks(conn: Any, authkey: bytes, inbox: queue.Queue) -> None:
+def _receive_chunks(conn: Any, authkey: bytes, handshakes: threading.BoundedSemaphore, inbox: queue.Queue) -> None:
     try:
-        deliver_challenge(conn, authkey)  # what Listener.accept() would do with an authkey
-        answer_challenge(conn, authkey)
+        try:
+            _receive_timeout(conn, HANDSHAKE_SECONDS)
+            deliver_challenge(conn, authkey)  # what Listener.accept() would do with an authkey
+            answer_challenge(conn, authkey)
+            _receive_timeout(conn, 0.0)
+        finally:
+            handshakes.release()
         widen(conn)
         while True:
             inbox.put(conn.recv_bytes())
-    except Exception:  # a stranger, or a worker gone: this connection ends, nothing else
+    except Exception:  # a stranger, a timeout, or a worker gone: this connection ends, nothing else
         # A chunk half sent by a dying worker is lost here; the coordinator, which never got its
         # number back, runs it again.
         conn.close()
+
+
+def _receive_timeout(conn: Any, seconds: float) -> None:
+    """SO_RCVTIMEO on the connection's socket (0: none); a read past it fails instead of waiting."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        whole = int(seconds)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
 
 
 def _write_in_order(writer: LmdbWriter, next_chunk: int, data_conn: Any, progress_conn: Any,

@@ -159,6 +159,15 @@ def test_on_error_fail_then_fix_then_resume_writes_everything(tree, tmp_path):
     assert dataset(out) == dataset(good)
 
 
+def test_workers_that_die_before_doing_anything_stop_the_run_with_a_reason(tree, tmp_path):
+    """Before, such workers were replaced for ever (thousands a second) and the run never ended."""
+    proc = etl("convert", tree, tmp_path / "out", "--val-pct", "0", "--workers", "2",
+               env={"ETL_TEST_FAULTS": "exit=<startup>"})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "workers keep stopping before they convert anything" in proc.stderr
+    assert "exited with code 3" in proc.stderr
+
+
 def test_unreadable_and_vanishing_files(tree, tmp_path):
     root = tmp_path / "t"
     shutil.copytree(tree, root)

@@ -5,12 +5,14 @@ import pickle
 import socket
 import struct
 import threading
+import time
 from multiprocessing.connection import Client
 from pathlib import Path
 
 import lmdb
 import pytest
 
+import etl.writer as writer_module
 from etl.records import ChunkResult, Progress, Record, ResultsLink
 from etl.writer import Ready, WriterSpec, WriterSummary, writer_main
 
@@ -21,7 +23,9 @@ def chunk(cid: int, per_chunk: int = 3) -> bytes:
 
 
 @pytest.fixture
-def writer(tmp_path: Path):
+def writer(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(writer_module, "HANDSHAKE_SECONDS", 1.5)  # the writer is forked: it sees these
+    monkeypatch.setattr(writer_module, "MAX_HANDSHAKES", 3)
     ctx = mp.get_context("fork")
     writer_in, to_writer = ctx.Pipe(duplex=False)
     from_writer, writer_out = ctx.Pipe(duplex=False)
@@ -121,4 +125,33 @@ def test_peers_that_die_or_stall_in_the_handshake_do_not_close_the_door(writer):
     wait_written(from_writer, 1)
     worker.close()
     silent.close()
+    assert finish(to_writer, from_writer).written == 3
+
+
+def read_until_closed(sock: socket.socket, seconds: float) -> bytes:
+    sock.settimeout(seconds)
+    data = b""
+    while chunk := sock.recv(1024):
+        data += chunk
+    return data
+
+
+def test_strangers_are_dropped_after_the_handshake_time_and_beyond_the_crowd_limit(writer):
+    """A silent peer holds a thread and a descriptor only for HANDSHAKE_SECONDS; past MAX_HANDSHAKES
+    waiting at once, newcomers are closed at the door; workers still get in afterwards."""
+    link, to_writer, from_writer, out = writer
+    silent = [socket.socket(socket.AF_UNIX) for _ in range(4)]
+    for sock in silent:
+        sock.connect(link.address)
+    turned_away = read_until_closed(silent[3], 5)
+    assert turned_away == b""  # closed before any challenge was sent
+    for sock in silent[:3]:
+        started = time.monotonic()
+        assert read_until_closed(sock, 5)  # the challenge came, then the writer gave up waiting
+        assert time.monotonic() - started < 5
+        sock.close()
+    worker = Client(link.address, family="AF_UNIX", authkey=link.authkey)
+    worker.send_bytes(chunk(0))
+    wait_written(from_writer, 1)
+    worker.close()
     assert finish(to_writer, from_writer).written == 3
