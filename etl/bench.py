@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from etl.baselines import opencv_kernel, pil_kernel, run_pool_baseline
-from etl.codec import Codec, Decoded, Planes
+from etl.codec import Codec, Decoded, Planes, chroma_shape
 from etl.datum import encode_datum
 from etl.pipeline import mp_context
 from etl.records import STAGES, ChunkResult, Item, Progress, Record, ResultsLink
@@ -187,7 +187,7 @@ def _limit_worker(blobs: list[bytes], results: Any) -> None:
             codec.encode(np.ascontiguousarray(px[:SIZE, :SIZE]), "jpg", 90)
             continue
         y = np.ascontiguousarray(planes.y[:SIZE, :SIZE])
-        ch, cw = -(-y.shape[0] // 2), -(-y.shape[1] // 2)
+        ch, cw = chroma_shape(*y.shape)
         codec.encode_planes(y, *(np.ascontiguousarray(c[:ch, :cw]) for c in (planes.cb, planes.cr)), 90)
     results.put((len(blobs), time.perf_counter() - t0))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import cv2
@@ -84,8 +85,7 @@ class Codec:
         """
         if not data.startswith(JPEG_MAGIC):
             return None
-        with warnings.catch_warnings(record=True) as caught:
-            _record_libjpeg_warnings_only()
+        with libjpeg_warnings() as caught:
             try:
                 width, height, subsample, colorspace = self.tj.decode_header(data)
                 if caught or not width or not height:
@@ -96,7 +96,7 @@ class Codec:
                 if subsample == TJSAMP_GRAY:  # PyTurboJPEG's plane sizes are wrong for gray: take Y as gray
                     y = self.tj.decode(data, pixel_format=TJPF_GRAY, scaling_factor=scale,
                                        flags=TJFLAG_STOPONWARNING)[:, :, 0]
-                    cb = cr = np.full(((y.shape[0] + 1) // 2, (y.shape[1] + 1) // 2), 128, np.uint8)
+                    cb = cr = np.full(chroma_shape(*y.shape), 128, np.uint8)
                 elif colorspace == TJCS_YCbCr:
                     y, cb, cr = self.tj.decode_to_yuv_planes(data, scaling_factor=scale, flags=TJFLAG_STOPONWARNING)
                 else:
@@ -127,8 +127,7 @@ class Codec:
 
     def _decode_jpeg(self, data: bytes, choose_scale: ScaleChooser) -> Decoded | None:
         """libjpeg-turbo, stopping at the first warning; None sends the file to Pillow."""
-        with warnings.catch_warnings(record=True) as caught:
-            _record_libjpeg_warnings_only()
+        with libjpeg_warnings() as caught:
             try:
                 width, height, _, _ = self.tj.decode_header(data)
             except OSError:
@@ -194,13 +193,21 @@ class Codec:
         return chw_bgr_bytes(pixels)
 
 
-def _record_libjpeg_warnings_only() -> None:
-    """Inside catch_warnings: record PyTurboJPEG's warnings (libjpeg's), not others that happen to fire
-    meanwhile (a ResourceWarning from garbage collection must not mark an image as damaged)."""
-    warnings.simplefilter("ignore")
-    # By category too: a ResourceWarning from a collection that happens to run inside turbojpeg's
-    # code is attributed to that module (seen: it failed one image in a hundred test runs).
-    warnings.filterwarnings("always", category=UserWarning, module="turbojpeg")
+@contextmanager
+def libjpeg_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Record PyTurboJPEG's warnings (libjpeg's) for the block, not others that happen to fire meanwhile
+    (a ResourceWarning from garbage collection must not mark an image as damaged)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("ignore")
+        # By category too: a ResourceWarning from a collection that happens to run inside turbojpeg's
+        # code is attributed to that module (seen: it failed one image in a hundred test runs).
+        warnings.filterwarnings("always", category=UserWarning, module="turbojpeg")
+        yield caught
+
+
+def chroma_shape(height: int, width: int) -> tuple[int, int]:
+    """(rows, columns) of a 4:2:0 chroma plane for a height x width image."""
+    return -(-height // 2), -(-width // 2)
 
 
 def _pad_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:

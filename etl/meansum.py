@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from etl.codec import ycc_to_rgb
+from etl.codec import chroma_shape, ycc_to_rgb
 
 
 class SumLayout(NamedTuple):
@@ -26,12 +27,12 @@ class SumLayout(NamedTuple):
 
     @property
     def chroma(self) -> tuple[int, int]:
-        return -(-self.height // 2), -(-self.width // 2)
+        return chroma_shape(self.height, self.width)
 
     def _bounds(self) -> list[int]:
         ch, cw = self.chroma
         sizes = [self.height * self.width * self.channels, self.height * self.width, ch * cw, ch * cw, 1]
-        return [int(b) for b in np.cumsum([0, *sizes])]
+        return list(accumulate(sizes, initial=0))  # plain ints: this runs for every image summed
 
     def zeros(self, dtype: type = np.uint32) -> np.ndarray:
         return np.zeros(self._bounds()[-1], dtype=dtype)
