@@ -252,6 +252,7 @@ def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any, write_budg
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent around the fork
+    cpu0 = time.process_time()  # a forkserver child has imported its target's module by now: not the writer's work
     try:
         writer = LmdbWriter(spec, TokenBucket(write_budget) if write_budget is not None else None)
         ready = writer.open()
@@ -266,7 +267,7 @@ def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any, write_budg
     except Exception as exc:  # disk full, I/O error: the last commit stands; say why and stop
         _tell(progress_conn, WriterError(_describe(exc, spec.out_dir)))
         raise SystemExit(1) from None
-    summary.cpu_seconds = time.process_time()
+    summary.cpu_seconds = time.process_time() - cpu0
     summary.max_rss_kb = peak_rss_kb()
     summary.ended_by = "; ".join(writer.ended_by)
     _tell(progress_conn, summary)
