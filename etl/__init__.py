@@ -1,3 +1,3 @@
 """etl: turn image folders into DIGITS/Caffe-compatible LMDB datasets on every core."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from etl.settings import ENCODINGS, RESIZE_MODES, UsageError, build_settings
+from etl.settings import ENCODINGS, PAGE_CACHE_MODES, RESIZE_MODES, UsageError, build_settings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,8 +58,11 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     io.add_argument("--adaptive-io", action="store_const", const=True,
                     help="back off while the input or output disk is busier than --io-target")
     io.add_argument("--io-target", type=float, help="disk utilisation %% for --adaptive-io (default 80)")
-    io.add_argument("--keep-page-cache", action="store_const", const=True,
-                    help="do not drop read-once input and written output from the page cache")
+    io.add_argument("--page-cache", choices=PAGE_CACHE_MODES,
+                    help="drop read-once input and written output from the page cache, keep them, or auto "
+                         "(default): keep them only when they fit in half of the free memory")
+    io.add_argument("--keep-page-cache", dest="page_cache", action="store_const", const="keep",
+                    help="the same as --page-cache keep")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 

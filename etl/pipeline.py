@@ -21,9 +21,9 @@ from etl.checkpoint import CHECKPOINT_DIR, Checkpoint, plan_digest
 from etl.meansum import SumLayout
 from etl.records import Progress, ResultsLink, Task
 from etl.settings import Settings, UsageError
-from etl.sources import Split, plan
+from etl.sources import Plan, Split, plan
 from etl.stats import SplitStats, summary_text, write_report
-from etl.throttle import MB, AdaptiveIO, Budgets, Caps, block_device
+from etl.throttle import MB, AdaptiveIO, Budgets, CacheChoice, Caps, block_device, choose_page_cache, free_memory_bytes
 from etl.workers import NO_WRITER_EXIT, WorkerHandle, WorkerPool, WorkSpec, stop_signals_blocked
 from etl.writer import END, Ready, WriterError, WriterSpec, WriterSummary, writer_main
 
@@ -128,11 +128,12 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
         checkpoint.start_job(s.output_settings(), digests)
     (out / "labels.txt").write_text("".join(f"{name}\n" for name in job.labels), encoding="utf-8",
                                     errors="surrogateescape")
+    cache = page_cache_choice(s, job)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     done: list[SplitStats] = []
     try:
         for split in job.splits:
-            done.append(SplitRun(split, s, out, progress).run(ctx))
+            done.append(SplitRun(split, s, out, progress, cache).run(ctx))
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not any(sp.name == "val" for sp in job.splits):
@@ -141,6 +142,19 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
     if progress:
         print(summary_text(str(out), job.labels, done, job.notes))
     return report
+
+
+def page_cache_choice(s: Settings, job: Plan) -> CacheChoice:
+    """One choice for the whole job: its splits' data share the memory."""
+    if s.page_cache != "auto":
+        return choose_page_cache(s.page_cache, 0, 0, 0)
+    images = sum(len(sp.items) for sp in job.splits)
+    per_record = s.width * s.height * s.channels // OUTPUT_SHRINK[s.encoding]
+    return choose_page_cache("auto", sum(sp.estimated_bytes() for sp in job.splits), images * per_record,
+                             free_memory_bytes())
+
+
+OUTPUT_SHRINK = {"jpg": 8, "png": 2, "none": 1}  # raw pixels per stored byte, roughly (q90 JPEG ~9)
 
 
 def chunks(split: Split, size: int) -> list[Task]:
@@ -181,8 +195,8 @@ class SplitRun:
     """Feeds one split's chunks to the workers (who send results to the writer), follows the writer's
     progress, replaces lost workers."""
 
-    def __init__(self, split: Split, s: Settings, out: Path, progress: bool) -> None:
-        self.split, self.s, self.out = split, s, out
+    def __init__(self, split: Split, s: Settings, out: Path, progress: bool, cache: CacheChoice) -> None:
+        self.split, self.s, self.out, self.cache = split, s, out, cache
         self.tasks = chunks(split, s.chunk_size)
         self.workers = max(1, min(s.worker_count, len(self.tasks)))
         self.window = 4 * self.workers + 4  # chunks ahead of the writer: bounds its reorder buffer
@@ -202,7 +216,7 @@ class SplitRun:
         self.from_writer, writer_out = ctx.Pipe(duplex=False)
         wspec = WriterSpec(self.split.name, str(self.out), self.split.root, self.s.relative_paths,
                            self.s.commit_every, self.s.resume, mean=mean_layout(self.s, self.split.name),
-                           keep_page_cache=self.s.keep_page_cache, stop_at_failure=self.s.on_error == "fail")
+                           keep_page_cache=not self.cache.drop, stop_at_failure=self.s.on_error == "fail")
         cpu0 = time.process_time()
         budgets = Budgets(ctx, self.caps)
         self.watchers = self._watchers(budgets)
@@ -216,7 +230,7 @@ class SplitRun:
         try:
             ready = self._from_writer_until(Ready)
             self._take_ready(ready)
-            spec = WorkSpec.for_split(self.s, self.split.name, self.split.root)
+            spec = WorkSpec.for_split(self.s, self.split.name, self.split.root, keep_page_cache=not self.cache.drop)
             self.pool = WorkerPool(ctx, self.workers, spec, link, budgets)
             self._feed_and_watch(ready.start_chunk)
             summary = self._finish(complete=True)
@@ -232,7 +246,8 @@ class SplitRun:
                 self.pool.kill()
             self._release_writer()
         self.stats.finish(summary, time.process_time() - cpu0)
-        self.stats.io = {**self.caps.as_json(), "adaptive": {k: w.as_json() for k, w in self.watchers.items()}}
+        self.stats.io = {**self.caps.as_json(), "page_cache": self.cache.why,
+                         "adaptive": {k: w.as_json() for k, w in self.watchers.items()}}
         return self.stats
 
     def _release_writer(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
 ENCODINGS = ("jpg", "png", "none")
+PAGE_CACHE_MODES = ("auto", "drop", "keep")
 DEFAULT_SEED = 1385  # fixed so that two runs with default options give the same dataset
 
 
@@ -58,7 +59,7 @@ class Settings:
     max_iops: Any = None  # files opened per second
     adaptive_io: bool = False  # back off while the input/output disk is busier than io_target
     io_target: float = 80.0  # percent utilisation
-    keep_page_cache: bool = False  # skip the posix_fadvise(DONTNEED) page-cache hygiene
+    page_cache: str = "auto"  # posix_fadvise(DONTNEED) hygiene: "drop", "keep", or "auto" (see etl.throttle)
 
     @property
     def worker_count(self) -> int:
@@ -74,7 +75,7 @@ class Settings:
     def output_settings(self) -> dict[str, Any]:
         """The options that decide the bytes written (not how fast they are written)."""
         skip = {"workers", "commit_every", "overwrite", "out_dir", "on_error", "image_timeout", "resume",
-                "max_read_mbps", "max_write_mbps", "max_iops", "adaptive_io", "io_target", "keep_page_cache"}
+                "max_read_mbps", "max_write_mbps", "max_iops", "adaptive_io", "io_target", "page_cache"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
@@ -91,6 +92,8 @@ def load_preset(path: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     values = {key.replace("-", "_"): value for key, value in raw.items()}
+    if isinstance(values.get("keep_page_cache"), bool):  # the switch's name before page_cache (etl 0.2)
+        values.setdefault("page_cache", "keep" if values.pop("keep_page_cache") else "drop")
     for key in values:
         if key not in _FIELD_TYPES or key in ("train_dir", "out_dir"):
             raise UsageError(f"config file {path}: unknown option '{key}'")
@@ -208,6 +211,8 @@ def _check_counts(s: Settings) -> None:
         raise UsageError(f"--on-error must be skip or fail, got '{s.on_error}'")
     if not s.image_timeout > 0:
         raise UsageError(f"--image-timeout must be above 0 seconds, got {s.image_timeout:g}")
+    if s.page_cache not in PAGE_CACHE_MODES:
+        raise UsageError(f"--page-cache must be one of {', '.join(PAGE_CACHE_MODES)}, got '{s.page_cache}'")
     if not 1 <= s.io_target <= 100:
         raise UsageError(f"--io-target must be a percentage from 1 to 100, got {s.io_target:g}")
     if s.resume and s.overwrite:

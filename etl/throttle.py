@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -126,6 +126,45 @@ class ReadGate:
     @property
     def waited(self) -> float:
         return sum(b.waited for b in (self.read, self.opens) if b is not None)
+
+
+class CacheChoice(NamedTuple):
+    """Whether read-once input and written output leave the page cache after use, and why."""
+
+    drop: bool
+    why: str
+
+
+CACHE_SHARE = 0.5  # auto keeps the data cached only while it fits in this share of the free memory
+
+
+def choose_page_cache(mode: str, input_bytes: int, output_bytes: int, free_bytes: int) -> CacheChoice:
+    """auto: caching data that fits in free memory pushes nobody out, and a second run finds it there;
+    past that, the hygiene keeps a 140 GB pass from evicting a training job's working set."""
+    if mode != "auto":
+        return CacheChoice(mode == "drop", f"{mode} (--page-cache {mode})")
+    data, free = input_bytes + output_bytes, free_bytes
+    sizes = f"~{data / 1e9:.1f} GB of input and output, {free / 1e9:.1f} GB of memory free"
+    if data <= CACHE_SHARE * free:
+        return CacheChoice(False, f"keep (auto: {sizes})")
+    return CacheChoice(True, f"drop (auto: {sizes})")
+
+
+def free_memory_bytes() -> int:
+    """Memory that caching can fill without evicting anything: the system's free memory, or less
+    where a cgroup limit (a container) leaves less room, since its page cache counts against it."""
+    free = psutil.virtual_memory().free
+    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit) as fh_limit, open(used) as fh_used:
+                cap, current = fh_limit.read().strip(), int(fh_used.read())
+        except (OSError, ValueError):
+            continue
+        if cap.isdigit():  # "max" (v2) or a huge number (v1) when there is no limit
+            free = min(free, max(0, int(cap) - current))
+        break
+    return free
 
 
 def drop_written_pages(path: str, start: int) -> int:

@@ -60,10 +60,10 @@ class WorkSpec:
         return self.encoding == "jpg" and self.channels == 3 and self.resize_mode in ("squash", "crop")
 
     @classmethod
-    def for_split(cls, s: Settings, name: str, root: str) -> WorkSpec:
+    def for_split(cls, s: Settings, name: str, root: str, keep_page_cache: bool) -> WorkSpec:
         return cls(root, SPLIT_CODES[name], s.width, s.height, s.resize_mode, s.channels,
                    s.encoding, s.quality, s.seed, s.max_pixels, sum_pixels=(name == "train"), strict=s.strict,
-                   keep_page_cache=s.keep_page_cache)
+                   keep_page_cache=keep_page_cache)
 
 
 def read_file(path: str, gate: ReadGate) -> bytes:
