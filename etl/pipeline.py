@@ -147,14 +147,8 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
 def page_cache_choice(s: Settings, job: Plan) -> CacheChoice:
     """One choice for the whole job: its splits' data share the memory."""
     if s.page_cache != "auto":
-        return choose_page_cache(s.page_cache, 0, 0, 0)
-    images = sum(len(sp.items) for sp in job.splits)
-    per_record = s.width * s.height * s.channels // OUTPUT_SHRINK[s.encoding]
-    return choose_page_cache("auto", sum(sp.estimated_bytes() for sp in job.splits), images * per_record,
-                             free_memory_bytes())
-
-
-OUTPUT_SHRINK = {"jpg": 8, "png": 2, "none": 1}  # raw pixels per stored byte, roughly (q90 JPEG ~9)
+        return choose_page_cache(s.page_cache, 0, 0)
+    return choose_page_cache("auto", sum(sp.estimated_bytes() for sp in job.splits), free_memory_bytes())
 
 
 def chunks(split: Split, size: int) -> list[Task]:
@@ -216,7 +210,7 @@ class SplitRun:
         self.from_writer, writer_out = ctx.Pipe(duplex=False)
         wspec = WriterSpec(self.split.name, str(self.out), self.split.root, self.s.relative_paths,
                            self.s.commit_every, self.s.resume, mean=mean_layout(self.s, self.split.name),
-                           keep_page_cache=not self.cache.drop, stop_at_failure=self.s.on_error == "fail")
+                           keep_page_cache=not self.cache.drop_output, stop_at_failure=self.s.on_error == "fail")
         cpu0 = time.process_time()
         budgets = Budgets(ctx, self.caps)
         self.watchers = self._watchers(budgets)
@@ -230,7 +224,7 @@ class SplitRun:
         try:
             ready = self._from_writer_until(Ready)
             self._take_ready(ready)
-            spec = WorkSpec.for_split(self.s, self.split.name, self.split.root, keep_page_cache=not self.cache.drop)
+            spec = WorkSpec.for_split(self.s, self.split.name, self.split.root, not self.cache.drop_input)
             self.pool = WorkerPool(ctx, self.workers, spec, link, budgets)
             self._feed_and_watch(ready.start_chunk)
             summary = self._finish(complete=True)

@@ -129,12 +129,13 @@ def test_read_gate_drops_pages_after_reading(tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
-def test_page_cache_auto_keeps_only_what_fits_in_half_the_free_memory():
-    assert choose_page_cache("auto", 3 * 10**9, 1 * 10**9, 8 * 10**9) == (False, "keep (auto: ~4.0 GB of input "
-                                                                           "and output, 8.0 GB of memory free)")
-    assert choose_page_cache("auto", 3 * 10**9, 1 * 10**9 + 1, 8 * 10**9).drop
-    assert choose_page_cache("keep", 10**15, 0, 0) == (False, "keep (--page-cache keep)")
-    assert choose_page_cache("drop", 0, 0, 10**15) == (True, "drop (--page-cache drop)")
+def test_page_cache_auto_keeps_only_input_that_fits_in_half_the_free_memory():
+    kept = choose_page_cache("auto", 4 * 10**9, 8 * 10**9)
+    assert kept == (False, True, "auto: input kept (~4.0 GB, 8.0 GB of memory free); database dropped after "
+                                 "each commit")
+    assert choose_page_cache("auto", 4 * 10**9 + 1, 8 * 10**9)[:2] == (True, True)
+    assert choose_page_cache("keep", 10**15, 0) == (False, False, "keep (--page-cache keep)")
+    assert choose_page_cache("drop", 0, 10**15) == (True, True, "drop (--page-cache drop)")
 
 
 def test_input_size_is_estimated_from_a_sample(tmp_path):
@@ -152,14 +153,15 @@ def test_free_memory_is_at_most_the_systems():
     assert 0 <= free_memory_bytes() <= psutil.virtual_memory().free + 64 * MB  # it moves while we look
 
 
-@pytest.mark.parametrize(("mode", "dropped"), [("drop", True), ("keep", False), ("auto", False)])
-def test_page_cache_choice_reaches_workers_and_writer(small_tree, tmp_path, mode, dropped):
-    """`etl convert` forks its workers and writer, so they inherit a fadvise that logs each call."""
+@pytest.mark.parametrize(("mode", "input_dropped", "output_dropped"),
+                         [("drop", True, True), ("keep", False, False), ("auto", False, True)])
+def test_page_cache_choice_reaches_workers_and_writer(small_tree, tmp_path, mode, input_dropped, output_dropped):
+    """`etl convert` forks its workers and writer, so they inherit a fadvise that logs the file of each call."""
     log, out = tmp_path / "fadvise.log", tmp_path / "o"
     code = (
         "import os, sys\n"
         "def fadvise(fd, offset, length, advice):\n"
-        f"    open({str(log)!r}, 'a').write(str(advice) + '\\n')\n"
+        f"    open({str(log)!r}, 'a').write(f'{{advice}} {{os.readlink(f\"/proc/self/fd/{{fd}}\")}}\\n')\n"
         "os.posix_fadvise = fadvise\n"
         "from etl.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
@@ -168,12 +170,14 @@ def test_page_cache_choice_reaches_workers_and_writer(small_tree, tmp_path, mode
                            "--quiet", "--workers", "2", "--page-cache", mode],
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
-    calls = log.read_text().split() if log.exists() else []
+    calls = [line.split(" ", 1) for line in log.read_text().splitlines()] if log.exists() else []
+    assert {advice for advice, _ in calls} <= {str(os.POSIX_FADV_DONTNEED)}
+    paths = [path for _, path in calls]
+    inputs = {p for p in paths if p.startswith(str(small_tree / "val"))}
     split = json.loads((out / "report.json").read_text())["splits"]["train"]
-    assert (len(calls) > split["listed"]) == dropped  # every input file, and the database after each commit
-    assert set(calls) <= {str(os.POSIX_FADV_DONTNEED)}
-    why = split["io"]["page_cache"]
-    assert why.startswith("drop" if dropped else "keep") and ("auto:" in why) == (mode == "auto")
+    assert len(inputs) == (split["listed"] if input_dropped else 0)
+    assert (str(out / "train_db" / "data.mdb") in paths) == output_dropped
+    assert split["io"]["page_cache"].startswith(mode)
 
 
 def test_caps_per_split_from_cli_and_toml(tmp_path):
