@@ -94,9 +94,12 @@ class Checkpoint:
     def promote_pending(self, split: str) -> None:
         os.replace(self.path(f"{split}.pending.json"), self.path(f"{split}.state.json"))
 
-    def save_sum(self, split: str, chunks: int, pixel_sum: np.ndarray) -> None:
+    def save_sum(self, split: str, chunks: int, tail: np.ndarray) -> None:
+        """The mean's sum vector, or its tail when the front is all zeros, in the smallest type that
+        holds it (uint32 up to 16 M images): written at every commit, so its size is the writer's time."""
+        small = np.uint32 if tail.size and 0 <= tail.min() and tail.max() <= np.iinfo(np.uint32).max else tail.dtype
         buf = io.BytesIO()
-        np.save(buf, pixel_sum)
+        np.save(buf, tail.astype(small, copy=False))
         fsync_write(self.path(f"{split}.sum.{chunks}.npy"), buf.getvalue())
 
     def drop_sums_except(self, split: str, keep: set[int]) -> None:
@@ -104,9 +107,16 @@ class Checkpoint:
             if int(path.name.split(".")[2]) not in keep:
                 path.unlink(missing_ok=True)
 
-    def load_sum(self, split: str, chunks: int) -> np.ndarray | None:
+    def load_sum(self, split: str, chunks: int, size: int) -> np.ndarray | None:
+        """The sum vector saved at that commit, whole (size entries, int64); an (H, W, C) array as etl 0.1
+        saved it comes back as it is."""
         path = self.path(f"{split}.sum.{chunks}.npy")
-        return np.load(path) if path.exists() else None
+        if not path.exists():
+            return None
+        saved = np.load(path).astype(np.int64)
+        if saved.ndim != 1 or saved.size == size:
+            return saved
+        return np.concatenate([np.zeros(size - saved.size, np.int64), saved])  # the zeros save_sum left out
 
     def state_for(self, split: str, records_in_db: int) -> SplitState:
         """The state whose record count matches the database: the last commit that really happened."""

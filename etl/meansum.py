@@ -34,8 +34,12 @@ class SumLayout(NamedTuple):
         sizes = [self.height * self.width * self.channels, self.height * self.width, ch * cw, ch * cw, 1]
         return list(accumulate(sizes, initial=0))  # plain ints: this runs for every image summed
 
+    @property
+    def size(self) -> int:
+        return self._bounds()[-1]
+
     def zeros(self, dtype: type = np.uint32) -> np.ndarray:
-        return np.zeros(self._bounds()[-1], dtype=dtype)
+        return np.zeros(self.size, dtype=dtype)
 
     @staticmethod
     def chunk_dtype(images: int) -> type:

@@ -122,7 +122,7 @@ class LmdbWriter:
             truncate_lines(self.spec.list_path, self.state.records)
             skips = skips_before(skip_path, self.state.chunks)
             if self.spec.mean is not None:
-                self.mean_sum = self.checkpoint.load_sum(self.spec.split, self.state.chunks)
+                self.mean_sum = self.checkpoint.load_sum(self.spec.split, self.state.chunks, self.spec.mean.size)
                 if self.mean_sum is not None and self.mean_sum.ndim == 3:  # written before planes were summed
                     self.mean_sum = self.spec.mean.from_pixel_sum(self.mean_sum)
         else:
@@ -178,8 +178,8 @@ class LmdbWriter:
             fh.flush()
             os.fsync(fh.fileno())
             lines.clear()
-        if self.mean_sum is not None:
-            cp.save_sum(split, self.state.chunks, self.mean_sum)
+        if self.mean_sum is not None and self.spec.mean is not None:
+            cp.save_sum(split, self.state.chunks, self.spec.mean.trim(self.mean_sum)[0])
         self.state.records = self.summary.written
         self.state.per_label = self.summary.per_label = self.per_label()
         self.state.complete = complete

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from turbojpeg import TJPF_RGB
 
+from etl.checkpoint import Checkpoint
 from etl.codec import Codec, Planes, ycc_to_rgb
 from etl.meansum import SumLayout
 from etl.synth import photo_like
@@ -196,3 +197,27 @@ def test_a_sum_checkpointed_by_etl_0_1_resumes():
     layout = SumLayout(6, 4, 3)
     old = np.random.default_rng(4).integers(0, 255 * 50, size=(4, 6, 3))  # 0.1 kept an (H, W, C) sum
     np.testing.assert_allclose(layout.mean_image(layout.from_pixel_sum(old), 50), old / 50)
+
+
+def test_sum_checkpoints_are_small_and_come_back_whole(tmp_path):
+    """A planar run's sum is saved without its all-zero pixel part and as uint32; checkpoints of
+    earlier versions (the whole int64 vector, or 0.1's (H, W, C) array) load as they were."""
+    layout, cp = SumLayout(224, 224, 3), Checkpoint(tmp_path)
+    cp.dir.mkdir()
+    vec = layout.zeros(np.int64)
+    y, cb, cr = layout.planes(vec)
+    y[...], cb[...], cr[...] = 255 * 1000, 7, 9
+    vec[-1] = 1000
+    cp.save_sum("train", 3, layout.trim(vec)[0])
+    saved = cp.path("train.sum.3.npy")
+    assert saved.stat().st_size < vec.nbytes / 5
+    back = cp.load_sum("train", 3, layout.size)
+    assert back.dtype == np.int64 and np.array_equal(back, vec)
+    vec[0] = 2**40  # past uint32: kept as int64
+    cp.save_sum("train", 4, layout.trim(vec)[0])
+    assert np.array_equal(cp.load_sum("train", 4, layout.size), vec)
+    np.save(cp.path("train.sum.5.npy"), vec)  # etl 0.2-0.3: the whole vector
+    assert np.array_equal(cp.load_sum("train", 5, layout.size), vec)
+    np.save(cp.path("train.sum.6.npy"), np.ones((4, 6, 3), np.int64))  # etl 0.1
+    assert cp.load_sum("train", 6, layout.size).shape == (4, 6, 3)
+    assert cp.load_sum("train", 7, layout.size) is None
