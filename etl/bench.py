@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from etl.writer import Ready, WriterSpec, WriterSummary, writer_main
 
 SIZE = 224
 RECORD_BYTES = 17_000  # a 224x224 q90 JPEG of ImageNet averages ~17 KB
+START_SECONDS = 60  # for the ceiling's stand-in workers to start and connect
 
 
 # ---- corpus -----------------------------------------------------------------------------------------
@@ -251,7 +253,7 @@ def _producer(link: ResultsLink, chunk_ids: list[int], records: int, start: Any)
     value = encode_datum(3, SIZE, SIZE, os.urandom(RECORD_BYTES), 1, True)
     conn = Client(link.address, family="AF_UNIX", authkey=link.authkey)
     widen(conn)
-    start.wait()  # all connected and ready: the clock measures the writer, not process start-up
+    start.wait(timeout=START_SECONDS)  # all connected and ready: the clock measures the writer, not start-up
     for cid in chunk_ids:
         result = ChunkResult(cid, [Record(cid * records + i, 1, f"x/{cid}_{i}.jpg", value) for i in range(records)])
         conn.send_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
@@ -284,7 +286,12 @@ def _ceiling_run(out: Path, n_chunks: int, producers: int, per_chunk: int) -> di
              for k in range(producers)]
     for p in procs:
         p.start()
-    start.wait()
+    try:
+        start.wait(timeout=START_SECONDS)
+    except threading.BrokenBarrierError:
+        for proc in (*procs, writer):
+            proc.kill()
+        raise RuntimeError(f"the ceiling's stand-in workers did not all start within {START_SECONDS} s") from None
     t0 = time.perf_counter()
     written = 0
     while written < n_chunks:

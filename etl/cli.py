@@ -58,11 +58,13 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     io.add_argument("--adaptive-io", action="store_const", const=True,
                     help="back off while the input or output disk is busier than --io-target")
     io.add_argument("--io-target", type=float, help="disk utilisation %% for --adaptive-io (default 80)")
-    io.add_argument("--page-cache", choices=PAGE_CACHE_MODES,
-                    help="drop read-once input and written output from the page cache, keep them, or auto "
-                         "(default): keep them only when they fit in half of the free memory")
-    io.add_argument("--keep-page-cache", dest="page_cache", action="store_const", const="keep",
-                    help="the same as --page-cache keep")
+    cache = io.add_mutually_exclusive_group()
+    cache.add_argument("--page-cache", choices=PAGE_CACHE_MODES,
+                       help="drop read-once input and the written database from the page cache, keep both, or "
+                            "auto (default): keep the input when it fits in half of the free memory, drop the "
+                            "database")
+    cache.add_argument("--keep-page-cache", dest="page_cache", action="store_const", const="keep",
+                       help="the same as --page-cache keep")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 

@@ -19,11 +19,12 @@ from tqdm import tqdm
 
 from etl.checkpoint import CHECKPOINT_DIR, Checkpoint, plan_digest
 from etl.meansum import SumLayout
+from etl.pagecache import CacheChoice, InputSize, choose_page_cache, estimate_input, free_memory_bytes
 from etl.records import Progress, ResultsLink, Task
 from etl.settings import Settings, UsageError
 from etl.sources import Plan, Split, plan
 from etl.stats import SplitStats, summary_text, write_report
-from etl.throttle import MB, AdaptiveIO, Budgets, CacheChoice, Caps, block_device, choose_page_cache, free_memory_bytes
+from etl.throttle import MB, AdaptiveIO, Budgets, Caps, block_device
 from etl.workers import NO_WRITER_EXIT, WorkerHandle, WorkerPool, WorkSpec, stop_signals_blocked
 from etl.writer import END, Ready, WriterError, WriterSpec, WriterSummary, writer_main
 
@@ -147,8 +148,10 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
 def page_cache_choice(s: Settings, job: Plan) -> CacheChoice:
     """One choice for the whole job: its splits' data share the memory."""
     if s.page_cache != "auto":
-        return choose_page_cache(s.page_cache, 0, 0)
-    return choose_page_cache("auto", sum(sp.estimated_bytes() for sp in job.splits), free_memory_bytes())
+        return choose_page_cache(s.page_cache, InputSize(0, 0), 0)
+    sizes = [estimate_input(sp.sample_paths(), len(sp.items)) for sp in job.splits]
+    total = InputSize(sum(z.total for z in sizes), sum(z.cached for z in sizes))
+    return choose_page_cache("auto", total, free_memory_bytes())
 
 
 def chunks(split: Split, size: int) -> list[Task]:

@@ -92,8 +92,13 @@ def load_preset(path: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     values = {key.replace("-", "_"): value for key, value in raw.items()}
-    if isinstance(values.get("keep_page_cache"), bool):  # the switch's name before page_cache (etl 0.2)
-        values.setdefault("page_cache", "keep" if values.pop("keep_page_cache") else "drop")
+    if "keep_page_cache" in values:  # the switch's name before page_cache (etl 0.2)
+        old = values.pop("keep_page_cache")
+        if not isinstance(old, bool):
+            raise UsageError(f"config file {path}: option keep_page_cache expects true or false, got {old!r}")
+        if "page_cache" in values:
+            raise UsageError(f"config file {path}: give page_cache or its old name keep_page_cache, not both")
+        values["page_cache"] = "keep" if old else "drop"
     for key in values:
         if key not in _FIELD_TYPES or key in ("train_dir", "out_dir"):
             raise UsageError(f"config file {path}: unknown option '{key}'")

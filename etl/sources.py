@@ -23,15 +23,11 @@ class Split:
     root: str
     items: list[Item]
 
-    def estimated_bytes(self, samples: int = 256) -> int:
-        """The input's total size, from a spread-out sample (stat'ing all of ImageNet takes seconds)."""
-        sizes = []
-        for item in self.items[:: max(1, len(self.items) // samples)]:
-            try:
-                sizes.append(os.stat(os.path.join(self.root, item.path)).st_size)
-            except OSError:
-                continue  # vanished or unreadable: the workers will report it
-        return round(sum(sizes) / len(sizes) * len(self.items)) if sizes else 0
+    def sample_paths(self, count: int = 256) -> list[str]:
+        """Up to `count` of its files, evenly spread over the list (so over the classes), as full paths."""
+        n, k = len(self.items), min(count, len(self.items))
+        picks = sorted({round(j * (n - 1) / max(1, k - 1)) for j in range(k)})
+        return [os.path.join(self.root, self.items[i].path) for i in picks]
 
 
 @dataclass

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
-from typing import Any, NamedTuple
+from typing import Any
 
 import psutil
 
@@ -126,48 +126,6 @@ class ReadGate:
     @property
     def waited(self) -> float:
         return sum(b.waited for b in (self.read, self.opens) if b is not None)
-
-
-class CacheChoice(NamedTuple):
-    """Whether read-once input files and the written database leave the page cache after use, and why."""
-
-    drop_input: bool
-    drop_output: bool
-    why: str
-
-
-CACHE_SHARE = 0.5  # auto keeps the input cached only while it fits in this share of the free memory
-
-
-def choose_page_cache(mode: str, input_bytes: int, free_bytes: int) -> CacheChoice:
-    """drop: both; keep: neither; auto: input that fits in CACHE_SHARE of the free memory stays (it
-    evicts nobody, and a second run finds it cached), and the database is dropped after each synced
-    commit: it grows with the run, and reusing the pages just dropped keeps the writer's CPU, the
-    serial part, low (fresh page-cache pages made its commits 2-3x dearer on the bench machine)."""
-    if mode != "auto":
-        return CacheChoice(mode == "drop", mode == "drop", f"{mode} (--page-cache {mode})")
-    size, free = f"~{input_bytes / 1e9:.1f} GB", f"{free_bytes / 1e9:.1f} GB of memory free"
-    if input_bytes <= CACHE_SHARE * free_bytes:
-        return CacheChoice(False, True, f"auto: input kept ({size}, {free}); database dropped after each commit")
-    return CacheChoice(True, True, f"auto: input dropped ({size}, over half of the {free}); database dropped "
-                                   "after each commit")
-
-
-def free_memory_bytes() -> int:
-    """Memory that caching can fill without evicting anything: the system's free memory, or less
-    where a cgroup limit (a container) leaves less room, since its page cache counts against it."""
-    free = psutil.virtual_memory().free
-    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            with open(limit) as fh_limit, open(used) as fh_used:
-                cap, current = fh_limit.read().strip(), int(fh_used.read())
-        except (OSError, ValueError):
-            continue
-        if cap.isdigit():  # "max" (v2) or a huge number (v1) when there is no limit
-            free = min(free, max(0, int(cap) - current))
-        break
-    return free
 
 
 def drop_written_pages(path: str, start: int) -> int:

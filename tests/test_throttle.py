@@ -4,16 +4,11 @@ import json
 import math
 import multiprocessing as mp
 import os
-import subprocess
-import sys
 import time
 
-import psutil
 import pytest
 
-from etl.records import Item
 from etl.settings import UsageError, build_settings, parse_cap
-from etl.sources import Split
 from etl.throttle import (
     MB,
     AdaptiveIO,
@@ -22,8 +17,6 @@ from etl.throttle import (
     SharedState,
     TokenBucket,
     block_device,
-    choose_page_cache,
-    free_memory_bytes,
 )
 
 from .test_cli import run_cli
@@ -129,57 +122,6 @@ def test_read_gate_drops_pages_after_reading(tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
-def test_page_cache_auto_keeps_only_input_that_fits_in_half_the_free_memory():
-    kept = choose_page_cache("auto", 4 * 10**9, 8 * 10**9)
-    assert kept == (False, True, "auto: input kept (~4.0 GB, 8.0 GB of memory free); database dropped after "
-                                 "each commit")
-    assert choose_page_cache("auto", 4 * 10**9 + 1, 8 * 10**9)[:2] == (True, True)
-    assert choose_page_cache("keep", 10**15, 0) == (False, False, "keep (--page-cache keep)")
-    assert choose_page_cache("drop", 0, 10**15) == (True, True, "drop (--page-cache drop)")
-
-
-def test_input_size_is_estimated_from_a_sample(tmp_path):
-    items = []
-    for i in range(1000):
-        (tmp_path / f"{i}.jpg").write_bytes(b"x" * (100 + (i % 7) * 50))
-        items.append(Item(i, f"{i}.jpg", 0))
-    exact = sum(100 + (i % 7) * 50 for i in range(1000))
-    assert abs(Split("train", str(tmp_path), items).estimated_bytes() - exact) < 0.03 * exact
-    assert Split("train", str(tmp_path), [Item(0, "gone.jpg", 0)]).estimated_bytes() == 0
-    assert Split("train", str(tmp_path), []).estimated_bytes() == 0
-
-
-def test_free_memory_is_at_most_the_systems():
-    assert 0 <= free_memory_bytes() <= psutil.virtual_memory().free + 64 * MB  # it moves while we look
-
-
-@pytest.mark.parametrize(("mode", "input_dropped", "output_dropped"),
-                         [("drop", True, True), ("keep", False, False), ("auto", False, True)])
-def test_page_cache_choice_reaches_workers_and_writer(small_tree, tmp_path, mode, input_dropped, output_dropped):
-    """`etl convert` forks its workers and writer, so they inherit a fadvise that logs the file of each call."""
-    log, out = tmp_path / "fadvise.log", tmp_path / "o"
-    code = (
-        "import os, sys\n"
-        "def fadvise(fd, offset, length, advice):\n"
-        f"    open({str(log)!r}, 'a').write(f'{{advice}} {{os.readlink(f\"/proc/self/fd/{{fd}}\")}}\\n')\n"
-        "os.posix_fadvise = fadvise\n"
-        "from etl.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code, "convert", str(small_tree / "val"), str(out), "--val-pct", "0",
-                           "--quiet", "--workers", "2", "--page-cache", mode],
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr
-    calls = [line.split(" ", 1) for line in log.read_text().splitlines()] if log.exists() else []
-    assert {advice for advice, _ in calls} <= {str(os.POSIX_FADV_DONTNEED)}
-    paths = [path for _, path in calls]
-    inputs = {p for p in paths if p.startswith(str(small_tree / "val"))}
-    split = json.loads((out / "report.json").read_text())["splits"]["train"]
-    assert len(inputs) == (split["listed"] if input_dropped else 0)
-    assert (str(out / "train_db" / "data.mdb") in paths) == output_dropped
-    assert split["io"]["page_cache"].startswith(mode)
-
-
 def test_caps_per_split_from_cli_and_toml(tmp_path):
     assert parse_cap("max_read_mbps", "10") == {"train": 10.0, "val": 10.0}
     assert parse_cap("max_read_mbps", "train=10,val=2.5") == {"train": 10.0, "val": 2.5}
@@ -192,18 +134,6 @@ def test_caps_per_split_from_cli_and_toml(tmp_path):
     conf.write_text("max_write_mbps = 5\n[max_read_mbps]\ntrain = 20\nval = 4\n")
     s = build_settings({"train_dir": str(tmp_path / "train"), "out_dir": str(tmp_path / "o")}, str(conf))
     assert s.max_read_mbps == {"train": 20.0, "val": 4.0} and s.max_write_mbps == {"train": 5.0, "val": 5.0}
-
-
-def test_page_cache_options(tmp_path):
-    (tmp_path / "train" / "a").mkdir(parents=True)
-    base = {"train_dir": str(tmp_path / "train"), "out_dir": str(tmp_path / "o")}
-    assert build_settings(base).page_cache == "auto"
-    conf = tmp_path / "old.toml"
-    conf.write_text("keep_page_cache = true\n")  # a preset from before --page-cache
-    assert build_settings(base, str(conf)).page_cache == "keep"
-    proc = run_cli("convert", str(tmp_path / "train"), str(tmp_path / "o"), "--page-cache", "sometimes")
-    assert proc.returncode == 2 and "--page-cache: invalid choice: 'sometimes'" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_bad_cap_is_a_one_line_error(tmp_path):
