@@ -41,6 +41,8 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, help="refuse images whose header claims more pixels")
     p.add_argument("--workers", type=int, help="worker processes (default: every usable core)")
     p.add_argument("--chunk-size", type=int, help="images per task sent to a worker (default 64)")
+    p.add_argument("--queue-depth", type=int,
+                   help="tasks each worker holds, the one it works on included (default 2)")
     p.add_argument("--commit-every", type=int, help="records per LMDB transaction (default 1000)")
     p.add_argument("--strict", action="store_const", const=True,
                    help="skip images libjpeg decodes only with a warning (truncated, corrupt data)")

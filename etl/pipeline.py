@@ -196,7 +196,8 @@ class SplitRun:
         self.split, self.s, self.out, self.cache = split, s, out, cache
         self.tasks = chunks(split, s.chunk_size)
         self.workers = max(1, min(s.worker_count, len(self.tasks)))
-        self.window = 4 * self.workers + 4  # chunks ahead of the writer: bounds its reorder buffer
+        # Chunks ahead of the writer: bounds its reorder buffer, and leaves room for every worker's queue.
+        self.window = (s.queue_depth + 2) * self.workers + 4
         self.stats = SplitStats(split.name, len(split.items), worker_count=self.workers)
         self.bar = QuietTqdm(total=len(split.items), desc=split.name, unit="img", disable=not progress,
                         smoothing=0.05, delay=0.1)
@@ -228,7 +229,7 @@ class SplitRun:
             ready = self._from_writer_until(Ready)
             self._take_ready(ready)
             spec = WorkSpec.for_split(self.s, self.split.name, self.split.root, not self.cache.drop_input)
-            self.pool = WorkerPool(ctx, self.workers, spec, link, budgets)
+            self.pool = WorkerPool(ctx, self.workers, spec, link, budgets, per_worker=self.s.queue_depth)
             self._feed_and_watch(ready.start_chunk)
             summary = self._finish(complete=True)
         except KeyboardInterrupt:

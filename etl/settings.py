@@ -51,6 +51,7 @@ class Settings:
     image_timeout: float = 120.0  # seconds one image may take before its worker is replaced
     workers: int = 0  # 0 = every usable core
     chunk_size: int = 64
+    queue_depth: int = 2  # tasks each worker holds: the one it works on and the ones waiting
     commit_every: int = 1000
     overwrite: bool = False
     resume: bool = False
@@ -74,7 +75,7 @@ class Settings:
 
     def output_settings(self) -> dict[str, Any]:
         """The options that decide the bytes written (not how fast they are written)."""
-        skip = {"workers", "commit_every", "overwrite", "out_dir", "on_error", "image_timeout", "resume",
+        skip = {"workers", "queue_depth", "commit_every", "overwrite", "out_dir", "on_error", "image_timeout", "resume",
                 "max_read_mbps", "max_write_mbps", "max_iops", "adaptive_io", "io_target", "page_cache"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
@@ -210,6 +211,8 @@ def _check_counts(s: Settings) -> None:
         raise UsageError("--max-per-class must be at least --min-per-class")
     if not 1 <= s.chunk_size <= 4096:
         raise UsageError(f"--chunk-size must be from 1 to 4096, got {s.chunk_size}")
+    if not 1 <= s.queue_depth <= 64:
+        raise UsageError(f"--queue-depth must be from 1 to 64, got {s.queue_depth}")
     if s.commit_every < 1:
         raise UsageError(f"--commit-every must be at least 1, got {s.commit_every}")
     if s.on_error not in ("skip", "fail"):

@@ -399,7 +399,7 @@ class WorkerHandle:
 
 
 class WorkerPool:
-    """Starts, replaces and stops the worker processes of one split; each holds at most 2 tasks."""
+    """Starts, replaces and stops the worker processes of one split; each holds at most per_worker tasks."""
 
     def __init__(self, ctx: BaseContext, count: int, spec: WorkSpec, link: ResultsLink,
                  budgets: Budgets | None = None, per_worker: int = 2) -> None:

@@ -34,15 +34,22 @@ def test_tune_sweeps_plots_and_recommends(tmp_path):
     res = json.loads((tmp_path / "tune.json").read_text())
     assert [(p["workers"], p["chunk_size"]) for p in res["points"]][:2] == [(1, 64), (2, 64)]
     assert {p["chunk_size"] for p in res["points"]} == {16, 64, 256}
+    assert {p["queue_depth"] for p in res["points"]} == {1, 2, 4}
     assert all(p["images_per_second"] > 0 and p["peak_rss_mb"] > 0 for p in res["points"])
     assert 1 <= res["recommended"]["workers"] <= 2
     assert Image.open(tmp_path / "sweep.png").size == (640, 400)
     assert f"workers = {res['recommended']['workers']}" in proc.stdout
+    assert f"queue_depth = {res['recommended']['queue_depth']}" in proc.stdout
+    assert "| queue depth |" in proc.stdout
 
 
 def test_recommend_prefers_fewer_workers_within_three_percent():
     pts = [SweepPoint(1, 64, 100, 50, 100), SweepPoint(2, 64, 198, 99, 150), SweepPoint(3, 64, 200, 99, 200)]
     assert recommend(pts).workers == 2
+    noise = pts + [SweepPoint(2, 256, 199, 99, 150), SweepPoint(2, 64, 199.5, 99, 160, queue_depth=4)]
+    assert (recommend(noise).chunk_size, recommend(noise).queue_depth) == (64, 2)  # defaults unless clearly beaten
+    better = pts + [SweepPoint(2, 64, 240, 99, 160, queue_depth=4)]
+    assert recommend(better).queue_depth == 4
 
 
 def test_bench_rejects_a_missing_source(tmp_path):

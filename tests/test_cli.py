@@ -26,6 +26,7 @@ def tree(tmp_path):
     (["{t}/train", "{t}/out", "--val-pct", "150"], "--val-pct must be from 0 to below 100"),
     (["{t}/train", "{t}/out", "--quality", "0"], "--quality must be from 1 to 100"),
     (["{t}/train", "{t}/out", "--workers", "-2"], "--workers must be"),
+    (["{t}/train", "{t}/out", "--queue-depth", "0"], "--queue-depth must be from 1 to 64, got 0"),
     (["{t}/train", "{t}/out", "--val-dir", "{t}/nope"], "val folder not found"),
     (["{t}/train", "{t}/out", "--val-dir", "{t}/train", "--val-pct", "5"], "not allowed with argument"),
     (["{t}/train", "{t}/out", "--resize-mode", "zoom"], "invalid choice: 'zoom'"),

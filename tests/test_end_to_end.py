@@ -140,12 +140,12 @@ def test_verify_passes(converted):
     assert proc.returncode == 0 and "etl verify: OK" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_worker_count_does_not_change_a_byte(small_tree, tmp_path):
+def test_worker_count_and_queue_depth_do_not_change_a_byte(small_tree, tmp_path):
     outs = []
-    for workers in ("1", "3"):
+    for workers, depth in (("1", "1"), ("3", "4")):
         out = tmp_path / f"w{workers}"
         proc = run_cli("convert", str(small_tree / "train"), str(out), "--val-pct", "20", "--workers", workers,
-                       "--chunk-size", "3", "--resize-mode", "fill", "--quiet")
+                       "--queue-depth", depth, "--chunk-size", "3", "--resize-mode", "fill", "--quiet")
         assert proc.returncode == 0, proc.stderr
         outs.append(out)
     a, b = outs
