@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from etl import __version__
 from etl.records import STAGES, Item
 from etl.settings import UsageError
 
@@ -58,6 +59,10 @@ def plan_digest(items: list[Item]) -> str:
     return h.hexdigest()
 
 
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+
+
 class Checkpoint:
     """The files under OUT_DIR/.etl that record a run's progress."""
 
@@ -69,7 +74,8 @@ class Checkpoint:
 
     def start_job(self, settings: dict[str, Any], digests: dict[str, str]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        fsync_write(self.path("job.json"), json.dumps({"settings": settings, "splits": digests}).encode())
+        job = {"settings": settings, "splits": digests, "etl_version": __version__}
+        fsync_write(self.path("job.json"), json.dumps(job).encode())
 
     def check_resume(self, settings: dict[str, Any], digests: dict[str, str]) -> None:
         """Refuse to resume with other settings or other input than the first run had."""
@@ -77,6 +83,10 @@ class Checkpoint:
             job = json.loads(self.path("job.json").read_text())
         except (OSError, ValueError):
             raise UsageError(f"nothing to resume in {self.dir.parent}: no checkpoint from an earlier run") from None
+        started_by = job.get("etl_version", "0.2")  # versions before 0.3 did not record themselves
+        if _release(started_by) > _release(__version__):
+            raise UsageError(f"--resume: this run was started by etl {started_by}, newer than this etl "
+                             f"{__version__}, and its checkpoint may not read here: resume it with etl {started_by}")
         changed = [k for k in sorted(set(job["settings"]) | set(settings))
                    if job["settings"].get(k) != settings.get(k)]
         if changed:

@@ -319,6 +319,13 @@ def test_resume_refuses_other_settings_or_input(tree, tmp_path):
     assert proc.returncode == 2 and "train_dir" in proc.stderr  # a different folder is a different job
     proc = etl("convert", tree, tmp_path / "empty", *ARGS, "--resume")
     assert proc.returncode == 2 and "nothing to resume" in proc.stderr
+    job_file = out / ".etl" / "job.json"
+    job = json.loads(job_file.read_text())
+    job_file.write_text(json.dumps({**job, "etl_version": "99.0.0"}))  # started by a later etl
+    proc = etl("convert", tree, out, *ARGS, "--resume")
+    assert proc.returncode == 2 and "started by etl 99.0.0, newer than this etl" in proc.stderr
+    job_file.write_text(json.dumps({k: v for k, v in job.items() if k != "etl_version"}))  # by etl 0.2
+    assert etl("convert", tree, out, *ARGS, "--resume").returncode == 0
 
 
 def test_resume_notices_changed_files_in_the_same_folder(tree, tmp_path):
