@@ -60,7 +60,7 @@ class Settings:
     max_iops: Any = None  # files opened per second
     adaptive_io: bool = False  # back off while the input/output disk is busier than io_target
     io_target: float = 80.0  # percent utilisation
-    page_cache: str = "auto"  # posix_fadvise(DONTNEED) hygiene: "drop", "keep", or "auto" (see etl.throttle)
+    page_cache: str = "auto"  # posix_fadvise(DONTNEED) hygiene: "drop", "keep", or "auto" (see etl.pagecache)
 
     @property
     def worker_count(self) -> int:
