@@ -28,15 +28,15 @@ from PIL import Image
 
 from etl.baselines import opencv_kernel, pil_kernel, run_pool_baseline
 from etl.codec import Codec, Decoded, Planes, chroma_shape
+from etl.converter import ImageConverter, WorkSpec
 from etl.datum import encode_datum
-from etl.pipeline import mp_context
-from etl.records import STAGES, ChunkResult, Item, Progress, Record, ResultsLink
-from etl.settings import usable_cores
+from etl.messages import STAGES, ChunkResult, Done, Item, Progress, Ready, Record, ResultsLink, WriterSummary
+from etl.procs import mp_context, widen
+from etl.settings import Settings, usable_cores
 from etl.sources import scan_tree
 from etl.synth import TreeSpec, make_tree
 from etl.transform import apply_geometry, fit_planes, plan_geometry
-from etl.workers import ImageConverter, WorkSpec, widen
-from etl.writer import Ready, WriterSpec, WriterSummary, writer_main
+from etl.writer import WriterSpec, writer_main
 
 SIZE = 224
 RECORD_BYTES = 17_000  # a 224x224 q90 JPEG of ImageNet averages ~17 KB
@@ -96,7 +96,7 @@ def _best_ms(fn: Callable[[Any], Any], inputs: list[Any], rounds: int = 3) -> tu
 
 
 def _spec(width: int = SIZE) -> WorkSpec:
-    return WorkSpec("", 0, width, width, "squash", 3, "jpg", 90, 0, 10**9, sum_pixels=False)
+    return WorkSpec.for_split(Settings(width=width, height=width, max_pixels=10**9, seed=0), "val", None, False)
 
 
 def _jpeg_of(value: bytes) -> bytes:
@@ -276,7 +276,7 @@ def _ceiling_run(out: Path, n_chunks: int, producers: int, per_chunk: int) -> di
     ctx = mp_context()
     writer_in, to_writer = ctx.Pipe(duplex=False)
     from_writer, writer_out = ctx.Pipe(duplex=False)
-    spec = WriterSpec("train", str(out), str(out), False, 1000, False, mean=None)
+    spec = WriterSpec("train", str(out), "", 1000, False, mean=None)
     Path(spec.out_dir, ".etl").mkdir(parents=True, exist_ok=True)
     link = ResultsLink.new()
     writer = ctx.Process(target=writer_main, args=(spec, writer_in, writer_out, None, link))
@@ -297,7 +297,7 @@ def _ceiling_run(out: Path, n_chunks: int, producers: int, per_chunk: int) -> di
     written = 0
     while written < n_chunks:
         written += isinstance(from_writer.recv(), Progress)
-    to_writer.send_bytes(pickle.dumps("done"))  # its last word: it may exit right after reading it
+    to_writer.send(Done(True))  # its last word: it may exit right after reading it
     while not isinstance(summary := from_writer.recv(), WriterSummary):
         pass
     seconds = time.perf_counter() - t0
@@ -319,9 +319,9 @@ def listing_memory(work: Path, counts: tuple[int, int] = (10_000, 200_000)) -> d
         root = work / f"list{n}"
         _empty_tree(root, n)
         code = ("import json,sys,tracemalloc; from etl.settings import Settings; from etl.sources import plan; "
-                "from etl.pipeline import chunks; tracemalloc.start(); "
+                "from etl.runners.ledger import chunks; tracemalloc.start(); "
                 f"job = plan(Settings(train_dir={str(root)!r}, out_dir='x', val_pct=0.0)); "
-                "tasks = [chunks(s, 64) for s in job.splits]; print(tracemalloc.get_traced_memory()[0])")
+                "tasks = [chunks(s.items, 64) for s in job.splits]; print(tracemalloc.get_traced_memory()[0])")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).resolve().parent.parent)
         traced.append(int(done.stdout.strip()))

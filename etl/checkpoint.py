@@ -12,33 +12,16 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from etl import __version__
-from etl.records import STAGES, Item
+from etl.layout import CHECKPOINT_DIR
+from etl.messages import Item, SplitState
 from etl.settings import UsageError
-
-CHECKPOINT_DIR = ".etl"
-
-
-@dataclass
-class SplitState:
-    """Where a split stood after a commit: chunks and records done, and the counts to carry on."""
-
-    chunks: int = 0
-    records: int = 0
-    complete: bool = False
-    per_label: dict[str, int] = field(default_factory=dict)
-    bytes_read: int = 0
-    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> SplitState:
-        return cls(**raw)
 
 
 def fsync_write(path: Path, data: bytes) -> None:

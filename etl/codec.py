@@ -22,6 +22,8 @@ from turbojpeg import (
     TurboJPEG,
 )
 
+from etl.colour import chroma_shape
+
 JPEG_MAGIC = b"\xff\xd8"
 
 
@@ -205,20 +207,9 @@ def libjpeg_warnings() -> Iterator[list[warnings.WarningMessage]]:
         yield caught
 
 
-def chroma_shape(height: int, width: int) -> tuple[int, int]:
-    """(rows, columns) of a 4:2:0 chroma plane for a height x width image."""
-    return -(-height // 2), -(-width // 2)
-
-
 def _pad_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
     rows, cols = height - plane.shape[0], width - plane.shape[1]
     return np.pad(plane, ((0, rows), (0, cols)), mode="edge") if rows or cols else plane
-
-
-def ycc_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
-    """JFIF's YCbCr -> RGB on float arrays of one size, without clamping (linear, so it applies to sums)."""
-    cb, cr = cb - 128.0, cr - 128.0
-    return np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
 
 
 def to_bgr(pixels: np.ndarray) -> np.ndarray:

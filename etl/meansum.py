@@ -1,14 +1,13 @@
-"""Mean image: the pixel sums workers add up (RGB pixels or YCbCr planes) and the mean DIGITS stores."""
+"""Mean sums: the integer pixel sums workers add up (RGB pixels or YCbCr planes), laid out in one vector."""
 
 from __future__ import annotations
 
 from itertools import accumulate
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 
-from etl.codec import chroma_shape, ycc_to_rgb
+from etl.colour import chroma_shape
 
 
 class SumLayout(NamedTuple):
@@ -75,17 +74,3 @@ class SumLayout(NamedTuple):
         for target, plane in zip(self.planes(vec), (y, cb, cr), strict=True):
             np.add(target, plane, out=target)
         vec[-1] += 1
-
-    def mean_image(self, vec: np.ndarray, count: int) -> np.ndarray:
-        """The mean of every summed image, as RGB (or gray) floats of shape (H, W, C)."""
-        total = self.pixels(vec).astype(np.float64)
-        planar = int(vec[-1])
-        if planar:
-            y, cb, cr = (p.astype(np.float64) / planar for p in self.planes(vec))
-            # The chroma upsampling a JPEG decoder does (each sample to 2x2 pixels, centred, linear; an odd
-            # size's last sample half past the edge), which commutes with the mean.
-            ch, cw = self.chroma
-            up = [cv2.resize(c, (2 * cw, 2 * ch), interpolation=cv2.INTER_LINEAR)[:self.height, :self.width]
-                  for c in (cb, cr)]
-            total += planar * ycc_to_rgb(y, up[0], up[1])
-        return total / count

@@ -9,9 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from etl.records import STAGES, Failure, Progress
-from etl.workers import peak_rss_kb
-from etl.writer import WriterSummary
+from etl.messages import STAGES, Failure, Progress, WriterSummary
+from etl.procs import peak_rss_kb
 
 
 @dataclass
@@ -95,8 +94,14 @@ class SplitStats:
                 "worker_max": round(self.worker_max_rss_kb / 1024, 1),
                 "writer": round(self.writer.max_rss_kb / 1024, 1) if self.writer else 0.0,
             },
-            "writer": asdict(self.writer) if self.writer else None,
+            "writer": _writer_json(self.writer),
         }
+
+
+def _writer_json(summary: WriterSummary | None) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {k: v for k, v in asdict(summary).items() if k != "mean_sum"}
 
 
 def write_report(out_dir: str, settings: dict[str, Any], labels: list[str], splits: list[SplitStats],

@@ -1,4 +1,4 @@
-"""Throttle: disk I/O caps shared by every process (token buckets), page-cache hygiene, and adaptive back-off."""
+"""Throttle: disk I/O caps shared by every process (token buckets), the read gate, and adaptive back-off."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+if TYPE_CHECKING:
+    from etl.sources.base import Reader
 
 MB = 1_000_000
 BURST_SECONDS = 0.5  # tokens a bucket may bank: smooth over seconds, small bursts only
@@ -104,28 +107,28 @@ class Budgets:
 
 
 class ReadGate:
-    """What a worker calls around each file read: the IOPS and read-MB budgets, then fadvise."""
+    """What a worker reads through: a source's reader behind the IOPS and read-MB budgets, with its
+    page-cache hygiene (drop_cache: read-once input leaves the cache)."""
 
-    def __init__(self, budgets: Budgets | None, drop_cache: bool) -> None:
-        self.read = TokenBucket(budgets.read) if budgets else None
+    def __init__(self, reader: Reader, budgets: Budgets | None, drop_cache: bool) -> None:
+        self.reader = reader
+        self.read_budget = TokenBucket(budgets.read) if budgets else None
         self.opens = TokenBucket(budgets.opens) if budgets else None
         self.drop_cache = drop_cache and hasattr(os, "posix_fadvise")
 
-    def read_file(self, path: str) -> bytes:
+    def read(self, path: str) -> bytes:
+        """The item's bytes, within the budgets; Unreadable (etl.sources) with the reason."""
         if self.opens is not None:
             self.opens.take(1)
-        with open(path, "rb") as fh:
-            if self.read is not None:
-                self.read.take(os.fstat(fh.fileno()).st_size)
-            data = fh.read()
-            if self.drop_cache:
-                # read once: do not push other programs' working set out of the page cache
-                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        return data
+        return self.reader.read(path, self._charge, self.drop_cache)
+
+    def _charge(self, size: int) -> None:
+        if self.read_budget is not None:
+            self.read_budget.take(size)
 
     @property
     def waited(self) -> float:
-        return sum(b.waited for b in (self.read, self.opens) if b is not None)
+        return sum(b.waited for b in (self.read_budget, self.opens) if b is not None)
 
 
 def drop_written_pages(path: str, start: int) -> int:

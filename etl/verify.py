@@ -10,6 +10,7 @@ from tqdm import tqdm
 from turbojpeg import TurboJPEG
 
 from etl.datum import decode_blobproto
+from etl.layout import db_name, db_path, list_path
 from etl.reader import LmdbDataset, datum_pixels
 
 MAX_LISTED = 20
@@ -47,13 +48,13 @@ def verify(out_dir: str, progress: bool = True) -> Checker:
 def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], labels: list[str],
                  settings: dict[str, Any], progress: bool) -> None:
     try:
-        db = LmdbDataset(out / f"{name}_db")
+        db = LmdbDataset(db_path(out, name))
         count = len(db)
     except Exception as exc:  # any failure to open is the finding itself
-        check.fail(f"{name}_db cannot be opened: {exc}")
+        check.fail(f"{db_name(name)} cannot be opened: {exc}")
         return
     if count != split["written"]:
-        check.fail(f"{name}_db holds {count} records, report.json says {split['written']} were written")
+        check.fail(f"{db_name(name)} holds {count} records, report.json says {split['written']} were written")
     per_label: dict[int, int] = {}
     tj = TurboJPEG()
     try:
@@ -63,16 +64,16 @@ def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], la
             _check_record(check, name, i, key, datum, tj, len(labels), settings)
             per_label[datum.label] = per_label.get(datum.label, 0) + 1
     except Exception as exc:  # a damaged database shows up here: report, do not crash
-        check.fail(f"{name}_db: reading stopped at record {check.records}: {exc}")
+        check.fail(f"{db_name(name)}: reading stopped at record {check.records}: {exc}")
     expected = {labels.index(c): n for c, n in split["per_class"].items() if n and c in labels}
     if per_label != expected:
-        check.fail(f"{name}_db: records per class differ from report.json")
-    _check_list(check, out / f"{name}.txt", split["written"], len(labels))
+        check.fail(f"{db_name(name)}: records per class differ from report.json")
+    _check_list(check, list_path(out, name), split["written"], len(labels))
 
 
 def _check_record(check: Checker, name: str, i: int, key: bytes, datum: Any, tj: TurboJPEG,
                   n_labels: int, settings: dict[str, Any]) -> None:
-    where = f"{name}_db record {i} ({key.decode(errors='replace')})"
+    where = f"{db_name(name)} record {i} ({key.decode(errors='replace')})"
     if key != b"%08d_%d" % (i, datum.label):
         check.fail(f"{where}: key does not match its index and label {datum.label}")
     if not 0 <= datum.label < n_labels:

@@ -5,7 +5,7 @@ import multiprocessing as mp
 import socket
 import threading
 
-from etl.workers import PIPE_BYTES, widen
+from etl.procs import PIPE_BYTES, widen
 
 
 def send_buffer(conn) -> int:

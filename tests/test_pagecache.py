@@ -9,6 +9,7 @@ import sys
 import psutil
 import pytest
 
+from etl.messages import Item
 from etl.pagecache import (
     InputSize,
     cgroup_headroom,
@@ -17,9 +18,8 @@ from etl.pagecache import (
     free_memory_bytes,
     resident_share,
 )
-from etl.records import Item
 from etl.settings import UsageError, build_settings
-from etl.sources import Split
+from etl.sources import FileReader, Split
 
 from .test_cli import run_cli
 
@@ -42,16 +42,17 @@ def test_input_is_estimated_from_an_even_sample(tmp_path):
     for i in range(1000):
         (tmp_path / f"{i}.jpg").write_bytes(b"x" * (100 + (i % 7) * 50))
         items.append(Item(i, f"{i}.jpg", 0))
-    split = Split("train", str(tmp_path), items)
+    split = Split("train", FileReader(str(tmp_path)), items)
     sample = split.sample_paths()
-    assert len(sample) == 256 and sample[0].endswith("/0.jpg") and sample[-1].endswith("/999.jpg")
+    assert len(sample) == 256 and sample[0] == "0.jpg" and sample[-1] == "999.jpg"
     exact = sum(100 + (i % 7) * 50 for i in range(1000))
-    size = estimate_input(sample, len(items))
+    size = split.input_size()
+    assert size == estimate_input([str(tmp_path / p) for p in sample], len(items))
     assert abs(size.total - exact) < 0.03 * exact
     assert size.cached == size.total  # just written: all of it in the page cache
     assert estimate_input([str(tmp_path / "gone.jpg")], 5) == (0, 0)
-    assert Split("train", str(tmp_path), []).sample_paths() == []
-    assert len(Split("train", str(tmp_path), items[:3]).sample_paths()) == 3
+    assert Split("train", FileReader(str(tmp_path)), []).sample_paths() == []
+    assert len(Split("train", FileReader(str(tmp_path)), items[:3]).sample_paths()) == 3
 
 
 def test_resident_share_sees_what_is_cached(tmp_path):

@@ -1,4 +1,4 @@
-"""Records: the small typed values passed between pipeline stages."""
+"""Messages: every typed record that passes between processes (coordinator, workers, writer)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 from multiprocessing.connection import arbitrary_address
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -91,3 +91,59 @@ class Progress(NamedTuple):
     throttled_seconds: float
     worker_max_rss_kb: int
     worker_cpu_seconds: float
+
+
+@dataclass
+class SplitState:
+    """Where a split stood after a commit: chunks and records done, and the counts to carry on."""
+
+    chunks: int = 0
+    records: int = 0
+    complete: bool = False
+    per_label: dict[str, int] = field(default_factory=dict)
+    bytes_read: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> SplitState:
+        return cls(**raw)
+
+
+class Done(NamedTuple):
+    """The coordinator's closing word to the writer: complete (every chunk was delivered) or stop early
+    (commit what is in order, mark the split incomplete)."""
+
+    complete: bool
+
+
+class Ready(NamedTuple):
+    """The writer's first word: the chunk to start from and what earlier runs already did."""
+
+    start_chunk: int
+    state: SplitState
+    skipped: list[Failure]
+    warned: list[Failure]
+
+
+class WriterError(NamedTuple):
+    """The writer cannot go on (disk full, I/O error); the database holds the last commit."""
+
+    message: str
+
+
+@dataclass
+class WriterSummary:
+    """The writer's last word: what it wrote, what writing cost, and the mean's final pixel sum."""
+
+    written: int = 0
+    commits: int = 0
+    map_size: int = 0
+    data_bytes: int = 0
+    cpu_seconds: float = 0.0
+    put_seconds: float = 0.0
+    commit_seconds: float = 0.0
+    throttled_seconds: float = 0.0
+    max_rss_kb: int = 0
+    ended_by: str = ""
+    per_label: dict[str, int] = field(default_factory=dict)
+    mean_sum: np.ndarray | None = field(default=None, repr=False)  # the train split's SumLayout vector, int64

@@ -1,0 +1,155 @@
+"""Converter: one worker's per-image work: read the item, decode, resize, encode, wrap it in a Datum."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from etl.codec import BadImage, Codec, Decoded
+from etl.datum import encode_datum
+from etl.meansum import SumLayout
+from etl.messages import ChunkResult, Failure, Item, Record, Task
+from etl.procs import peak_rss_kb
+from etl.settings import Settings
+from etl.sources.base import Reader, Unreadable
+from etl.throttle import ReadGate
+from etl.transform import Geometry, apply_geometry, dct_scale, fit_planes, noise_rng, plan_geometry
+
+SPLIT_CODES = {"train": 0, "val": 1}
+
+
+@dataclass(frozen=True)
+class WorkSpec:
+    """What every worker of one split needs: where items come from and how to convert them.
+
+    The fields after keep_page_cache are the options of the same name (etl.settings.Settings)."""
+
+    reader: Reader | None
+    split_code: int
+    sum_pixels: bool  # the train split feeds the mean image
+    keep_page_cache: bool
+    width: int
+    height: int
+    resize_mode: str
+    channels: int
+    encoding: str
+    quality: int
+    seed: int
+    max_pixels: int
+    strict: bool  # refuse images that decode only with a warning
+
+    @property
+    def planar(self) -> bool:
+        """Whether JPEGs can go through as YCbCr planes: colour JPEG output, and a mode that never pads."""
+        return self.encoding == "jpg" and self.channels == 3 and self.resize_mode in ("squash", "crop")
+
+    @classmethod
+    def for_split(cls, s: Settings, name: str, reader: Reader | None, keep_page_cache: bool) -> WorkSpec:
+        options = {f.name: getattr(s, f.name) for f in fields(cls) if hasattr(s, f.name)}
+        return cls(reader, SPLIT_CODES[name], sum_pixels=(name == "train"), keep_page_cache=keep_page_cache,
+                   **options)
+
+
+class ImageConverter:
+    """Turns items into Datum records; one per worker process.
+
+    hold(index) marks the image in hand (-1: none) for the coordinator's hang check; fault is the test
+    suite's fault hook (etl.testing)."""
+
+    def __init__(self, spec: WorkSpec, gate: ReadGate | None = None, hold: Callable[[int], None] | None = None,
+                 fault: Callable[[str], None] | None = None) -> None:
+        self.spec = spec
+        self.codec = Codec(spec.channels, spec.max_pixels)
+        self.gate = gate
+        self.hold = hold or (lambda index: None)
+        self.fault = fault
+        self.sums = SumLayout(spec.width, spec.height, spec.channels)
+
+    def run_chunk(self, task: Task) -> ChunkResult:
+        assert self.gate is not None, "run_chunk reads items: give the converter a ReadGate"
+        result = ChunkResult(task.chunk_id)
+        waited_before, cpu_before = self.gate.waited, time.process_time()
+        if self.spec.sum_pixels:
+            result.pixel_sum = self.sums.zeros(self.sums.chunk_dtype(len(task.items)))
+        for item in task.items:
+            if item.index in task.give_up:
+                result.failures.append(Failure(item.path, task.give_up[item.index]))
+                continue
+            self.hold(item.index)
+            try:
+                self._convert(item, result)
+            except (BadImage, Unreadable) as exc:
+                result.failures.append(Failure(item.path, str(exc)))
+            except Exception as exc:  # a defect or an exotic file must cost this image only
+                result.failures.append(Failure(item.path, f"unexpected error: {type(exc).__name__}: {exc}"))
+        self.hold(-1)
+        if result.pixel_sum is not None:
+            result.pixel_sum, result.sum_offset = self.sums.trim(result.pixel_sum)
+        result.throttled_seconds = self.gate.waited - waited_before
+        result.max_rss_kb = peak_rss_kb()
+        result.cpu_seconds = time.process_time() - cpu_before
+        return result
+
+    def _convert(self, item: Item, result: ChunkResult) -> None:
+        assert self.gate is not None
+        t0 = time.thread_time()
+        if self.fault:
+            self.fault(self.gate.reader.where(item.path))
+        data = self.gate.read(item.path)
+        self.hold(item.index)  # the time limit is for work: a throttled read is not a hang
+        result.bytes_read += len(data)
+        result.stage_seconds["read"] += time.thread_time() - t0
+        value, warning = self.convert_bytes(data, item, result.stage_seconds, result.pixel_sum)
+        result.records.append(Record(item.index, item.label, item.path, value))
+        if warning:
+            result.warnings.append(Failure(item.path, warning))
+
+    def convert_bytes(self, data: bytes, item: Item, times: dict[str, float],
+                      pixel_sum: np.ndarray | None = None) -> tuple[bytes, str | None]:
+        """File bytes -> (serialized Datum, decoder warning); adds each stage's CPU time, and the image to
+        pixel_sum; BadImage for a warning under --strict.
+
+        CPU time, not wall time: a throttled or slow read, or a worker waiting for a core, is not a
+        stage's cost (throttling is reported on its own)."""
+        spec, clock = self.spec, time.thread_time
+        t1 = clock()
+        planes = self.codec.decode_planes(data, self._scale_chooser) if spec.planar else None
+        decoded = self.codec.decode(data, self._scale_chooser) if planes is None else None
+        t2 = clock()
+        src = planes or decoded
+        assert src is not None
+        geo = plan_geometry(src.src_w, src.src_h, spec.width, spec.height, spec.resize_mode)
+        if planes is not None:
+            out = fit_planes(planes, geo, spec.width, spec.height)
+            t3 = clock()
+            payload = self.codec.encode_planes(*out, spec.quality)
+        else:
+            out = (self._fit(decoded, geo, item),)
+            t3 = clock()
+            payload = self.codec.encode(out[0], spec.encoding, spec.quality)
+        t4 = clock()
+        value = encode_datum(spec.channels, spec.height, spec.width, payload, item.label, spec.encoding != "none")
+        t5 = clock()
+        times["decode"] += t2 - t1
+        times["resize"] += t3 - t2
+        times["encode"] += t4 - t3
+        times["datum"] += t5 - t4
+        warning = None if decoded is None else decoded.warning
+        if warning and spec.strict:  # before the sum: a refused image must not count in the mean
+            raise BadImage(f"decoded only with a warning (--strict): {warning}")
+        if pixel_sum is not None:
+            (self.sums.add_planes if planes is not None else self.sums.add_pixels)(pixel_sum, *out)
+        return value, warning
+
+    def _fit(self, decoded: Decoded | None, geo: Geometry, item: Item) -> np.ndarray:
+        assert decoded is not None
+        spec = self.spec
+        rng = noise_rng(spec.seed, spec.split_code, item.index) if spec.resize_mode in ("fill", "half_crop") else None
+        return apply_geometry(decoded.pixels, geo, spec.width, spec.height, rng)
+
+    def _scale_chooser(self, src_w: int, src_h: int) -> int:
+        s = self.spec
+        return dct_scale(src_w, src_h, plan_geometry(src_w, src_h, s.width, s.height, s.resize_mode))

@@ -1,0 +1,38 @@
+"""Layout: the name of every file and folder of an output dataset, in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SPLITS = ("train", "val")
+CHECKPOINT_DIR = ".etl"
+LABELS = "labels.txt"
+REPORT = "report.json"
+MEAN_FILES = ("mean.binaryproto", "mean.jpg")
+
+
+def db_name(split: str) -> str:
+    """The LMDB environment folder of a split, as DIGITS names it: train_db, val_db."""
+    return f"{split}_db"
+
+
+def list_name(split: str) -> str:
+    """The `<path> <label>` list file of a split: train.txt, val.txt."""
+    return f"{split}.txt"
+
+
+def db_path(out_dir: str | Path, split: str) -> Path:
+    return Path(out_dir, db_name(split))
+
+
+def list_path(out_dir: str | Path, split: str) -> Path:
+    return Path(out_dir, list_name(split))
+
+
+def skip_log_name(split: str) -> str:
+    """The split's skipped/warned files, one JSON line each, in the checkpoint folder."""
+    return f"{split}.skipped.jsonl"
+
+
+DATASET_FILES = (LABELS, *(list_name(s) for s in SPLITS), *MEAN_FILES, REPORT)
+DATASET_DIRS = (*(db_name(s) for s in SPLITS), CHECKPOINT_DIR)
