@@ -52,7 +52,7 @@ def test_a_dead_workers_tasks_go_back_first_in_their_order():
 def test_an_image_that_kills_two_workers_is_given_up_with_the_reason():
     led = ledger()
     task = led.next_task()
-    for death in range(2):
+    for _ in range(2):
         led.count_loss(1, "was killed by SIGSEGV")
         led.requeue([task], item=1, reason="was killed by SIGSEGV", blameless=False)
         task = led.next_task()
