@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+PLOT_HINT = "plot: not drawn, the chart needs matplotlib: pip install 'etl[plot]'"
+
 
 def render_bench(res: dict[str, Any]) -> str:
     lines = [f"etl bench: {res['files']} files, {res['workers']} workers, {res['cores']} usable cores", ""]
@@ -65,7 +67,8 @@ def render_tune(res: dict[str, Any], out: Path) -> str:
         lines.append(f"| {p['workers']} | {p['chunk_size']} | {p['queue_depth']} | {p['images_per_second']:.0f} | "
                      f"{p['cpu_percent']:.0f} | {p['peak_rss_mb']:.0f} |")
     best = res["recommended"]
-    lines += ["", f"plot: {out / 'sweep.png'}", "", "Recommended (paste into your preset):",
+    chart = f"plot: {out / 'sweep.png'}" if res.get("plotted", True) else PLOT_HINT
+    lines += ["", chart, "", "Recommended (paste into your preset):",
               f"workers = {best['workers']}", f"chunk_size = {best['chunk_size']}",
               f"queue_depth = {best['queue_depth']}"]
     return "\n".join(lines)

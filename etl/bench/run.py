@@ -60,7 +60,7 @@ def run_tune(src: str | None, generate: int, repeat: int, max_workers: int, out:
         tree = build_corpus(work, src, generate, repeat)
         points = sweep(tree, work, list(range(1, max_workers + 1)), [16, 64, 256], [1, 2, 4])
     best = recommend(points)
-    plot(points, out / "sweep.png")
+    plotted = plot(points, out / "sweep.png")
     res = {"points": [p.__dict__ for p in points], "recommended": best.__dict__}
     write_json(out / "tune.json", res)
-    return res
+    return {**res, "plotted": plotted}
