@@ -1,6 +1,9 @@
 """The benchmark harness runs end to end on a tiny corpus and its outputs are well formed (no speed is asserted)."""
 
 import json
+import os
+import subprocess
+import sys
 
 from PIL import Image
 
@@ -37,10 +40,29 @@ def test_tune_sweeps_plots_and_recommends(tmp_path):
     assert {p["queue_depth"] for p in res["points"]} == {1, 2, 4}
     assert all(p["images_per_second"] > 0 and p["peak_rss_mb"] > 0 for p in res["points"])
     assert 1 <= res["recommended"]["workers"] <= 2
-    assert Image.open(tmp_path / "sweep.png").size == (640, 400)
+    with Image.open(tmp_path / "sweep.png") as png:
+        png.verify()  # a whole, valid PNG
+        assert png.format == "PNG" and 600 <= png.size[0] <= 2000 and 400 <= png.size[1] <= 2000
+    assert f"plot: {tmp_path / 'sweep.png'}" in proc.stdout
     assert f"workers = {res['recommended']['workers']}" in proc.stdout
     assert f"queue_depth = {res['recommended']['queue_depth']}" in proc.stdout
     assert "| queue depth |" in proc.stdout
+
+
+def test_tune_without_matplotlib_prints_its_table_and_the_hint(tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "matplotlib.py").write_text("raise ImportError('no matplotlib in this test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "etl", "tune", "--generate", "12", "--max-workers", "1",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "| queue depth |" in proc.stdout and "workers = 1" in proc.stdout
+    assert [line for line in proc.stdout.splitlines() if "pip install 'etl[plot]'" in line] == [
+        "plot: not drawn, the chart needs matplotlib: pip install 'etl[plot]'"]
+    assert (tmp_path / "out" / "tune.json").exists() and not (tmp_path / "out" / "sweep.png").exists()
 
 
 def test_recommend_prefers_fewer_workers_within_three_percent():

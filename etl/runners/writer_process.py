@@ -78,8 +78,15 @@ class WriterProcess:
                 return msg
 
     def finish(self, complete: bool) -> WriterSummary:
-        """Send the closing word and wait for the summary. One closing word, never two: the writer finishes
-        on it and may be gone before a second message arrives, which then fails with a broken pipe."""
+        """Send the closing word, wait for the summary and for the process to end."""
+        self.send_done(complete)
+        summary = self.until(WriterSummary)
+        self.proc.join(10.0)
+        return summary
+
+    def send_done(self, complete: bool) -> None:
+        """The closing word. One, never two: the writer finishes on it and may be gone before a second
+        message arrives, which then fails with a broken pipe."""
         try:
             with stop_signals_blocked():  # a Ctrl-C half-way through a message would wedge the writer
                 self.to_writer.send(Done(complete))
@@ -88,9 +95,6 @@ class WriterProcess:
             self.drain()
             raise PipelineError(f"the LMDB writer {exit_reason(self.proc.exitcode)}; run again with --resume") \
                 from None
-        summary = self.until(WriterSummary)
-        self.proc.join(10.0)
-        return summary
 
     def is_alive(self) -> bool:
         return self.proc.is_alive()

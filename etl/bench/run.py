@@ -1,0 +1,66 @@
+"""Run: `etl bench` and `etl tune` from corpus to figures, in a scratch folder; JSON and chart into `out`."""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from etl.bench.ceiling import writer_ceiling
+from etl.bench.corpus import build_corpus, corpus_files
+from etl.bench.endtoend import end_to_end
+from etl.bench.engine import usable_cores
+from etl.bench.kernels import kernels, limit
+from etl.bench.memory import listing_memory
+from etl.bench.report import serial_figures, write_json
+from etl.bench.stages import stages
+from etl.bench.sweep import plot, recommend, sweep
+
+
+def _no_opencv_threads() -> None:
+    # The limit and the Pool baselines fork from this process: OpenCV's thread pool must never
+    # exist here, or a forked child calling cv2 deadlocks on a lock held by a thread it lacks.
+    cv2.setNumThreads(1)
+
+
+def run_bench(src: str | None, generate: int, repeat: int, workers: int, out: Path,
+              list_counts: tuple[int, int] = (10_000, 200_000), kernel_sample: int = 300,
+              ceiling_records: int = 40_000) -> dict[str, Any]:
+    _no_opencv_threads()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
+        work = Path(tmp)
+        tree = build_corpus(work, src, generate, repeat)
+        files = corpus_files(tree)
+        blobs = [p.read_bytes() for p in files]
+        res: dict[str, Any] = {"files": len(files), "workers": workers, "cores": usable_cores()}
+        stride = max(1, len(files) // kernel_sample)  # spread over the classes, not the first few folders
+        res["kernels"] = kernels(blobs[::stride][:kernel_sample])
+        res["stages"] = stages(files[::stride][:kernel_sample], work)
+        gc.collect()
+        res["limit_images_per_second"] = limit(blobs, workers)
+        del blobs
+        res["end_to_end"] = end_to_end(tree, work, workers)
+        res["ceiling"] = writer_ceiling(work, total=ceiling_records)
+        res["serial"] = serial_figures(res["end_to_end"]["etl convert"], res["ceiling"])
+        res["memory"] = {**listing_memory(work, list_counts),
+                         "peak_rss_mb": res["end_to_end"]["etl convert"]["report"]["peak_rss_mb"]}
+    write_json(out / "bench.json", res, default=float)
+    return res
+
+
+def run_tune(src: str | None, generate: int, repeat: int, max_workers: int, out: Path) -> dict[str, Any]:
+    _no_opencv_threads()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="etl-tune-") as tmp:
+        work = Path(tmp)
+        tree = build_corpus(work, src, generate, repeat)
+        points = sweep(tree, work, list(range(1, max_workers + 1)), [16, 64, 256], [1, 2, 4])
+    best = recommend(points)
+    plotted = plot(points, out / "sweep.png")
+    res = {"points": [p.__dict__ for p in points], "recommended": best.__dict__}
+    write_json(out / "tune.json", res)
+    return {**res, "plotted": plotted}

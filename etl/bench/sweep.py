@@ -1,0 +1,160 @@
+"""Sweep: `etl tune`'s runs over worker counts, chunk sizes and queue depths, the recommendation, and the chart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from etl.bench.corpus import corpus_files, warm
+from etl.bench.endtoend import run_etl
+from etl.bench.engine import usable_cores
+
+DEFAULTS = (64, 2)  # chunk size, queue depth: etl convert's defaults, the sweep's main line
+_OTHERS = {"chunk": ("^", "tab:orange", -1), "queue depth": ("s", "tab:green", 1)}  # marker, colour, side
+DODGE = 6  # points: the other settings' markers sit this far beside the default's, chunk left, queue depth right
+
+
+@dataclass
+class SweepPoint:
+    workers: int
+    chunk_size: int
+    images_per_second: float
+    cpu_percent: float  # of all usable cores
+    peak_rss_mb: float  # coordinator + writer + workers x the largest worker
+    queue_depth: int = 2
+
+
+def sweep(tree: Path, work: Path, worker_counts: list[int], chunk_sizes: list[int],
+          queue_depths: list[int]) -> list[SweepPoint]:
+    """Worker counts at the default chunk size and queue depth, then the others at the best count."""
+    points = [_sweep_point(tree, work, w, 64, 2) for w in worker_counts]
+    best = recommend(points)
+    points += [_sweep_point(tree, work, best.workers, c, 2) for c in chunk_sizes if c != 64]
+    points += [_sweep_point(tree, work, best.workers, 64, d) for d in queue_depths if d != 2]
+    return points
+
+
+def _sweep_point(tree: Path, work: Path, workers: int, chunk_size: int, queue_depth: int) -> SweepPoint:
+    warm(corpus_files(tree))
+    r = run_etl(tree, work / "sweep", workers, chunk_size, queue_depth)
+    rss = r["report"]["peak_rss_mb"]
+    return SweepPoint(workers, chunk_size, r["images_per_second"],
+                      100 * r["cpu_seconds"] / r["seconds"] / usable_cores(),
+                      rss["coordinator"] + rss["writer"] + workers * rss["worker_max"], queue_depth)
+
+
+def recommend(points: list[SweepPoint]) -> SweepPoint:
+    """The fewest workers within 3% of the best throughput (the rest of the machine stays free), with the
+    default chunk size and queue depth unless only another setting comes that close."""
+    best = max(p.images_per_second for p in points)
+    near = [p for p in points if p.images_per_second >= 0.97 * best]
+    return min(near, key=lambda p: (p.workers, (p.chunk_size, p.queue_depth) != DEFAULTS, -p.images_per_second))
+
+
+def plot(points: list[SweepPoint], path: Path) -> bool:
+    """sweep.png, drawn with matplotlib (the optional 'plot' extra): images/s and parallel efficiency against
+    workers, at the default chunk size and queue depth, with the ideal linear line and the other settings'
+    points marked. False, and nothing written, without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no screen: draw to a file
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        return False
+    main = sorted((p for p in points if (p.chunk_size, p.queue_depth) == DEFAULTS), key=lambda p: p.workers)
+    per_worker = main[0].images_per_second / main[0].workers  # the 1-worker images/s
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 7.5), height_ratios=(3, 2))
+    _throughput_panel(top, points, main, per_worker)
+    _efficiency_panel(bottom, points, main, per_worker)
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.set_xlabel("workers")
+    cores = usable_cores()
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        if cores <= main[-1].workers:
+            ax.axvline(cores, color="grey", linestyle=":", linewidth=1)
+    if cores <= main[-1].workers:
+        left = cores < main[-1].workers
+        bottom.annotate(f"{cores} usable cores", (cores, 0), xytext=(4 if left else -4, 4), textcoords="offset points",
+                        fontsize=8, color="grey", ha="left" if left else "right")
+    bottom.set_xlim(0.5, main[-1].workers + 0.5)
+    top.set_title(f"etl tune: etl convert images/s by worker count ({cores} usable cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _beside(ax: Any, side: int) -> Any:
+    """ax's data coordinates shifted DODGE points to the left (side -1) or right (+1), for drawing."""
+    from matplotlib.transforms import offset_copy
+
+    return offset_copy(ax.transData, fig=ax.figure, x=side * DODGE, units="points")
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker" if n == 1 else f"{n} workers"
+
+
+def _kind(p: SweepPoint) -> str | None:
+    """Which setting a point varies from the defaults: 'chunk', 'queue depth', or None (the main line)."""
+    if p.chunk_size != DEFAULTS[0]:
+        return "chunk"
+    return "queue depth" if p.queue_depth != DEFAULTS[1] else None
+
+
+def _throughput_panel(ax: Any, points: list[SweepPoint], main: list[SweepPoint], per_worker: float) -> None:
+    """images/s against workers: the main line, the ideal linear line, the other settings labelled."""
+    xs = [p.workers for p in main]
+    ax.plot(xs, [per_worker * w for w in xs], linestyle="--", color="grey", label="ideal: 1-worker images/s x workers")
+    ax.plot(xs, [p.images_per_second for p in main], "o-", color="tab:blue", linewidth=2,
+            label=f"chunk size {DEFAULTS[0]}, queue depth {DEFAULTS[1]} (defaults)")
+    for kind, (marker, colour, side) in _OTHERS.items():
+        pts = [p for p in points if _kind(p) == kind]
+        if pts:
+            ax.plot([p.workers for p in pts], [p.images_per_second for p in pts], marker, color=colour,
+                    markersize=8, linestyle="none", transform=_beside(ax, side),
+                    label=f"other {kind} {'sizes' if kind == 'chunk' else 'values'} (at {_workers(pts[0].workers)})")
+    _label_others(ax, sorted((p for p in points if _kind(p)), key=lambda p: (p.workers, p.images_per_second)))
+    best = recommend(points)
+    kind = _kind(best)
+    ax.plot([best.workers], [best.images_per_second], "o", markersize=16, markerfacecolor="none",
+            markeredgecolor="tab:red", markeredgewidth=1.5, label="recommended", zorder=5,
+            transform=ax.transData if kind is None else _beside(ax, _OTHERS[kind][2]))
+    ax.set_ylabel("images/s")
+    ax.set_ylim(0, max(max(p.images_per_second for p in points), per_worker * xs[-1]) * 1.12)
+    ax.legend(loc="upper left", fontsize=8)
+
+
+def _label_others(ax: Any, others: list[SweepPoint]) -> None:
+    """Names each other setting's point ("chunk 16", "queue depth 4") to its left, with a leader line; where
+    they share x the labels stack in order of images/s, 12 points apart at least."""
+    for w in sorted({p.workers for p in others}):
+        pts = [p for p in others if p.workers == w]
+        for k, p in enumerate(pts):
+            kind = _kind(p)
+            assert kind is not None
+            _, colour, side = _OTHERS[kind]
+            ax.annotate(f"{kind} {p.chunk_size if kind == 'chunk' else p.queue_depth}", (w, p.images_per_second),
+                        xycoords=_beside(ax, side), xytext=(-2 * DODGE - 24, 12 * (k - (len(pts) - 1) / 2)),
+                        textcoords="offset points", ha="right", va="center", fontsize=8, color=colour,
+                        bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.75},
+                        arrowprops={"arrowstyle": "-", "color": colour, "linewidth": 0.6, "shrinkB": 5})
+
+
+def _efficiency_panel(ax: Any, points: list[SweepPoint], main: list[SweepPoint], per_worker: float) -> None:
+    """Parallel efficiency (images/s per worker over the 1-worker images/s) against workers."""
+    def eff(p: SweepPoint) -> float:
+        return p.images_per_second / p.workers / per_worker
+
+    ax.axhline(1.0, linestyle="--", color="grey")
+    ax.plot([p.workers for p in main], [eff(p) for p in main], "o-", color="tab:blue", linewidth=2)
+    for kind, (marker, colour, side) in _OTHERS.items():
+        pts = [p for p in points if _kind(p) == kind]
+        ax.plot([p.workers for p in pts], [eff(p) for p in pts], marker, color=colour, linestyle="none",
+                transform=_beside(ax, side))
+    ax.set_ylabel("parallel efficiency\n(images/s per worker over 1 worker's)")
+    ax.set_ylim(0, max(1.15, max(eff(p) for p in points) * 1.1))
