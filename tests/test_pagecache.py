@@ -21,7 +21,7 @@ from etl.records import Item
 from etl.settings import UsageError, build_settings
 from etl.sources import Split
 
-from .test_cli import run_cli
+from .conftest import run_cli
 
 GB = 10**9
 
