@@ -89,24 +89,19 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from etl.pipeline import convert
+    from etl.api import run_convert
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet")}
-    settings = build_settings(values, args.config)
-    # fork: this process never runs OpenCV, so a forked worker cannot inherit its thread pool's locks
-    report = convert(settings, progress=not args.quiet, start_method="fork")
-    if not any(split["written"] for split in report["splits"].values()):
-        print(f"etl: error: no image could be converted; the reasons are in {settings.out_dir}/report.json",
-              file=sys.stderr)
-        return 1
+    # fork: this process never runs OpenCV, so a forked worker cannot inherit its thread pool's locks.
+    # A run that writes nothing raises NothingConverted, a PipelineError: main prints it and exits 1.
+    run_convert(values, args.config, progress=not args.quiet, start_method="fork")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from etl.verify import render, verify
+    from etl.api import verify
+    from etl.verify import render
 
-    if not Path(args.out_dir).is_dir():
-        raise UsageError(f"dataset folder not found: {args.out_dir}")
     check = verify(args.out_dir, progress=not args.quiet)
     print(render(check))
     return 1 if check.problems else 0
