@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-quick lint bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ lint: setup
 
 test: setup lint
 	$(BIN)/pytest -q
+
+# the fast unit tests only (seconds, not minutes): for the edit-test loop; `make test` runs everything
+test-quick: setup
+	$(BIN)/pytest -q -m quick
 
 bench: setup
 	$(BIN)/etl bench

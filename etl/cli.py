@@ -6,9 +6,12 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
-from etl.settings import ENCODINGS, PAGE_CACHE_MODES, RESIZE_MODES, UsageError, build_settings
+from etl.options import cli_order, help_text, kind_of, opt_of
+from etl.settings import Settings, UsageError, build_settings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,54 +23,38 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert an image folder into DIGITS/Caffe LMDB databases",
                        description="Defaults follow the DIGITS ImageNet recipe: 224x224 squash, 3 channels, "
                                    "JPEG q90, shuffled with a fixed seed, every core.")
-    p.add_argument("train_dir", help="folder with one sub-folder per class")
-    p.add_argument("out_dir", help="output folder (labels.txt, train_db/, val_db/, mean.binaryproto, ...)")
     p.add_argument("--config", help="TOML preset (see conf/); options given here override it")
-    val = p.add_mutually_exclusive_group()
-    val.add_argument("--val-dir", help="separate validation folder with the same class names")
-    val.add_argument("--val-pct", type=float, help="validation share per class, in %% (default 25 without --val-dir)")
-    p.add_argument("--width", type=int, help="output width (default 224)")
-    p.add_argument("--height", type=int, help="output height (default 224)")
-    p.add_argument("--resize-mode", choices=RESIZE_MODES, help="how to reach the size (default squash)")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="3 = RGB (default), 1 = grayscale")
-    p.add_argument("--encoding", choices=ENCODINGS, help="jpg (default), png or none (raw CHW BGR)")
-    p.add_argument("--quality", type=int, help="JPEG quality (default 90)")
-    p.add_argument("--seed", type=int, help="seed for the shuffle, the val split and noise padding")
-    p.add_argument("--no-shuffle", dest="shuffle", action="store_const", const=False, help="keep class order")
-    p.add_argument("--min-per-class", type=int, help="drop classes with fewer images")
-    p.add_argument("--max-per-class", type=int, help="use at most this many images of a class")
-    p.add_argument("--relative-paths", action="store_const", const=True,
-                   help="train.txt/val.txt paths relative to the source folder")
-    p.add_argument("--max-pixels", type=int, help="refuse images whose header claims more pixels")
-    p.add_argument("--workers", type=int, help="worker processes (default: every usable core)")
-    p.add_argument("--chunk-size", type=int, help="images per task sent to a worker (default 64)")
-    p.add_argument("--queue-depth", type=int,
-                   help="tasks each worker holds, the one it works on included (default 2)")
-    p.add_argument("--commit-every", type=int, help="records per LMDB transaction (default 1000)")
-    p.add_argument("--strict", action="store_const", const=True,
-                   help="skip images libjpeg decodes only with a warning (truncated, corrupt data)")
-    p.add_argument("--on-error", choices=("skip", "fail"), help="skip bad files and report them (default) "
-                   "or stop at the first one")
-    p.add_argument("--image-timeout", type=float, help="seconds one image may take before its worker is "
-                   "replaced (default 120)")
-    p.add_argument("--overwrite", action="store_const", const=True, help="replace a dataset already in OUT_DIR")
-    p.add_argument("--resume", action="store_const", const=True,
-                   help="continue an interrupted run (same arguments) exactly where it stopped")
-    io = p.add_argument_group("disk I/O (each cap is shared by all processes; N or train=N,val=M)")
-    io.add_argument("--max-read-mbps", help="cap on MB/s the workers read")
-    io.add_argument("--max-write-mbps", help="cap on MB/s the writer writes")
-    io.add_argument("--max-iops", help="cap on input files opened per second")
-    io.add_argument("--adaptive-io", action="store_const", const=True,
-                    help="back off while the input or output disk is busier than --io-target")
-    io.add_argument("--io-target", type=float, help="disk utilisation %% for --adaptive-io (default 80)")
-    cache = io.add_mutually_exclusive_group()
-    cache.add_argument("--page-cache", choices=PAGE_CACHE_MODES,
-                       help="drop read-once input and the written database from the page cache, keep both, or "
-                            "auto (default): keep the input when it fits in half of the free memory, drop the "
-                            "database")
-    cache.add_argument("--keep-page-cache", dest="page_cache", action="store_const", const="keep",
-                       help="the same as --page-cache keep")
+    add_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """One argument per Settings field, as its declaration says (etl.options); every default is None,
+    so that an option not given leaves the preset's value or the field's default."""
+    boxes: dict[str, Any] = {}
+    for f in cli_order(fields(Settings)):
+        o = opt_of(f)
+        if o.group not in boxes:
+            boxes[o.group] = p.add_argument_group(o.group) if o.group else p
+        box = boxes[o.group]
+        if o.exclusive:
+            key = "exclusive " + o.exclusive
+            if key not in boxes:
+                boxes[key] = box.add_mutually_exclusive_group()
+            box = boxes[key]
+        text = help_text(f).replace("%", "%%")
+        if o.positional:
+            box.add_argument(f.name, help=text)
+            continue
+        flag = o.flag or "--" + f.name.replace("_", "-")
+        if o.const is not None:
+            box.add_argument(flag, dest=f.name, action="store_const", const=o.const, help=text)
+        else:
+            kind = {"int": int, "float": float}.get(kind_of(f)) if o.parse is None else None
+            box.add_argument(flag, dest=f.name, type=kind, choices=o.choices or None, help=text)
+        if o.alias:
+            alias, value, alias_help = o.alias
+            box.add_argument(alias, dest=f.name, action="store_const", const=value, help=alias_help)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -102,24 +89,19 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from etl.pipeline import convert
+    from etl.api import run_convert
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet")}
-    settings = build_settings(values, args.config)
-    # fork: this process never runs OpenCV, so a forked worker cannot inherit its thread pool's locks
-    report = convert(settings, progress=not args.quiet, start_method="fork")
-    if not any(split["written"] for split in report["splits"].values()):
-        print(f"etl: error: no image could be converted; the reasons are in {settings.out_dir}/report.json",
-              file=sys.stderr)
-        return 1
+    # fork: this process never runs OpenCV, so a forked worker cannot inherit its thread pool's locks.
+    # A run that writes nothing raises NothingConverted, a PipelineError: main prints it and exits 1.
+    run_convert(values, args.config, progress=not args.quiet, start_method="fork")
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from etl.verify import render, verify
+    from etl.api import verify
+    from etl.verify import render
 
-    if not Path(args.out_dir).is_dir():
-        raise UsageError(f"dataset folder not found: {args.out_dir}")
     check = verify(args.out_dir, progress=not args.quiet)
     print(render(check))
     return 1 if check.problems else 0

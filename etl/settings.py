@@ -8,10 +8,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from etl.options import kind_of, opt_of, option, problem
+
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
 ENCODINGS = ("jpg", "png", "none")
 PAGE_CACHE_MODES = ("auto", "drop", "keep")
 DEFAULT_SEED = 1385  # fixed so that two runs with default options give the same dataset
+DEFAULT_VAL_PCT = 25.0  # DIGITS' split per class when neither --val-dir nor --val-pct is given
 
 
 class UsageError(Exception):
@@ -26,117 +29,6 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything that decides what a conversion writes, and how fast."""
-
-    train_dir: str = ""
-    out_dir: str = ""
-    val_dir: str | None = None
-    val_pct: float | None = None
-    width: int = 224
-    height: int = 224
-    resize_mode: str = "squash"
-    channels: int = 3
-    encoding: str = "jpg"
-    quality: int = 90
-    seed: int = DEFAULT_SEED
-    shuffle: bool = True
-    min_per_class: int = 1
-    max_per_class: int | None = None
-    relative_paths: bool = False
-    max_pixels: int = 178_956_970  # Pillow's own decompression-bomb limit
-    strict: bool = False  # refuse images libjpeg decodes only with a warning
-    on_error: str = "skip"  # or "fail": stop at the first bad file
-    image_timeout: float = 120.0  # seconds one image may take before its worker is replaced
-    workers: int = 0  # 0 = every usable core
-    chunk_size: int = 64
-    queue_depth: int = 2  # tasks each worker holds: the one it works on and the ones waiting
-    commit_every: int = 1000
-    overwrite: bool = False
-    resume: bool = False
-    max_read_mbps: Any = None  # MB/s, or per split: "train=10,val=5" / a TOML table
-    max_write_mbps: Any = None
-    max_iops: Any = None  # files opened per second
-    adaptive_io: bool = False  # back off while the input/output disk is busier than io_target
-    io_target: float = 80.0  # percent utilisation
-    page_cache: str = "auto"  # posix_fadvise(DONTNEED) hygiene: "drop", "keep", or "auto" (see etl.pagecache)
-
-    @property
-    def worker_count(self) -> int:
-        return self.workers or usable_cores()
-
-    @property
-    def effective_val_pct(self) -> float:
-        """DIGITS' default split (25% per class) when no val folder or percentage is given."""
-        if self.val_dir is not None:
-            return 0.0
-        return 25.0 if self.val_pct is None else self.val_pct
-
-    def output_settings(self) -> dict[str, Any]:
-        """The options that decide the bytes written (not how fast they are written)."""
-        skip = {"workers", "queue_depth", "commit_every", "overwrite", "out_dir", "on_error", "image_timeout", "resume",
-                "max_read_mbps", "max_write_mbps", "max_iops", "adaptive_io", "io_target", "page_cache"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
-
-
-_FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
-
-
-def load_preset(path: str) -> dict[str, Any]:
-    """Read a TOML preset; keys are option names with '_' or '-'."""
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise UsageError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
-    values = {key.replace("-", "_"): value for key, value in raw.items()}
-    if "keep_page_cache" in values:  # the switch's name before page_cache (etl 0.2)
-        old = values.pop("keep_page_cache")
-        if not isinstance(old, bool):
-            raise UsageError(f"config file {path}: option keep_page_cache expects true or false, got {old!r}")
-        if "page_cache" in values:
-            raise UsageError(f"config file {path}: give page_cache or its old name keep_page_cache, not both")
-        values["page_cache"] = "keep" if old else "drop"
-    for key in values:
-        if key not in _FIELD_TYPES or key in ("train_dir", "out_dir"):
-            raise UsageError(f"config file {path}: unknown option '{key}'")
-    return values
-
-
-def build_settings(cli_values: dict[str, Any], preset_path: str | None = None) -> Settings:
-    """Defaults, overridden by the preset, overridden by options given on the command line."""
-    merged: dict[str, Any] = {}
-    if preset_path:
-        merged.update(load_preset(preset_path))
-    merged.update({k: v for k, v in cli_values.items() if v is not None})
-    settings = Settings(**{k: _coerce(k, v) for k, v in merged.items()})
-    check_settings(settings)
-    return settings
-
-
-def _coerce(name: str, value: Any) -> Any:
-    kind = str(_FIELD_TYPES[name])
-    if name in CAP_OPTIONS:
-        return parse_cap(name, value)
-    if kind.startswith("int") and isinstance(value, bool):
-        raise UsageError(f"option {name} expects a number, got {value!r}")
-    if kind.startswith("int") and not isinstance(value, int):
-        raise UsageError(f"option {name} expects a whole number, got {value!r}")
-    if kind.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(f"option {name} expects a number, got {value!r}")
-        return float(value)
-    if kind == "bool" and not isinstance(value, bool):
-        raise UsageError(f"option {name} expects true or false, got {value!r}")
-    if kind.startswith("str") and not isinstance(value, str):
-        raise UsageError(f"option {name} expects text, got {value!r}")
-    return value
-
-
-CAP_OPTIONS = ("max_read_mbps", "max_write_mbps", "max_iops")
 SPLITS = ("train", "val")
 
 
@@ -168,25 +60,154 @@ def _positive(flag: str, value: Any) -> float:
     return number
 
 
+DISK_IO = "disk I/O (each cap is shared by all processes; N or train=N,val=M)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides what a conversion writes, and how fast.
+
+    Each field declares its option once (etl.options): the CLI, presets, etl.convert, the checks and
+    report.json's settings are all read from these declarations."""
+
+    train_dir: str = option("", "folder with one sub-folder per class", positional=True, preset=False)
+    out_dir: str = option("", "output folder (labels.txt, train_db/, val_db/, mean.binaryproto, ...)",
+                          positional=True, preset=False, output=False)
+    val_dir: str | None = option(None, "separate validation folder with the same class names", exclusive="val")
+    val_pct: float | None = option(None, f"validation share per class, in % (default {DEFAULT_VAL_PCT:g} without "
+                                         "--val-dir)", exclusive="val", low=0, high=100, below=True)
+    width: int = option(224, "output width (default {default})", low=1, high=16384)
+    height: int = option(224, "output height (default {default})", low=1, high=16384)
+    resize_mode: str = option("squash", "how to reach the size (default {default})", choices=RESIZE_MODES)
+    channels: int = option(3, "3 = RGB (default), 1 = grayscale", choices=(1, 3), rule="1 (grayscale) or 3 (RGB)")
+    encoding: str = option("jpg", "jpg (default), png or none (raw CHW BGR)", choices=ENCODINGS)
+    quality: int = option(90, "JPEG quality (default {default})", low=1, high=100)
+    seed: int = option(DEFAULT_SEED, "seed for the shuffle, the val split and noise padding")
+    shuffle: bool = option(True, "keep class order", flag="--no-shuffle", const=False)
+    min_per_class: int = option(1, "drop classes with fewer images", low=1)
+    max_per_class: int | None = option(None, "use at most this many images of a class")
+    relative_paths: bool = option(False, "train.txt/val.txt paths relative to the source folder", const=True)
+    max_pixels: int = option(178_956_970, "refuse images whose header claims more pixels", low=1)  # Pillow's limit
+    strict: bool = option(False, "skip images libjpeg decodes only with a warning (truncated, corrupt data)",
+                          const=True, after="commit_every")
+    on_error: str = option("skip", "skip bad files and report them (default) or stop at the first one",
+                           choices=("skip", "fail"), rule="skip or fail", output=False, after="strict")
+    image_timeout: float = option(120.0, "seconds one image may take before its worker is replaced (default "
+                                  "{default})", low=0, above=True, rule="above 0 seconds", output=False,
+                                  after="on_error")
+    workers: int = option(0, "worker processes (default: every usable core)", low=0, high=1024,
+                          rule="from 1 to 1024 (0 = every core)", output=False)
+    chunk_size: int = option(64, "images per task sent to a worker (default {default})", low=1, high=4096)
+    queue_depth: int = option(2, "tasks each worker holds, the one it works on included (default {default})",
+                              low=1, high=64, output=False)
+    commit_every: int = option(1000, "records per LMDB transaction (default {default})", low=1, output=False)
+    overwrite: bool = option(False, "replace a dataset already in OUT_DIR", const=True, output=False)
+    resume: bool = option(False, "continue an interrupted run (same arguments) exactly where it stopped",
+                          const=True, output=False)
+    max_read_mbps: Any = option(None, "cap on MB/s the workers read", parse=parse_cap, group=DISK_IO, output=False)
+    max_write_mbps: Any = option(None, "cap on MB/s the writer writes", parse=parse_cap, group=DISK_IO,
+                                 output=False)
+    max_iops: Any = option(None, "cap on input files opened per second", parse=parse_cap, group=DISK_IO,
+                           output=False)
+    adaptive_io: bool = option(False, "back off while the input or output disk is busier than --io-target",
+                               const=True, group=DISK_IO, output=False)
+    io_target: float = option(80.0, "disk utilisation % for --adaptive-io (default {default})", low=1, high=100,
+                              rule="a percentage from 1 to 100", group=DISK_IO, output=False)
+    # posix_fadvise(DONTNEED) hygiene; etl.pagecache makes the auto choice
+    page_cache: str = option("auto", "drop read-once input and the written database from the page cache, keep "
+                             "both, or auto (default): keep the input when it fits in half of the free memory, "
+                             "drop the database", choices=PAGE_CACHE_MODES, group=DISK_IO, exclusive="page_cache",
+                             alias=("--keep-page-cache", "keep", "the same as --page-cache keep"), output=False)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or usable_cores()
+
+    @property
+    def effective_val_pct(self) -> float:
+        """DIGITS' default split (25% per class) when no val folder or percentage is given."""
+        if self.val_dir is not None:
+            return 0.0
+        return DEFAULT_VAL_PCT if self.val_pct is None else self.val_pct
+
+    def output_settings(self) -> dict[str, Any]:
+        """The options that decide the bytes written (not how fast they are written), in field order."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if opt_of(f).output}
+
+
+FIELDS = {f.name: f for f in fields(Settings)}
+PRESET_OPTIONS = frozenset(name for name, f in FIELDS.items() if opt_of(f).preset)
+CAP_OPTIONS = tuple(name for name, f in FIELDS.items() if opt_of(f).parse is parse_cap)
+
+
+def load_preset(path: str) -> dict[str, Any]:
+    """Read a TOML preset; keys are option names with '_' or '-'."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    values = {key.replace("-", "_"): value for key, value in raw.items()}
+    if "keep_page_cache" in values:  # the switch's name before page_cache (etl 0.2)
+        old = values.pop("keep_page_cache")
+        if not isinstance(old, bool):
+            raise UsageError(f"config file {path}: option keep_page_cache expects true or false, got {old!r}")
+        if "page_cache" in values:
+            raise UsageError(f"config file {path}: give page_cache or its old name keep_page_cache, not both")
+        values["page_cache"] = "keep" if old else "drop"
+    for key in values:
+        if key not in PRESET_OPTIONS:
+            raise UsageError(f"config file {path}: unknown option '{key}'")
+    return values
+
+
+def build_settings(cli_values: dict[str, Any], preset_path: str | None = None) -> Settings:
+    """Defaults, overridden by the preset, overridden by options given on the command line."""
+    merged: dict[str, Any] = {}
+    if preset_path:
+        merged.update(load_preset(preset_path))
+    merged.update({k: v for k, v in cli_values.items() if v is not None})
+    settings = Settings(**{k: _coerce(k, v) for k, v in merged.items()})
+    check_settings(settings)
+    return settings
+
+
+def _coerce(name: str, value: Any) -> Any:
+    f = FIELDS[name]
+    kind = kind_of(f)
+    parse = opt_of(f).parse
+    if parse is not None:
+        return parse(name, value)
+    if kind == "int" and isinstance(value, bool):
+        raise UsageError(f"option {name} expects a number, got {value!r}")
+    if kind == "int" and not isinstance(value, int):
+        raise UsageError(f"option {name} expects a whole number, got {value!r}")
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"option {name} expects a number, got {value!r}")
+        return float(value)
+    if kind == "bool" and not isinstance(value, bool):
+        raise UsageError(f"option {name} expects true or false, got {value!r}")
+    if kind == "str" and not isinstance(value, str):
+        raise UsageError(f"option {name} expects text, got {value!r}")
+    return value
+
+
 def check_settings(s: Settings) -> None:
     """Refuse impossible settings with a one-line message that says what to fix."""
     _check_folders(s)
     if s.val_dir is not None and s.val_pct is not None:
         raise UsageError("give either --val-dir or --val-pct, not both")
-    if s.val_pct is not None and not 0 <= s.val_pct < 100:
-        raise UsageError(f"--val-pct must be from 0 to below 100, got {s.val_pct:g}")
-    for name in ("width", "height"):
-        if not 1 <= getattr(s, name) <= 16384:
-            raise UsageError(f"--{name} must be from 1 to 16384, got {getattr(s, name)}")
-    if s.resize_mode not in RESIZE_MODES:
-        raise UsageError(f"--resize-mode must be one of {', '.join(RESIZE_MODES)}, got '{s.resize_mode}'")
-    if s.channels not in (1, 3):
-        raise UsageError(f"--channels must be 1 (grayscale) or 3 (RGB), got {s.channels}")
-    if s.encoding not in ENCODINGS:
-        raise UsageError(f"--encoding must be one of {', '.join(ENCODINGS)}, got '{s.encoding}'")
-    if not 1 <= s.quality <= 100:
-        raise UsageError(f"--quality must be from 1 to 100, got {s.quality}")
-    _check_counts(s)
+    for f in fields(s):  # the declared ranges and choices
+        message = problem(f, getattr(s, f.name))
+        if message:
+            raise UsageError(message)
+    if s.max_per_class is not None and s.max_per_class < s.min_per_class:
+        raise UsageError("--max-per-class must be at least --min-per-class")
+    if s.resume and s.overwrite:
+        raise UsageError("give either --resume or --overwrite, not both")
 
 
 def _check_folders(s: Settings) -> None:
@@ -200,30 +221,3 @@ def _check_folders(s: Settings) -> None:
     for src in (s.train_dir, s.val_dir):
         if src is not None and out == Path(src).resolve():
             raise UsageError(f"output folder {s.out_dir} is an input folder: choose another")
-
-
-def _check_counts(s: Settings) -> None:
-    if s.workers < 0 or s.workers > 1024:
-        raise UsageError(f"--workers must be from 1 to 1024 (0 = every core), got {s.workers}")
-    if s.min_per_class < 1:
-        raise UsageError(f"--min-per-class must be at least 1, got {s.min_per_class}")
-    if s.max_per_class is not None and s.max_per_class < s.min_per_class:
-        raise UsageError("--max-per-class must be at least --min-per-class")
-    if not 1 <= s.chunk_size <= 4096:
-        raise UsageError(f"--chunk-size must be from 1 to 4096, got {s.chunk_size}")
-    if not 1 <= s.queue_depth <= 64:
-        raise UsageError(f"--queue-depth must be from 1 to 64, got {s.queue_depth}")
-    if s.commit_every < 1:
-        raise UsageError(f"--commit-every must be at least 1, got {s.commit_every}")
-    if s.on_error not in ("skip", "fail"):
-        raise UsageError(f"--on-error must be skip or fail, got '{s.on_error}'")
-    if not s.image_timeout > 0:
-        raise UsageError(f"--image-timeout must be above 0 seconds, got {s.image_timeout:g}")
-    if s.page_cache not in PAGE_CACHE_MODES:
-        raise UsageError(f"--page-cache must be one of {', '.join(PAGE_CACHE_MODES)}, got '{s.page_cache}'")
-    if not 1 <= s.io_target <= 100:
-        raise UsageError(f"--io-target must be a percentage from 1 to 100, got {s.io_target:g}")
-    if s.resume and s.overwrite:
-        raise UsageError("give either --resume or --overwrite, not both")
-    if s.max_pixels < 1:
-        raise UsageError(f"--max-pixels must be at least 1, got {s.max_pixels}")

@@ -9,7 +9,7 @@ from PIL import Image
 
 from etl.bench import SweepPoint, recommend
 
-from .test_cli import run_cli
+from .conftest import run_cli
 
 
 def test_bench_on_a_tiny_corpus(tmp_path):

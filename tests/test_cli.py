@@ -1,17 +1,14 @@
 """Bad arguments stop the run before any work, with one line that says what to fix."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from etl.settings import build_settings
 
+from .conftest import run_cli
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "etl", *args], capture_output=True, text=True, cwd=cwd,
-                          stdin=subprocess.DEVNULL, timeout=300)
+pytestmark = pytest.mark.quick  # each test stops before any conversion: well under a second
 
 
 @pytest.fixture()

@@ -14,6 +14,8 @@ from etl.synth import awkward_files, bad_files, photo_like
 
 from .conftest import gradient, jpeg
 
+pytestmark = pytest.mark.quick  # unit tests: each well under a second, no conversion run
+
 FULL = lambda w, h: 1  # noqa: E731 - no DCT scaling
 
 

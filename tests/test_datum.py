@@ -5,6 +5,8 @@ import pytest
 
 from etl.datum import decode_blobproto, decode_datum, encode_blobproto, encode_datum
 
+pytestmark = pytest.mark.quick  # unit tests: each well under a second, no conversion run
+
 
 @pytest.mark.parametrize("encoded", [True, False])
 @pytest.mark.parametrize("label", [0, 7, 999, 2**31 - 1])

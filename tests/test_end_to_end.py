@@ -18,7 +18,7 @@ from PIL import Image
 
 from etl.reader import LmdbDataset
 
-from .test_cli import run_cli
+from .conftest import run_cli
 
 
 def all_records(db: Path) -> list[tuple[bytes, bytes]]:

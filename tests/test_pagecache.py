@@ -21,7 +21,7 @@ from etl.pagecache import (
 from etl.settings import UsageError, build_settings
 from etl.sources import FileReader, Split
 
-from .test_cli import run_cli
+from .conftest import run_cli
 
 GB = 10**9
 

@@ -18,6 +18,8 @@ from etl.transform import apply_geometry, dct_scale, fit_planes, plan_geometry
 
 from .conftest import jpeg
 
+pytestmark = pytest.mark.quick  # unit tests: each well under a second, no conversion run
+
 W, H = 224, 224
 
 

@@ -20,7 +20,7 @@ from etl.throttle import (
     block_device,
 )
 
-from .test_cli import run_cli
+from .conftest import run_cli
 
 
 class FakeClock:

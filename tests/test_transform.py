@@ -7,6 +7,8 @@ from etl.transform import Geometry, apply_geometry, dct_scale, noise_rng, plan_g
 
 from .conftest import gradient
 
+pytestmark = pytest.mark.quick  # unit tests: each well under a second, no conversion run
+
 
 @pytest.mark.parametrize(("mode", "src", "expected"), [
     ("squash", (500, 375), Geometry(224, 224, 0, 0, 0, 0)),
