@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from etl.check import Checker
+from etl.check import verify as check_dataset
 from etl.pipeline import PipelineError
 from etl.pipeline import convert as run_pipeline
 from etl.settings import PRESET_OPTIONS, UsageError, build_settings
-from etl.verify import Checker
-from etl.verify import verify as check_dataset
 
 PathLike = str | os.PathLike[str]
 
@@ -52,7 +52,7 @@ def run_convert(values: dict[str, Any], preset: str | None = None, progress: boo
                 start_method: str | None = None) -> dict[str, Any]:
     """Settings from the options given (and a preset), then the conversion; shared with `etl convert`.
 
-    start_method: None, a forkserver (safe from any caller), or "fork" (see etl.pipeline.mp_context)."""
+    start_method: None, a forkserver (safe from any caller), or "fork" (see etl.procs.mp_context)."""
     settings = build_settings(values, preset)
     report = run_pipeline(settings, progress=progress, start_method=start_method)
     if not any(split["written"] for split in report["splits"].values()):

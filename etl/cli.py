@@ -100,7 +100,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from etl.api import verify
-    from etl.verify import render
+    from etl.check import render
 
     check = verify(args.out_dir, progress=not args.quiet)
     print(render(check))
@@ -108,9 +108,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from etl.check import render, verify
     from etl.pipeline import convert
     from etl.synth import TreeSpec, make_tree
-    from etl.verify import render, verify
 
     base = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="etl-demo-"))
     t0 = time.monotonic()
@@ -173,7 +173,7 @@ COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "demo": cmd_demo, "ben
 
 
 def main(argv: list[str] | None = None) -> int:
-    from etl.pipeline import Interrupted, PipelineError
+    from etl.errors import Interrupted, PipelineError
 
     try:
         args = make_parser().parse_args(argv)

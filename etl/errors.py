@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class UsageError(Exception):
+    """A bad argument or input folder: reported as one line, before any work starts."""
+
+
 class PipelineError(Exception):
     """The run could not finish (the writer failed); the message says what happened."""
 

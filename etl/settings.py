@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from etl.errors import UsageError
 from etl.options import kind_of, opt_of, option, problem
 
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
@@ -15,10 +16,6 @@ ENCODINGS = ("jpg", "png", "none")
 PAGE_CACHE_MODES = ("auto", "drop", "keep")
 DEFAULT_SEED = 1385  # fixed so that two runs with default options give the same dataset
 DEFAULT_VAL_PCT = 25.0  # DIGITS' split per class when neither --val-dir nor --val-pct is given
-
-
-class UsageError(Exception):
-    """A bad argument or input folder: reported as one line, before any work starts."""
 
 
 def usable_cores() -> int:
@@ -211,9 +208,12 @@ def check_settings(s: Settings) -> None:
 
 
 def _check_folders(s: Settings) -> None:
-    if not s.train_dir or not Path(s.train_dir).is_dir():
+    # Imported here, not at the top: the sources' planner reads Settings, so the two modules meet only at run time.
+    from etl.sources.registry import find_kind
+
+    if not s.train_dir or find_kind(s.train_dir) is None:
         raise UsageError(f"train folder not found: {s.train_dir or '(none given)'}")
-    if s.val_dir is not None and not Path(s.val_dir).is_dir():
+    if s.val_dir is not None and find_kind(s.val_dir) is None:
         raise UsageError(f"val folder not found: {s.val_dir}")
     if not s.out_dir:
         raise UsageError("no output folder given")

@@ -101,8 +101,8 @@ def test_nothing_converted_raises_with_the_report(tmp_path):
 @pytest.mark.quick
 def test_import_etl_stays_cheap_and_verify_stays_the_function():
     code = ("import sys, etl; heavy = {'cv2', 'lmdb', 'numpy', 'etl.pipeline'} & set(sys.modules); "
-            "assert not heavy, heavy; import etl.verify; from etl.verify import render; "
+            "assert not heavy, heavy; import etl.check; from etl.check import render; "
             "assert callable(etl.verify) and etl.verify.__module__ == 'etl.api', etl.verify; "
-            "assert etl.UsageError.__module__ == 'etl.settings'")
+            "assert etl.UsageError.__module__ == 'etl.errors'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from etl.settings import UsageError
+from etl.errors import UsageError
 from etl.sources.base import Source
 from etl.sources.folder import FolderSource
 
@@ -22,8 +22,13 @@ SOURCES: list[SourceKind] = [
 ]
 
 
+def find_kind(path: str) -> SourceKind | None:
+    """The first input kind that takes this path, if any."""
+    return next((kind for kind in SOURCES if kind.accepts(path)), None)
+
+
 def open_source(path: str) -> Source:
-    for kind in SOURCES:
-        if kind.accepts(path):
-            return kind(path)
-    raise UsageError(f"not an input etl can read: {path}")
+    kind = find_kind(path)
+    if kind is None:
+        raise UsageError(f"not an input etl can read: {path}")
+    return kind(path)

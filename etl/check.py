@@ -1,4 +1,4 @@
-"""Verify: re-read a finished dataset folder and check every record against labels.txt and report.json."""
+"""Check: what `etl verify` does: decode every record of a dataset and check it against its own files."""
 
 from __future__ import annotations
 
