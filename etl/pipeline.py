@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,20 @@ def _raise_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the run as Ctrl-C does (work committed, resumable). Python lets only the main thread
+    set a handler: called from another thread (a scheduler's worker), the caller's own handling stands."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def start_job(s: Settings, job: Plan, out: Path) -> None:
     """The checkpoint's job record (or the check that a resume matches it), and labels.txt."""
     checkpoint = Checkpoint(out)
@@ -83,14 +100,11 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
     out = prepare_output(s)
     start_job(s, job, out)
     cache = page_cache_choice(s, job)
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     done: list[SplitStats] = []
-    try:
+    with sigterm_as_interrupt():
         for split in job.splits:
             done.append(runner.run_split(split, s, out, cache, progress))
             write_mean_files(s, out, done[-1])
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if not any(sp.name == "val" for sp in job.splits):
         list_path(out, "val").write_text("")
     report = write_report(str(out), s.output_settings(), job.labels, done, job.notes, resumed=s.resume)

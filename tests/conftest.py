@@ -1,5 +1,5 @@
 """Shared fixtures and helpers: the protobuf runtime compiled from tests/caffe.proto, generated image trees,
-the CLI run in a child process, and the `quick` mark for the fast tests of files marked from here."""
+and the CLI run in a child process."""
 
 from __future__ import annotations
 
@@ -16,37 +16,6 @@ from PIL import Image
 from etl.synth import TreeSpec, make_tree
 
 HERE = Path(__file__).parent
-
-# Fast tests (well under a second, no conversion) in files that are being rewritten on other branches:
-# marked here so as not to touch those files; a mark in the file itself does the same.
-QUICK_FILES = {"test_ipc.py", "test_sources.py"}
-QUICK_ELSEWHERE = {
-    "test_bench.py": {"test_recommend_prefers_fewer_workers_within_three_percent",
-                      "test_bench_rejects_a_missing_source"},
-    "test_end_to_end.py": {"test_console_script_and_module_are_the_same_cli"},
-    "test_pagecache.py": {"test_auto_keeps_input_whose_addition_fits_in_half_the_free_memory",
-                          "test_input_is_estimated_from_an_even_sample", "test_resident_share_sees_what_is_cached",
-                          "test_cgroup_headroom_v2_takes_the_tightest_level", "test_cgroup_headroom_v1_and_no_limit",
-                          "test_free_memory_is_at_most_the_systems"},
-    "test_throttle.py": {"test_starts_empty_then_paces_at_the_rate",
-                         "test_idle_time_banks_at_most_half_a_second_of_burst",
-                         "test_a_request_larger_than_the_burst_is_granted_and_paid_for", "test_no_cap_never_waits",
-                         "test_adaptive_backs_off_when_busy_and_recovers_to_the_cap",
-                         "test_adaptive_without_a_device_does_nothing", "test_block_device_lookup_does_not_fail",
-                         "test_read_gate_drops_pages_after_reading", "test_caps_per_split_from_cli_and_toml"},
-    "test_writer_link.py": {"test_a_chunk_delivered_twice_is_written_once",
-                            "test_a_half_sent_chunk_is_dropped_and_its_rerun_written",
-                            "test_a_stranger_without_the_key_cannot_write",
-                            "test_peers_that_die_or_stall_in_the_handshake_do_not_close_the_door"},
-}
-
-
-@pytest.hookimpl(tryfirst=True)  # before `-m quick` deselects by mark
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        name = getattr(item, "originalname", item.name)
-        if item.path.name in QUICK_FILES or name in QUICK_ELSEWHERE.get(item.path.name, ()):
-            item.add_marker(pytest.mark.quick)
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

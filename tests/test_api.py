@@ -106,3 +106,15 @@ def test_import_etl_stays_cheap_and_verify_stays_the_function():
             "assert etl.UsageError.__module__ == 'etl.errors'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_convert_runs_from_a_thread_other_than_the_main_one(small_tree, tmp_path):
+    """Schedulers call from worker threads, where Python refuses to install a signal handler."""
+    import threading
+
+    found: list = []
+    worker = threading.Thread(target=lambda: found.append(
+        etl.convert(small_tree / "val", tmp_path / "ds", val=0, workers=1, progress=False)))
+    worker.start()
+    worker.join(120)
+    assert found and found[0]["splits"]["train"]["written"] == 9

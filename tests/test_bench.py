@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from etl.bench import SweepPoint, recommend
@@ -65,6 +66,7 @@ def test_tune_without_matplotlib_prints_its_table_and_the_hint(tmp_path):
     assert (tmp_path / "out" / "tune.json").exists() and not (tmp_path / "out" / "sweep.png").exists()
 
 
+@pytest.mark.quick
 def test_recommend_prefers_fewer_workers_within_three_percent():
     pts = [SweepPoint(1, 64, 100, 50, 100), SweepPoint(2, 64, 198, 99, 150), SweepPoint(3, 64, 200, 99, 200)]
     assert recommend(pts).workers == 2
@@ -74,6 +76,7 @@ def test_recommend_prefers_fewer_workers_within_three_percent():
     assert recommend(better).queue_depth == 4
 
 
+@pytest.mark.quick
 def test_bench_rejects_a_missing_source(tmp_path):
     proc = run_cli("bench", "--src", str(tmp_path / "none"))
     assert proc.returncode == 2 and "--src folder not found" in proc.stderr

@@ -203,6 +203,7 @@ def test_existing_dataset_is_not_overwritten(small_tree, tmp_path):
     assert run_cli("convert", *args, "--width", "32", "--overwrite").returncode == 0
 
 
+@pytest.mark.quick
 def test_console_script_and_module_are_the_same_cli():
     proc = subprocess.run([sys.executable, "-m", "etl", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "convert" in proc.stdout and "verify" in proc.stdout

@@ -5,7 +5,11 @@ import multiprocessing as mp
 import socket
 import threading
 
+import pytest
+
 from etl.procs import PIPE_BYTES, widen
+
+pytestmark = pytest.mark.quick
 
 
 def send_buffer(conn) -> int:

@@ -5,6 +5,8 @@ import pytest
 from etl.messages import Item
 from etl.runners.ledger import ChunkLedger, TooManyLosses, chunks
 
+pytestmark = pytest.mark.quick
+
 
 def ledger(n_items: int = 20, size: int = 4, window: int = 3, workers: int = 2) -> ChunkLedger:
     return ChunkLedger(chunks([Item(i, f"{i}.jpg", 0) for i in range(n_items)], size), window, workers)

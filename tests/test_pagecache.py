@@ -26,6 +26,7 @@ from .conftest import run_cli
 GB = 10**9
 
 
+@pytest.mark.quick
 def test_auto_keeps_input_whose_addition_fits_in_half_the_free_memory():
     kept = choose_page_cache("auto", InputSize(4 * GB, 0), 8 * GB)
     assert kept == (False, True, "auto: input kept (~4.0 GB, ~0.0 GB of it cached already, 8.0 GB of memory "
@@ -37,6 +38,7 @@ def test_auto_keeps_input_whose_addition_fits_in_half_the_free_memory():
     assert choose_page_cache("drop", InputSize(0, 0), 10**15)[:2] == (True, True)
 
 
+@pytest.mark.quick
 def test_input_is_estimated_from_an_even_sample(tmp_path):
     items = []
     for i in range(1000):
@@ -55,6 +57,7 @@ def test_input_is_estimated_from_an_even_sample(tmp_path):
     assert len(Split("train", FileReader(str(tmp_path)), items[:3]).sample_paths()) == 3
 
 
+@pytest.mark.quick
 def test_resident_share_sees_what_is_cached(tmp_path):
     sparse = tmp_path / "sparse"
     with open(sparse, "wb") as fh:
@@ -73,6 +76,7 @@ def _cgroup(tmp_path, proc: str, files: dict[str, str]) -> int | None:
     return cgroup_headroom(str(tmp_path / "fs"), str(tmp_path / "proc_cgroup"))
 
 
+@pytest.mark.quick
 def test_cgroup_headroom_v2_takes_the_tightest_level(tmp_path):
     files = {"fs/memory.max": "max\n", "fs/memory.current": "900\n",
              "fs/job/memory.max": "1000\n", "fs/job/memory.current": "600\n",
@@ -80,6 +84,7 @@ def test_cgroup_headroom_v2_takes_the_tightest_level(tmp_path):
     assert _cgroup(tmp_path, "0::/job/step\n", files) == 400
 
 
+@pytest.mark.quick
 def test_cgroup_headroom_v1_and_no_limit(tmp_path):
     files = {"fs/memory/memory.limit_in_bytes": "9223372036854771712\n", "fs/memory/memory.usage_in_bytes": "5\n",
              "fs/memory/box/memory.limit_in_bytes": "2000\n", "fs/memory/box/memory.usage_in_bytes": "500\n"}
@@ -89,6 +94,7 @@ def test_cgroup_headroom_v1_and_no_limit(tmp_path):
     assert cgroup_headroom(str(tmp_path / "nowhere"), str(tmp_path / "no_such_file")) is None
 
 
+@pytest.mark.quick
 def test_free_memory_is_at_most_the_systems():
     assert 0 <= free_memory_bytes() <= psutil.virtual_memory().free + 64 * 2**20  # it moves while we look
 

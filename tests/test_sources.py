@@ -8,6 +8,8 @@ import pytest
 from etl.settings import Settings, UsageError
 from etl.sources import plan, scan_tree
 
+pytestmark = pytest.mark.quick
+
 
 def touch(root: Path, *names: str) -> None:
     for name in names:

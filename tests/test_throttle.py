@@ -41,6 +41,7 @@ def bucket(rate: float) -> tuple[TokenBucket, FakeClock]:
     return TokenBucket(LocalState(rate), clock=clock, sleep=clock.sleep), clock
 
 
+@pytest.mark.quick
 def test_starts_empty_then_paces_at_the_rate():
     b, clock = bucket(100.0)
     for _ in range(10):
@@ -49,6 +50,7 @@ def test_starts_empty_then_paces_at_the_rate():
     assert b.waited == pytest.approx(1.0)
 
 
+@pytest.mark.quick
 def test_idle_time_banks_at_most_half_a_second_of_burst():
     b, clock = bucket(100.0)
     b.take(1)
@@ -57,12 +59,14 @@ def test_idle_time_banks_at_most_half_a_second_of_burst():
     assert b.take(50) == pytest.approx(0.5)  # then the rate applies again
 
 
+@pytest.mark.quick
 def test_a_request_larger_than_the_burst_is_granted_and_paid_for():
     b, clock = bucket(100.0)
     assert b.take(1000) == pytest.approx(10.0)
     assert b.take(100) == pytest.approx(1.0)
 
 
+@pytest.mark.quick
 def test_no_cap_never_waits():
     b, clock = bucket(math.inf)
     assert b.take(10**12) == 0 and clock.slept == []
@@ -88,6 +92,7 @@ def test_one_budget_shared_by_many_processes():
     assert all(p.exitcode == 0 for p in procs)
 
 
+@pytest.mark.quick
 def test_adaptive_backs_off_when_busy_and_recovers_to_the_cap():
     state = LocalState(10 * MB)
     watcher = AdaptiveIO(state, "vda", cap=10 * MB, target=80)
@@ -100,6 +105,7 @@ def test_adaptive_backs_off_when_busy_and_recovers_to_the_cap():
     assert uncapped._next_rate(util=99, achieved=50 * MB) == pytest.approx(35 * MB)
 
 
+@pytest.mark.quick
 def test_adaptive_without_a_device_does_nothing():
     state = LocalState(5.0)
     watcher = AdaptiveIO(state, None, cap=5.0)
@@ -107,11 +113,13 @@ def test_adaptive_without_a_device_does_nothing():
     assert state.rate.value == 5.0 and watcher.samples == []
 
 
+@pytest.mark.quick
 def test_block_device_lookup_does_not_fail(tmp_path):
     name = block_device(str(tmp_path))
     assert name is None or isinstance(name, str)
 
 
+@pytest.mark.quick
 def test_read_gate_drops_pages_after_reading(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, length, advice: calls.append(advice), raising=False)
@@ -123,6 +131,7 @@ def test_read_gate_drops_pages_after_reading(tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
+@pytest.mark.quick
 def test_caps_per_split_from_cli_and_toml(tmp_path):
     assert parse_cap("max_read_mbps", "10") == {"train": 10.0, "val": 10.0}
     assert parse_cap("max_read_mbps", "train=10,val=2.5") == {"train": 10.0, "val": 2.5}

@@ -66,6 +66,7 @@ def keys(out: Path) -> list[bytes]:
     return found
 
 
+@pytest.mark.quick
 def test_a_chunk_delivered_twice_is_written_once(writer):
     link, handle, counted, out = writer
     first, second = (Client(link.address, family="AF_UNIX", authkey=link.authkey) for _ in range(2))
@@ -82,6 +83,7 @@ def test_a_chunk_delivered_twice_is_written_once(writer):
     assert keys(out) == [b"%08d_%d" % (i, i % 3) for i in range(9)]
 
 
+@pytest.mark.quick
 def test_a_half_sent_chunk_is_dropped_and_its_rerun_written(writer):
     link, handle, counted, out = writer
     dying = Client(link.address, family="AF_UNIX", authkey=link.authkey)
@@ -96,6 +98,7 @@ def test_a_half_sent_chunk_is_dropped_and_its_rerun_written(writer):
     assert len(keys(out)) == 3
 
 
+@pytest.mark.quick
 def test_a_stranger_without_the_key_cannot_write(writer):
     link, handle, counted, out = writer
     with pytest.raises(mp.AuthenticationError):
@@ -107,6 +110,7 @@ def test_a_stranger_without_the_key_cannot_write(writer):
     assert finish(handle).written == 3
 
 
+@pytest.mark.quick
 def test_peers_that_die_or_stall_in_the_handshake_do_not_close_the_door(writer):
     """Before, one connect-and-close (a worker killed while connecting) stopped the writer accepting,
     and the next replacement worker hung for ever."""
