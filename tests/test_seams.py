@@ -1,19 +1,17 @@
 """The seams hold: a new input kind is one class plus one registration line, and the writer stays free of OpenCV."""
 
-import io
 import subprocess
 import sys
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-
-import lmdb
 
 from etl.pagecache import InputSize
 from etl.pipeline import convert
 from etl.settings import build_settings
 from etl.sources import Unreadable, byte_order, registry
+
+from .test_end_to_end import all_records
 
 
 @dataclass(frozen=True)
@@ -66,22 +64,12 @@ class TarSource:
         return TarReader(self.path)
 
 
-def records(db: Path) -> list[tuple[bytes, bytes]]:
-    env = lmdb.open(str(db), readonly=True, lock=False)
-    with env.begin() as txn:
-        found = list(txn.cursor())
-    env.close()
-    return found
-
-
 def test_a_new_source_is_one_class_and_one_registration_line(small_tree, tmp_path, monkeypatch):
     tar = tmp_path / "train.tar"
     with tarfile.open(tar, "w") as tf:
         for path in sorted((small_tree / "train").rglob("*")):
             if path.is_file():
                 tf.add(path, arcname=str(path.relative_to(small_tree / "train")))
-    tf_bytes = io.BytesIO(tar.read_bytes())
-    assert tarfile.is_tarfile(tf_bytes)
     monkeypatch.setattr(registry, "SOURCES", [TarSource, *registry.SOURCES])  # the registration line
     common = {"val_pct": 20.0, "workers": 2, "relative_paths": True}
     from_tar = convert(build_settings({"train_dir": str(tar), "out_dir": str(tmp_path / "a"), **common}),
@@ -90,7 +78,7 @@ def test_a_new_source_is_one_class_and_one_registration_line(small_tree, tmp_pat
                                        **common}), progress=False)
     assert from_tar["splits"]["train"]["written"] == from_dir["splits"]["train"]["written"] > 0
     for name in ("train_db", "val_db"):
-        assert records(tmp_path / "a" / name) == records(tmp_path / "b" / name)
+        assert all_records(tmp_path / "a" / name) == all_records(tmp_path / "b" / name)
     for name in ("labels.txt", "train.txt", "mean.binaryproto"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
