@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
+
+DISK_FULL_BYTES = 1 << 20  # numpy and others report a short write without ENOSPC: check what is left
+
 
 class UsageError(Exception):
     """A bad argument or input folder: reported as one line, before any work starts."""
@@ -17,3 +22,13 @@ class Interrupted(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def describe_write_error(exc: BaseException, out_dir: str, what: str = "the database") -> str:
+    """A failed write to the dataset, in words that say what to do: the last commit stands, so --resume."""
+    text = str(exc)
+    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in text
+    if full or shutil.disk_usage(out_dir).free < DISK_FULL_BYTES:
+        return f"the disk is full ({text}); free space, then run the same command with --resume"
+    return (f"writing {what} failed ({type(exc).__name__}: {text}); the database holds its last commit: "
+            "fix the cause, then run the same command with --resume")

@@ -10,6 +10,11 @@ import numpy as np
 from etl.colour import chroma_shape
 
 
+def mean_layout(width: int, height: int, channels: int, split: str) -> SumLayout | None:
+    """The train split's images make the mean image; the others are not summed."""
+    return SumLayout(width, height, channels) if split == "train" else None
+
+
 class SumLayout(NamedTuple):
     """Where each sum lives in one flat integer vector (so it crosses pipes and checkpoints as one array).
 

@@ -146,4 +146,4 @@ class WriterSummary:
     max_rss_kb: int = 0
     ended_by: str = ""
     per_label: dict[str, int] = field(default_factory=dict)
-    mean_sum: np.ndarray | None = field(default=None, repr=False)  # the train split's SumLayout vector, int64
+    sum_chunks: int = 0  # a complete train split: the commit whose saved pixel sum makes the mean (0: none)

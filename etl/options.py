@@ -75,9 +75,10 @@ def problem(f: Field, value: Any) -> str | None:
 
 
 def _in_range(o: Opt, value: Any) -> bool:
-    if o.low is not None and (value <= o.low if o.above else value < o.low):
-        return False
-    return o.high is None or (value < o.high if o.below else value <= o.high)
+    # Asked as "is it inside", never "is it outside": NaN answers no to every comparison, and must be refused.
+    over_low = o.low is None or (value > o.low if o.above else value >= o.low)
+    under_high = o.high is None or (value < o.high if o.below else value <= o.high)
+    return over_low and under_high
 
 
 def _range_text(o: Opt) -> str:

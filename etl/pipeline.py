@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from etl.checkpoint import Checkpoint, plan_digest
-from etl.errors import Interrupted, PipelineError
+from etl.errors import Interrupted, PipelineError, describe_write_error
 from etl.layout import CHECKPOINT_DIR, DATASET_DIRS, DATASET_FILES, LABELS, list_path
 from etl.meanimage import mean_image, write_mean
+from etl.meansum import mean_layout
 from etl.pagecache import CacheChoice, InputSize, choose_page_cache, free_memory_bytes
 from etl.runners import make_runner
-from etl.runners.local import mean_layout
 from etl.settings import Settings, UsageError
+from etl.sinks import MeanSink
 from etl.sources import Plan, plan
 from etl.stats import SplitStats, summary_text, write_report
 
@@ -104,7 +105,7 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
     with sigterm_as_interrupt():
         for split in job.splits:
             done.append(runner.run_split(split, s, out, cache, progress))
-            write_mean_files(s, out, done[-1])
+        write_mean_files(s, out, done)
     if not any(sp.name == "val" for sp in job.splits):
         list_path(out, "val").write_text("")
     report = write_report(str(out), s.output_settings(), job.labels, done, job.notes, resumed=s.resume)
@@ -113,13 +114,25 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
     return report
 
 
-def write_mean_files(s: Settings, out: Path, stats: SplitStats) -> None:
-    """mean.binaryproto and mean.jpg from a completed train split's pixel sum."""
-    layout, summary = mean_layout(s, stats.name), stats.writer
-    if layout is None or summary is None or summary.mean_sum is None:
-        return
-    write_mean(out, mean_image(layout, summary.mean_sum, summary.written))
-    summary.mean_sum = None  # written: no need to hold it any longer
+def write_mean_files(s: Settings, out: Path, done: list[SplitStats]) -> None:
+    """mean.binaryproto and mean.jpg from the complete train split's pixel sum, as its last commit saved it.
+
+    After every split, not between them: making the mean runs OpenCV here, and `etl convert` forks its
+    workers from this process, which must not have OpenCV's thread pool running when it forks."""
+    for stats in done:
+        layout, summary = mean_layout(s.width, s.height, s.channels, stats.name), stats.writer
+        if layout is None or summary is None or not summary.sum_chunks:
+            continue
+        try:
+            sums = MeanSink(layout, Checkpoint(out), stats.name)
+            sums.resume(summary.sum_chunks)
+            assert sums.total is not None, "the last commit saved the sum"
+            write_mean(out, mean_image(layout, sums.total, summary.written))
+        except OSError as exc:
+            raise PipelineError(describe_write_error(exc, str(out), "the mean files")) from None
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted: every image is written and committed, the mean files are not; run the "
+                              "same command with --resume to write them", 130) from None
 
 
 def page_cache_choice(s: Settings, job: Plan) -> CacheChoice:

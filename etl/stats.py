@@ -101,7 +101,7 @@ class SplitStats:
 def _writer_json(summary: WriterSummary | None) -> dict[str, Any] | None:
     if summary is None:
         return None
-    return {k: v for k, v in asdict(summary).items() if k != "mean_sum"}
+    return {k: v for k, v in asdict(summary).items() if k != "sum_chunks"}  # for the pipeline, not the report
 
 
 def write_report(out_dir: str, settings: dict[str, Any], labels: list[str], splits: list[SplitStats],

@@ -3,11 +3,9 @@ protocol of etl.checkpoint."""
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import queue
-import shutil
 import threading
 import time
 from collections import Counter
@@ -17,15 +15,13 @@ from typing import Any
 
 from etl.checkpoint import Checkpoint
 from etl.door import accept_workers, receive_closing_word
+from etl.errors import UsageError, describe_write_error
 from etl.layout import db_path, list_path, skip_log_name
 from etl.meansum import SumLayout
 from etl.messages import ChunkResult, Done, Progress, Ready, ResultsLink, SplitState, WriterError, WriterSummary
 from etl.procs import child_signals, peak_rss_kb
-from etl.settings import UsageError
 from etl.sinks import ListFiles, MeanSink, open_sink
 from etl.throttle import SharedState, TokenBucket
-
-DISK_FULL_BYTES = 1 << 20  # numpy and others report a short write without ENOSPC: check what is left
 
 
 @dataclass(frozen=True)
@@ -113,7 +109,7 @@ class SplitWriter:
         self.summary.throttled_seconds = self.db.throttled_seconds
         self.lists.close()
         if complete and self.mean is not None and self.summary.written:
-            self.summary.mean_sum = self.mean.total
+            self.summary.sum_chunks = self.state.chunks  # the last commit saved the complete sum
         return self.summary
 
 
@@ -136,7 +132,7 @@ def writer_main(spec: WriterSpec, data_conn: Any, progress_conn: Any, write_budg
         _tell(progress_conn, WriterError(str(exc)))
         raise SystemExit(1) from None
     except Exception as exc:  # disk full, I/O error: the last commit stands; say why and stop
-        _tell(progress_conn, WriterError(_describe(exc, spec.out_dir)))
+        _tell(progress_conn, WriterError(describe_write_error(exc, spec.out_dir)))
         raise SystemExit(1) from None
     summary.cpu_seconds = time.process_time() - cpu0
     summary.max_rss_kb = peak_rss_kb()
@@ -164,7 +160,7 @@ def _write_in_order(writer: SplitWriter, next_chunk: int, data_conn: Any, progre
     pending: dict[int, ChunkResult] = {}  # the reorder buffer; the coordinator bounds its size
     while (data := inbox.get()) is not None:
         if isinstance(data, Done):  # every chunk was sent
-            writer.ended_by.append(f"{data!r} with {len(pending)} chunks pending")
+            writer.ended_by.append(f"'done' with {len(pending)} chunks pending")
             return not pending
         result: ChunkResult = pickle.loads(data)
         if result.chunk_id < next_chunk or result.chunk_id in pending:
@@ -194,12 +190,3 @@ def _progress(chunk: ChunkResult, written: int) -> Progress:
     return Progress(chunk.chunk_id, written, chunk.failures, chunk.warnings, chunk.bytes_read, chunk.stage_seconds,
                     sum(len(r.value) for r in chunk.records), chunk.throttled_seconds, chunk.max_rss_kb,
                     chunk.cpu_seconds)
-
-
-def _describe(exc: BaseException, out_dir: str) -> str:
-    text = str(exc)
-    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in text
-    if full or shutil.disk_usage(out_dir).free < DISK_FULL_BYTES:
-        return f"the disk is full ({text}); free space, then run the same command with --resume"
-    return (f"writing the database failed ({type(exc).__name__}: {text}); it holds its last commit: "
-            "fix the cause, then run the same command with --resume")

@@ -221,3 +221,30 @@ def test_convert_after_the_caller_used_opencv_threads(small_tree, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "9"
+
+
+def test_sizes_that_run_opencvs_thread_pool_for_the_mean_do_not_hang_the_val_split(small_tree, tmp_path):
+    """`etl convert` forks its workers: the coordinator makes the mean image (OpenCV) only after the last split,
+    since at 256x256 and up the resize starts OpenCV's threads, and workers forked after that deadlock."""
+    proc = subprocess.run([sys.executable, "-m", "etl", "convert", str(small_tree / "train"), str(tmp_path / "o"),
+                           "--width", "256", "--height", "256", "--val-pct", "25", "--workers", "2", "--quiet"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["splits"]["val"]["written"] > 0 and (tmp_path / "o" / "mean.jpg").exists()
+
+
+def test_a_mean_file_that_cannot_be_written_is_one_line_and_resume_writes_it(small_tree, tmp_path):
+    args = ("convert", str(small_tree / "val"), str(tmp_path / "o"), "--val-pct", "0", "--workers", "1", "--quiet")
+    assert run_cli(*args).returncode == 0
+    proto = tmp_path / "o" / "mean.binaryproto"
+    good = proto.read_bytes()
+    proto.unlink()
+    proto.mkdir()  # something in the way of the mean file
+    proc = run_cli(*args, "--resume")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("etl: error: writing the mean files failed (IsADirectoryError")
+    assert proc.stderr.strip().endswith("run the same command with --resume")
+    proto.rmdir()
+    assert run_cli(*args, "--resume").returncode == 0
+    assert proto.read_bytes() == good

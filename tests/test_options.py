@@ -98,6 +98,9 @@ def test_help_shows_the_real_defaults_and_the_same_layout(capsys):
     ({"shuffle": "no"}, "option shuffle expects true or false, got 'no'"),
     ({"resize_mode": 3}, "option resize_mode expects text, got 3"),
     ({"image_timeout": True}, "option image_timeout expects a number, got True"),
+    ({"image_timeout": float("nan")}, "--image-timeout must be above 0 seconds, got nan"),  # no hang check otherwise
+    ({"io_target": float("nan")}, "--io-target must be a percentage from 1 to 100, got nan"),
+    ({"val_pct": float("nan")}, "--val-pct must be from 0 to below 100, got nan"),
 ])
 def test_checks_keep_their_messages(folders, values, message):
     with pytest.raises(UsageError) as err:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from etl.converter import WorkSpec
 from etl.errors import Interrupted, PipelineError
 from etl.layout import db_name
-from etl.meansum import SumLayout
+from etl.meansum import mean_layout
 from etl.messages import Progress, Ready, WriterSummary
 from etl.pagecache import CacheChoice
 from etl.procs import NO_WRITER_EXIT, exit_reason, mp_context
@@ -34,11 +34,6 @@ class QuietTqdm(tqdm):
     monitor_interval = 0
 
 
-def mean_layout(s: Settings, split: str) -> SumLayout | None:
-    """The train split's images make the mean image; the others are not summed."""
-    return SumLayout(s.width, s.height, s.channels) if split == "train" else None
-
-
 def caps_for(s: Settings, split: str) -> Caps:
     def pick(value: dict[str, float] | None) -> float | None:
         return value.get(split) if value else None
@@ -54,8 +49,8 @@ def death_reason(handle: WorkerHandle) -> str:
 
 def writer_spec(split: Split, s: Settings, out: Path, cache: CacheChoice) -> WriterSpec:
     return WriterSpec(split.name, str(out), split.reader.list_prefix(s.relative_paths), s.commit_every, s.resume,
-                      mean=mean_layout(s, split.name), keep_page_cache=not cache.drop_output,
-                      stop_at_failure=s.on_error == "fail")
+                      mean=mean_layout(s.width, s.height, s.channels, split.name),
+                      keep_page_cache=not cache.drop_output, stop_at_failure=s.on_error == "fail")
 
 
 class LocalRunner:
