@@ -10,7 +10,7 @@ from tqdm import tqdm
 from turbojpeg import TurboJPEG
 
 from etl.datum import decode_blobproto
-from etl.layout import db_name, db_path, list_path
+from etl.layout import LABELS, MEAN_JPG, MEAN_PROTO, REPORT, db_name, db_path, list_path
 from etl.reader import LmdbDataset, datum_pixels
 
 MAX_LISTED = 20
@@ -31,8 +31,8 @@ def verify(out_dir: str, progress: bool = True) -> Checker:
     check = Checker()
     out = Path(out_dir)
     try:
-        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-        labels = (out / "labels.txt").read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+        report = json.loads((out / REPORT).read_text(encoding="utf-8"))
+        labels = (out / LABELS).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
     except (OSError, ValueError) as exc:
         check.fail(f"cannot read report.json or labels.txt: {exc}")
         return check
@@ -107,15 +107,15 @@ def _check_list(check: Checker, path: Path, written: int, n_labels: int) -> None
 
 def _check_mean(check: Checker, out: Path, settings: dict[str, Any]) -> None:
     try:
-        mean = decode_blobproto((out / "mean.binaryproto").read_bytes())
+        mean = decode_blobproto((out / MEAN_PROTO).read_bytes())
     except (OSError, ValueError) as exc:
-        check.fail(f"mean.binaryproto is not a valid BlobProto: {exc}")
+        check.fail(f"{MEAN_PROTO} is not a valid BlobProto: {exc}")
         return
     expected = (settings["channels"], settings["height"], settings["width"])
     if mean.shape != expected:
-        check.fail(f"mean.binaryproto has shape {mean.shape}, expected {expected}")
-    if not (out / "mean.jpg").is_file():
-        check.fail("mean.jpg is missing")
+        check.fail(f"{MEAN_PROTO} has shape {mean.shape}, expected {expected}")
+    if not (out / MEAN_JPG).is_file():
+        check.fail(f"{MEAN_JPG} is missing")
 
 
 def render(check: Checker) -> str:

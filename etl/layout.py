@@ -8,7 +8,8 @@ SPLITS = ("train", "val")
 CHECKPOINT_DIR = ".etl"
 LABELS = "labels.txt"
 REPORT = "report.json"
-MEAN_FILES = ("mean.binaryproto", "mean.jpg")
+MEAN_PROTO, MEAN_JPG = "mean.binaryproto", "mean.jpg"
+MEAN_FILES = (MEAN_PROTO, MEAN_JPG)
 
 
 def db_name(split: str) -> str:

@@ -110,10 +110,16 @@ class SplitState:
 
 
 class Done(NamedTuple):
-    """The coordinator's closing word to the writer: complete (every chunk was delivered) or stop early
-    (commit what is in order, mark the split incomplete)."""
+    """The coordinator's closing word. To the writer: complete (every chunk was delivered) or stop early
+    (commit what is in order, mark the split incomplete). To a worker: no more tasks."""
 
     complete: bool
+
+
+class Delivered(NamedTuple):
+    """A worker's word to the coordinator: this chunk's result is with the writer, so it has room for a task."""
+
+    chunk_id: int
 
 
 class Ready(NamedTuple):

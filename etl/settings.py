@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.errors import UsageError
+from etl.layout import SPLITS
 from etl.options import kind_of, opt_of, option, problem
 
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
@@ -26,7 +27,6 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-SPLITS = ("train", "val")
 
 
 def parse_cap(name: str, value: Any) -> dict[str, float]:

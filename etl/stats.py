@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from etl.layout import REPORT
 from etl.messages import STAGES, Failure, Progress, WriterSummary
 from etl.procs import peak_rss_kb
 
@@ -114,7 +115,7 @@ def write_report(out_dir: str, settings: dict[str, Any], labels: list[str], spli
         "notes": notes,
         "splits": {s.name: s.to_json(labels) for s in splits},
     }
-    path = Path(out_dir, "report.json")
+    path = Path(out_dir, REPORT)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import cv2
 
 from etl.converter import ImageConverter, WorkSpec
-from etl.messages import ResultsLink, Task
+from etl.messages import Delivered, Done, ResultsLink, Task
 from etl.procs import (
     NO_WRITER_EXIT,
     child_signals,
@@ -47,7 +47,7 @@ def _take_tasks(conn: Connection, inbox: queue.Queue) -> None:
     """Read tasks as soon as they come, so the coordinator never blocks on a big task while this
     worker is itself blocked sending a result back on the same pipe."""
     try:
-        while (task := conn.recv()) is not None:
+        while not isinstance(task := conn.recv(), Done):
             inbox.put(task)
     except (EOFError, OSError):
         # The coordinator is gone (killed): nobody will read a result. Leave now, even if the
@@ -89,8 +89,8 @@ def _start_worker(spec: WorkSpec, slot: Slot, budgets: Budgets | None, link: Res
 
 
 def worker_main(spec: WorkSpec, conn: Connection, slot: Slot, budgets: Budgets | None, link: ResultsLink) -> None:
-    """A worker's life: take chunks from its pipe until None; send each result to the writer, pickled,
-    then the chunk's number back to the coordinator (which thus never copies the records)."""
+    """A worker's life: take chunks from its pipe until Done; send each result to the writer, pickled,
+    then Delivered back to the coordinator (which thus never copies the records)."""
     converter, to_writer = _start_worker(spec, slot, budgets, link)
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_take_tasks, args=(conn, inbox), daemon=True).start()
@@ -109,7 +109,7 @@ def worker_main(spec: WorkSpec, conn: Connection, slot: Slot, budgets: Budgets |
             to_writer.send_bytes(result)
         except OSError:
             return  # the writer is gone (see above)
-        conn.send(task.chunk_id)
+        conn.send(Delivered(task.chunk_id))
 
 
 class WorkerHandle:
@@ -117,7 +117,7 @@ class WorkerHandle:
 
     def __init__(self, ctx: BaseContext, number: int, spec: WorkSpec, budgets: Budgets | None,
                  link: ResultsLink) -> None:
-        self.conn, child_conn = ctx.Pipe()  # tasks out, chunk numbers back: small messages only
+        self.conn, child_conn = ctx.Pipe()  # Tasks out, Delivered back: small messages only
         self.slot = Slot(ctx.Value("q", -1, lock=False), ctx.Value("d", 0.0, lock=False))
         self.proc: BaseProcess = ctx.Process(target=worker_main, args=(spec, child_conn, self.slot, budgets, link),
                                              name=f"etl-worker-{number}", daemon=True)
@@ -171,10 +171,10 @@ class WorkerPool:
         return list(dead.tasks)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask each worker to finish (None), then make sure none is left behind."""
+        """Ask each worker to finish (Done), then make sure none is left behind."""
         for h in self.handles:
             try:
-                h.conn.send(None)
+                h.conn.send(Done(complete=True))
             except OSError:
                 pass
         deadline = time.monotonic() + timeout

@@ -3,16 +3,48 @@ database sink (a sharded sink goes beside LmdbSink and is chosen there)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
+from etl.messages import Record
 from etl.sinks.lists import ListFiles
 from etl.sinks.lmdb import LmdbSink
 from etl.sinks.mean import MeanSink
 from etl.throttle import TokenBucket
 
-__all__ = ["ListFiles", "LmdbSink", "MeanSink", "open_sink"]
+__all__ = ["ListFiles", "LmdbSink", "MeanSink", "Sink", "open_sink"]
 
 
-def open_sink(db_path: Path, budget: TokenBucket | None, keep_page_cache: bool) -> LmdbSink:
+class Sink(Protocol):
+    """What the writer's commit protocol asks of a split's database (see etl.writer.SplitWriter)."""
+
+    throttled_seconds: float  # time spent waiting for the write budget
+
+    def records(self) -> int:
+        """Records committed so far, over all its environments (what a resume starts from)."""
+        ...
+
+    def add(self, records: Sequence[Record], first_index: int) -> None:
+        """Queue records for the next commit; first_index is the first one's place in the split's write order."""
+        ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def commit(self, written: int) -> None:
+        """Make the queued records durable; written: the split's record count after them."""
+        ...
+
+    def release_pages(self) -> None:
+        """After a durable commit: let the page cache drop what it wrote (unless told to keep it)."""
+        ...
+
+    def close(self) -> int:
+        """Sync and close; returns its map size in bytes (report.json's writer.map_size)."""
+        ...
+
+
+def open_sink(db_path: Path, budget: TokenBucket | None, keep_page_cache: bool) -> Sink:
     """The database sink for one split."""
     return LmdbSink(db_path, budget, keep_page_cache)
