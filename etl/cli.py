@@ -92,7 +92,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from etl.api import run_convert
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet")}
-    # fork: this process never runs OpenCV, so a forked worker cannot inherit its thread pool's locks.
+    # fork: this process runs OpenCV only after its last fork (the mean image), so no forked worker inherits
+    # the locks of a running OpenCV thread pool.
     # A run that writes nothing raises NothingConverted, a PipelineError: main prints it and exits 1.
     run_convert(values, args.config, progress=not args.quiet, start_method="fork")
     return 0

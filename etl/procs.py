@@ -31,7 +31,7 @@ def mp_context(start_method: str | None = None) -> BaseContext:
     Plain fork is faster to start (~0.2 s per run) but only safe from a process that never used
     OpenCV's thread pool: a forked worker deadlocks on its first cv2 call when the parent's pool
     was busy (seen with `etl demo`, which draws its images with OpenCV). `etl convert` knows its
-    coordinator never runs OpenCV and asks for fork. spawn where neither exists.
+    coordinator runs OpenCV only for the mean image, after its last fork, and asks for fork. spawn where neither exists.
     """
     methods = mp.get_all_start_methods()
     if start_method == "fork" and "fork" in methods:
