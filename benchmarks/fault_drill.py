@@ -2,7 +2,7 @@
 
     python benchmarks/fault_drill.py --src FOLDER [--kills 3] [--seed 0]
 
-Builds a class tree from FOLDER (as compare.py does), adds every bad and awkward kind from
+Builds a class tree from FOLDER (as `etl bench --src` does), adds every bad and awkward kind from
 etl.synth, converts it once uninterrupted, then again while SIGKILLing the whole process group at
 random moments and resuming, and compares the two datasets record by record.
 """
