@@ -73,7 +73,8 @@ def resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Antialiased downscale: bilinear to a power-of-two multiple of the target, then an exact box average.
 
     cv2's INTER_AREA is slow for non-integer ratios and INTER_LINEAR alone aliases; this pair
-    costs about half of INTER_AREA and scores above Pillow's BILINEAR in PSNR (see docs/benchmarks.md, "Measured by hand").
+    costs about half of INTER_AREA and scores above Pillow's BILINEAR in PSNR (docs/benchmarks.md,
+    "Measured by hand").
     Works on (H, W, C) pixels and on single (H, W) planes.
     """
     src_h, src_w = pixels.shape[:2]
