@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from etl import __version__
-from etl.layout import CHECKPOINT_DIR
+from etl.layout import CHECKPOINT_DIR, JOB
 from etl.messages import Item, SplitState
 from etl.settings import UsageError
 
@@ -58,12 +58,12 @@ class Checkpoint:
     def start_job(self, settings: dict[str, Any], digests: dict[str, str]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         job = {"settings": settings, "splits": digests, "etl_version": __version__}
-        fsync_write(self.path("job.json"), json.dumps(job).encode())
+        fsync_write(self.path(JOB), json.dumps(job).encode())
 
     def check_resume(self, settings: dict[str, Any], digests: dict[str, str]) -> None:
         """Refuse to resume with other settings or other input than the first run had."""
         try:
-            job = json.loads(self.path("job.json").read_text())
+            job = json.loads(self.path(JOB).read_text())
         except (OSError, ValueError):
             raise UsageError(f"nothing to resume in {self.dir.parent}: no checkpoint from an earlier run") from None
         started_by = job.get("etl_version", "0.2")  # versions before 0.3 did not record themselves

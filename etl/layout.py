@@ -6,6 +6,8 @@ from pathlib import Path
 
 SPLITS = ("train", "val")
 CHECKPOINT_DIR = ".etl"
+JOB = "job.json"  # in CHECKPOINT_DIR: the job's identity (etl.checkpoint)
+LOCK = "lock"  # in CHECKPOINT_DIR: the output lock (etl.outlock); kept when a dataset is replaced
 LABELS = "labels.txt"
 REPORT = "report.json"
 MEAN_PROTO, MEAN_JPG = "mean.binaryproto", "mean.jpg"

@@ -13,11 +13,12 @@ from typing import Any
 
 from etl.checkpoint import Checkpoint, plan_digest
 from etl.errors import Interrupted, PipelineError, describe_write_error
-from etl.layout import CHECKPOINT_DIR, DATASET_DIRS, DATASET_FILES, LABELS, list_path
+from etl.layout import CHECKPOINT_DIR, DATASET_DIRS, DATASET_FILES, JOB, LABELS, LOCK, list_path
 from etl.meanimage import mean_image, write_mean
 from etl.meansum import mean_layout
+from etl.outlock import exclusive
 from etl.pagecache import CacheChoice, InputSize, choose_page_cache, free_memory_bytes
-from etl.runners import make_runner
+from etl.runners import Runner, make_runner
 from etl.settings import Settings, UsageError
 from etl.sinks import MeanSink
 from etl.sources import Plan, plan
@@ -35,30 +36,43 @@ def check_output(s: Settings) -> None:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write to {parent}: choose an output folder you can write to")
     if s.resume:
-        if not (out / CHECKPOINT_DIR).is_dir():
+        if not (out / CHECKPOINT_DIR / JOB).is_file():
             raise UsageError(f"nothing to resume in {out}: no checkpoint from an earlier run")
         return
-    existing = [n for n in DATASET_FILES + DATASET_DIRS if (out / n).exists()]
+    existing = [n for n in DATASET_FILES + DATASET_DIRS if (out / n).exists() and not _only_the_lock(out / n)]
     if existing and not s.overwrite:
         raise UsageError(f"{out} already holds a dataset ({existing[0]}): pass --resume to continue it "
                          "or --overwrite to replace it")
 
 
-def prepare_output(s: Settings) -> Path:
-    """Create the output folder, clearing an old dataset only when --overwrite said so."""
+def _only_the_lock(path: Path) -> bool:
+    """The checkpoint folder of a run that stopped before its first word: only the output lock is in it."""
+    return path.name == CHECKPOINT_DIR and path.is_dir() and {p.name for p in path.iterdir()} <= {LOCK}
+
+
+def create_output(s: Settings) -> Path:
     out = Path(s.out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)  # where the output lock lives
     except OSError as exc:
         raise UsageError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
-    if not s.resume:
-        for name in DATASET_FILES + DATASET_DIRS:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
     return out
+
+
+def clear_output(s: Settings, out: Path) -> None:
+    """Clear an old dataset (only reached with --overwrite, or where there is none); the lock stays."""
+    if s.resume:
+        return
+    for name in DATASET_FILES + DATASET_DIRS:
+        path = out / name
+        if name == CHECKPOINT_DIR:
+            for inner in path.iterdir():
+                if inner.name != LOCK:
+                    shutil.rmtree(inner) if inner.is_dir() else inner.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _raise_on_sigterm(signum: int, frame: Any) -> None:
@@ -98,7 +112,15 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
     check_output(s)
     runner = make_runner(s, start_method)
     job = plan(s)
-    out = prepare_output(s)
+    out = create_output(s)
+    with exclusive(out):
+        check_output(s)  # again, now that no other run can change the folder
+        clear_output(s, out)
+        return run_job(s, job, out, runner, progress)
+
+
+def run_job(s: Settings, job: Plan, out: Path, runner: Runner, progress: bool) -> dict[str, Any]:
+    """Every split, the mean files, the report and the summary, into an output folder this run holds."""
     start_job(s, job, out)
     cache = page_cache_choice(s, job)
     done: list[SplitStats] = []

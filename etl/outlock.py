@@ -1,0 +1,66 @@
+"""Output lock: one etl run per output folder at a time (an exclusive flock); `etl verify` takes a shared one."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from etl.errors import UsageError
+from etl.layout import CHECKPOINT_DIR, LOCK
+
+
+def lock_path(out: str | Path) -> Path:
+    return Path(out, CHECKPOINT_DIR, LOCK)
+
+
+def _holder(path: Path) -> str:
+    try:
+        pid = path.read_text().strip()
+    except OSError:
+        pid = ""
+    return f"pid {pid}" if pid.isdigit() else "pid unknown"
+
+
+@contextmanager
+def exclusive(out: str | Path) -> Iterator[None]:
+    """Held for a whole conversion; the kernel releases it when the process ends, however it ends."""
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{out} is in use by another etl run ({_holder(path)}): wait for it to end, "
+                             "or choose another output folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def shared(out: str | Path) -> Iterator[None]:
+    """Held while a dataset is read whole (etl verify): no conversion may be writing it meanwhile."""
+    path = lock_path(out)
+    if not path.parent.is_dir():  # no checkpoint folder (copied without it): nothing writes here through etl
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:  # a read-only copy: etl cannot be writing it either
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{out} is being written by an etl run ({_holder(path)}): verify it when that "
+                             "run has ended") from None
+        yield
+    finally:
+        os.close(fd)
