@@ -64,3 +64,76 @@ def test_a_run_that_stopped_before_its_first_word_leaves_no_dataset_behind(tmp_p
     (tmp_path / "t" / "a").mkdir(parents=True)
     proc = run_cli("convert", str(tmp_path / "t"), str(out), "--resume")
     assert proc.returncode == 2 and "nothing to resume" in proc.stderr
+
+
+def small_jpeg() -> bytes:
+    from .conftest import gradient, jpeg
+
+    return jpeg(gradient(40, 30))
+
+
+def tree_of(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def test_a_line_break_in_a_class_name_is_refused_before_any_work(tmp_path):
+    train = tree_of(tmp_path / "t", {"a/1.jpg": small_jpeg(), "b\nc/1.jpg": small_jpeg(), "d/1.jpg": small_jpeg()})
+    proc = run_cli("convert", str(train), str(tmp_path / "o"), "--val-pct", "0")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"etl: error: the class folder 'b\\nc' in {train} has a line break in its name, "
+                                   "which labels.txt cannot hold: rename it")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_line_break_in_a_file_name_skips_that_file_with_the_reason(tmp_path):
+    train = tree_of(tmp_path / "t", {"a/1.jpg": small_jpeg(), "a/2\r.jpg": small_jpeg(), "b/1.jpg": small_jpeg()})
+    out = tmp_path / "o"
+    assert run_cli("convert", str(train), str(out), "--val-pct", "0", "--workers", "1", "--quiet").returncode == 0
+    report = json.loads((out / "report.json").read_text())["splits"]["train"]
+    assert report["written"] == 2 and [f["path"] for f in report["skipped_files"]] == ["a/2\r.jpg"]
+    assert "line break" in report["skipped_files"][0]["reason"]
+    assert len((out / "train.txt").read_text().splitlines()) == 2
+    assert run_cli("verify", str(out), "--quiet").returncode == 0
+
+
+def without_dac(*cmd: str) -> list[str]:
+    """Run as root without the capabilities that let root read any folder, as an ordinary user is."""
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="drops root's DAC capabilities with setpriv; as a "
+                                "plain user, chmod alone makes the folder unreadable and the other tests cover it")
+
+
+@needs_root
+@pytest.mark.parametrize("where", ["b", "b/sub", "."])
+def test_a_folder_that_cannot_be_listed_stops_the_run_before_any_work(tmp_path, where):
+    train = tree_of(tmp_path / "t", {"a/1.jpg": small_jpeg(), "b/sub/1.jpg": small_jpeg(), "b/2.jpg": small_jpeg(),
+                                     "c/1.jpg": small_jpeg()})
+    (train / where).chmod(0)
+    try:
+        proc = subprocess.run(without_dac(sys.executable, "-m", "etl", "convert", str(train), str(tmp_path / "o"),
+                                          "--val-pct", "0", "--workers", "1"),
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        (train / where).chmod(0o755)
+    assert proc.returncode == 2, proc.stderr
+    folder = os.path.normpath(train / where)
+    assert proc.stderr.strip() == (f"etl: error: cannot list the folder {folder}: Permission denied: make it "
+                                   "readable, or move it out of the input")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o" / "labels.txt").exists()
+
+
+def test_a_fifo_named_like_an_image_is_skipped_at_once(tmp_path):
+    train = tree_of(tmp_path / "t", {"a/1.jpg": small_jpeg(), "b/1.jpg": small_jpeg()})
+    os.mkfifo(train / "a" / "pipe.JPEG")
+    out = tmp_path / "o"
+    proc = run_cli("convert", str(train), str(out), "--val-pct", "0", "--workers", "1", "--quiet",
+                   "--image-timeout", "30")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())["splits"]["train"]
+    assert report["skipped_files"] == [{"path": "a/pipe.JPEG", "reason": "cannot read: not a regular file (a FIFO)"}]
+    assert report["workers_replaced"] == []  # no worker hung on it

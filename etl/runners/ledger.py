@@ -10,8 +10,13 @@ from etl.messages import Item, Task
 MAX_CHUNK_RETRIES = 3
 
 
-def chunks(items: list[Item], size: int) -> list[Task]:
-    return [Task(k, tuple(items[start:start + size])) for k, start in enumerate(range(0, len(items), size))]
+def chunks(items: list[Item], size: int, give_up: dict[int, str] | None = None) -> list[Task]:
+    """Consecutive items, `size` to a task; give_up: items to report as skipped with their reason, unread."""
+    tasks = [Task(k, tuple(items[start:start + size])) for k, start in enumerate(range(0, len(items), size))]
+    if give_up:
+        tasks = [t._replace(give_up={it.index: give_up[it.index] for it in t.items if it.index in give_up})
+                 for t in tasks]
+    return tasks
 
 
 class TooManyLosses(Exception):

@@ -69,7 +69,7 @@ class SplitRun:
 
     def __init__(self, split: Split, s: Settings, out: Path, progress: bool, cache: CacheChoice) -> None:
         self.split, self.s, self.out, self.cache = split, s, out, cache
-        self.tasks = chunks(split.items, s.chunk_size)
+        self.tasks = chunks(split.items, s.chunk_size, split.give_up)
         self.workers = max(1, min(s.worker_count, len(self.tasks)))
         self.stats = SplitStats(split.name, len(split.items), worker_count=self.workers)
         self.bar = QuietTqdm(total=len(split.items), desc=split.name, unit="img", disable=not progress,

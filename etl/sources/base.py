@@ -63,6 +63,7 @@ class Split:
     name: str
     reader: Reader
     items: list[Item]
+    give_up: dict[int, str] = field(default_factory=dict)  # items known bad at the plan: index -> reason
 
     def sample_paths(self, count: int = 256) -> list[str]:
         """Up to `count` of its item paths, evenly spread over the list (so over the classes)."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from etl.errors import UsageError
 from etl.pagecache import InputSize, estimate_input
 from etl.sources.base import Unreadable, byte_order
 from etl.throttle import block_device
@@ -25,7 +27,7 @@ def scan_class_folder(class_dir: Path) -> list[str]:
     """
     found: list[str] = []
     seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(class_dir, onerror=_unlistable, followlinks=True):
         st = os.stat(dirpath)
         if (st.st_dev, st.st_ino) in seen:
             dirnames.clear()
@@ -37,11 +39,28 @@ def scan_class_folder(class_dir: Path) -> list[str]:
     return byte_order(found)
 
 
+def _unlistable(exc: OSError) -> None:
+    """A folder that cannot be listed stops the plan: skipping it would drop its images, or its class and
+    shift every later label, without a word."""
+    raise UsageError(f"cannot list the folder {exc.filename}: {exc.strerror or exc}: make it readable, or move it "
+                     "out of the input")
+
+
 def scan_tree(root: str) -> dict[str, list[str]]:
     """Class name -> image paths (relative to root), classes in byte order."""
     top = Path(root)
-    names = byte_order([e.name for e in os.scandir(top) if e.is_dir()])
+    try:
+        with os.scandir(top) as entries:
+            names = byte_order([e.name for e in entries if e.is_dir()])
+    except OSError as exc:
+        _unlistable(exc)
     return {name: scan_class_folder(top / name) for name in names}
+
+
+def _kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
+             stat.S_ISBLK: "a block device"}
+    return next((name for test, name in kinds.items() if test(mode)), "not a file")
 
 
 @dataclass(frozen=True)
@@ -56,12 +75,17 @@ class FileReader:
     def read(self, path: str, charge: Callable[[int], None], drop_cache: bool) -> bytes:
         full = self.where(path)
         try:
-            with open(full, "rb") as fh:
-                charge(os.fstat(fh.fileno()).st_size)
+            # Non-blocking: a FIFO named .JPEG would otherwise block the open until its image timeout.
+            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as fh:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise Unreadable(f"cannot read: not a regular file ({_kind(st.st_mode)})")
+                charge(st.st_size)
                 data = fh.read()
                 if drop_cache:
                     # read once: do not push other programs' working set out of the page cache
-                    os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             return data
         except FileNotFoundError:
             reason = "dangling symlink" if os.path.islink(full) else "file vanished since the scan"

@@ -47,6 +47,7 @@ def _split_by_pct(classes: dict[str, list[str]], s: Settings) -> tuple[Pairs, Pa
 def _val_source(path: str, labels: list[str], notes: list[str]) -> tuple[Pairs, Reader]:
     source = open_source(path)
     val_classes = source.classes()
+    _refuse_line_breaks(val_classes, path)
     unknown = [name for name in val_classes if name not in labels]
     if unknown:
         raise UsageError(f"val folder has classes the train folder lacks: {', '.join(unknown[:5])}")
@@ -57,18 +58,38 @@ def _val_source(path: str, labels: list[str], notes: list[str]) -> tuple[Pairs, 
     return [(path, label_of[name]) for name, files in val_classes.items() for path in files], source.reader()
 
 
+LINE_BREAKS = ("\n", "\r")
+
+
+def _refuse_line_breaks(classes: dict[str, list[str]], where: str) -> None:
+    """labels.txt has one class per line: a name with a line break would shift every later label."""
+    bad = [name for name in classes if any(c in name for c in LINE_BREAKS)]
+    if bad:
+        raise UsageError(f"the class folder {bad[0]!r} in {where} has a line break in its name, which labels.txt "
+                         "cannot hold: rename it")
+
+
+def _unlistable_names(items: list[Item]) -> dict[int, str]:
+    """Items whose path has a line break, which train.txt/val.txt cannot hold: skipped, with the reason."""
+    return {it.index: "its name has a line break, which the list file cannot hold: rename it"
+            for it in items if any(c in it.path for c in LINE_BREAKS)}
+
+
 def _ordered(name: str, reader: Reader, pairs: Pairs, s: Settings) -> Split:
     if s.shuffle:
         order = _rng(s.seed, name).permutation(len(pairs))  # type: ignore[arg-type]
         pairs = [pairs[i] for i in order]
-    return Split(name, reader, [Item(i, path, label) for i, (path, label) in enumerate(pairs)])
+    items = [Item(i, path, label) for i, (path, label) in enumerate(pairs)]
+    return Split(name, reader, items, _unlistable_names(items))
 
 
 def plan(s: Settings) -> Plan:
     """Scan the inputs and decide every database's content and order."""
     notes: list[str] = []
     source = open_source(s.train_dir)
-    classes = _limit_classes(source.classes(), s, notes)
+    found = source.classes()
+    _refuse_line_breaks(found, s.train_dir)
+    classes = _limit_classes(found, s, notes)
     if not any(classes.values()):
         raise UsageError(f"no images found in class sub-folders of {s.train_dir}")
     labels = list(classes)
