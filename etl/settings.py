@@ -217,7 +217,19 @@ def _check_folders(s: Settings) -> None:
         raise UsageError(f"val folder not found: {s.val_dir}")
     if not s.out_dir:
         raise UsageError("no output folder given")
-    out = Path(s.out_dir).resolve()
+    _check_nesting(s)
+
+
+def _check_nesting(s: Settings) -> None:
+    """An output inside an input is scanned as a class by the next run; a val folder inside train is read twice."""
+    out, train = Path(s.out_dir).resolve(), Path(s.train_dir).resolve()
     for src in (s.train_dir, s.val_dir):
         if src is not None and out == Path(src).resolve():
             raise UsageError(f"output folder {s.out_dir} is an input folder: choose another")
+        if src is not None and Path(src).resolve() in out.parents:
+            raise UsageError(f"output folder {s.out_dir} is inside the input folder {src}: choose one outside it")
+    if s.val_dir is not None:
+        val = Path(s.val_dir).resolve()
+        if val == train or train in val.parents:
+            raise UsageError(f"--val-dir {s.val_dir} is {'the' if val == train else 'inside the'} train folder: "
+                             "give a separate folder, or --val-pct to hold out part of each class")

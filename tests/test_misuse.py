@@ -137,3 +137,25 @@ def test_a_fifo_named_like_an_image_is_skipped_at_once(tmp_path):
     report = json.loads((out / "report.json").read_text())["splits"]["train"]
     assert report["skipped_files"] == [{"path": "a/pipe.JPEG", "reason": "cannot read: not a regular file (a FIFO)"}]
     assert report["workers_replaced"] == []  # no worker hung on it
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["{t}", "{t}/zout"], "output folder {t}/zout is inside the input folder {t}: choose one outside it"),
+    (["{t}", "{o}", "--val-dir", "{v}", ], None),
+    (["{t}", "{v}/out", "--val-dir", "{v}"], "output folder {v}/out is inside the input folder {v}: choose one "
+                                             "outside it"),
+    (["{t}", "{o}", "--val-dir", "{t}"], "--val-dir {t} is the train folder: give a separate folder, or --val-pct "
+                                         "to hold out part of each class"),
+    (["{t}", "{o}", "--val-dir", "{t}/a"], "--val-dir {t}/a is inside the train folder: give a separate folder, or "
+                                           "--val-pct to hold out part of each class"),
+])
+def test_output_inside_an_input_and_val_inside_train_are_refused(tmp_path, args, message):
+    t = tree_of(tmp_path / "t", {"a/1.jpg": small_jpeg()})
+    v = tree_of(tmp_path / "v", {"a/1.jpg": small_jpeg()})
+    fill = {"t": t, "v": v, "o": tmp_path / "o"}
+    proc = run_cli("convert", *[a.format(**fill) for a in args], "--workers", "1", "--quiet")
+    if message is None:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode == 2 and proc.stderr.strip() == "etl: error: " + message.format(**fill)
+        assert not (tmp_path / "t" / "zout").exists()
