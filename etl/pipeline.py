@@ -75,6 +75,11 @@ def clear_output(s: Settings, out: Path) -> None:
             path.unlink()
 
 
+def printable(text: str) -> str:
+    """Names that are not UTF-8 shown with \\xNN-style escapes instead of failing the terminal's encoder."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _raise_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -132,7 +137,7 @@ def run_job(s: Settings, job: Plan, out: Path, runner: Runner, progress: bool) -
         list_path(out, "val").write_text("")
     report = write_report(str(out), s.output_settings(), job.labels, done, job.notes, resumed=s.resume)
     if progress:
-        print(summary_text(str(out), job.labels, done, job.notes))
+        print(printable(summary_text(str(out), job.labels, done, job.notes)))
     return report
 
 

@@ -117,7 +117,10 @@ def write_report(out_dir: str, settings: dict[str, Any], labels: list[str], spli
     }
     path = Path(out_dir, REPORT)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    # Names are the file system's bytes; bytes that are not UTF-8 arrive as lone surrogates (Python's
+    # surrogateescape), which are written as the JSON escapes \udcXX: the file stays UTF-8 JSON, and
+    # json.load gives back the same name (os.fsencode turns it into the original bytes).
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8", errors="backslashreplace")
     tmp.replace(path)
     return report
 

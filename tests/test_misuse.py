@@ -159,3 +159,22 @@ def test_output_inside_an_input_and_val_inside_train_are_refused(tmp_path, args,
     else:
         assert proc.returncode == 2 and proc.stderr.strip() == "etl: error: " + message.format(**fill)
         assert not (tmp_path / "t" / "zout").exists()
+
+
+def test_a_class_name_that_is_not_utf8_converts_reports_resumes_and_verifies(tmp_path):
+    train = tmp_path / "t"
+    for name in (b"caf\xe9", b"plain"):
+        folder = os.path.join(os.fsencode(train), name)
+        os.makedirs(folder)
+        with open(os.path.join(folder, b"1.jpg"), "wb") as fh:
+            fh.write(small_jpeg())
+    out = tmp_path / "o"
+    args = ("convert", str(train), str(out), "--val-pct", "0", "--workers", "1")
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    report = json.loads((out / "report.json").read_bytes().decode("utf-8"))  # valid UTF-8 JSON
+    assert os.fsencode(next(iter(report["splits"]["train"]["per_class"]))) == b"caf\xe9"
+    assert (out / "labels.txt").read_bytes() == b"caf\xe9\nplain\n"  # the name's own bytes, as DIGITS reads them
+    assert run_cli(*args, "--resume").returncode == 0
+    assert run_cli("verify", str(out), "--quiet").returncode == 0
