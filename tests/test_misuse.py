@@ -178,3 +178,31 @@ def test_a_class_name_that_is_not_utf8_converts_reports_resumes_and_verifies(tmp
     assert (out / "labels.txt").read_bytes() == b"caf\xe9\nplain\n"  # the name's own bytes, as DIGITS reads them
     assert run_cli(*args, "--resume").returncode == 0
     assert run_cli("verify", str(out), "--quiet").returncode == 0
+
+
+def test_a_database_cut_short_before_its_first_commit_is_made_again_on_resume(small_tree, tmp_path):
+    out = tmp_path / "o"
+    args = ("convert", str(small_tree / "train"), str(out), "--val-pct", "20", "--workers", "1", "--quiet")
+    assert run_cli(*args).returncode == 0
+    whole = all_records(out / "val_db")
+    for name in ("val.state.json", "val.pending.json"):  # as when the disk filled while val_db was created
+        (out / ".etl" / name).unlink(missing_ok=True)
+    with open(out / "val_db" / "data.mdb", "r+b") as fh:
+        fh.truncate(4096)
+    proc = run_cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert all_records(out / "val_db") == whole
+    assert run_cli("verify", str(out), "--quiet").returncode == 0
+
+
+def test_a_damaged_database_says_so_and_what_to_do(small_tree, tmp_path):
+    out = tmp_path / "o"
+    args = ("convert", str(small_tree / "val"), str(out), "--val-pct", "0", "--workers", "1", "--quiet")
+    assert run_cli(*args).returncode == 0
+    data = out / "train_db" / "data.mdb"
+    data.write_bytes(b"\0" * data.stat().st_size)
+    proc = run_cli(*args, "--resume")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith(f"etl: error: {out / 'train_db'} is damaged (")
+    assert proc.stderr.strip().endswith("MDB_INVALID: File is not an LMDB file): convert again with --overwrite")
+    assert run_cli(*args, "--overwrite").returncode == 0

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 from pathlib import Path
 
 import lmdb
 
+from etl.errors import UsageError
 from etl.messages import Record
 from etl.throttle import TokenBucket, drop_written_pages
 
 INITIAL_MAP_SIZE = 1 << 30  # grows by doubling; the file is sparse, so this is not disk used
 APPEND_LIMIT = 10**8  # '%08d' keys stay in byte order below this; append mode needs that
+
+
+def _open(path: Path) -> lmdb.Environment:
+    def attempt() -> lmdb.Environment:
+        return lmdb.open(str(path), map_size=INITIAL_MAP_SIZE, max_dbs=0, readahead=False)
+
+    try:
+        return attempt()
+    except lmdb.InvalidError as exc:
+        data = path / "data.mdb"
+        if data.stat().st_size >= 2 * mmap.PAGESIZE:  # its two meta pages were written: it held commits
+            raise UsageError(f"{path} is damaged ({exc}): convert again with --overwrite") from None
+    # Cut short before its first commit (a full disk as it was created): it never held a record.
+    for name in ("data.mdb", "lock.mdb"):
+        (path / name).unlink(missing_ok=True)
+    return attempt()
 
 
 class LmdbSink:
@@ -23,7 +41,7 @@ class LmdbSink:
         path.mkdir(parents=True, exist_ok=True)
         # LMDB's defaults: sync and metasync on, writemap off. Every commit is durable before the
         # checkpoint names it, so not even a power loss can leave the two disagreeing.
-        self.env = lmdb.open(str(path), map_size=INITIAL_MAP_SIZE, max_dbs=0, readahead=False)
+        self.env = _open(path)
         self.batch: list[tuple[bytes, bytes]] = []
         self.throttled_seconds = 0.0
         self.dropped_upto = 0  # data.mdb bytes already advised out of the page cache
