@@ -64,8 +64,10 @@ class Checkpoint:
         """Refuse to resume with other settings or other input than the first run had."""
         try:
             job = json.loads(self.path(JOB).read_text())
-        except (OSError, ValueError):
+        except OSError:
             raise UsageError(f"nothing to resume in {self.dir.parent}: no checkpoint from an earlier run") from None
+        except ValueError as exc:
+            raise damaged(self.path(JOB), exc) from None
         started_by = job.get("etl_version", "0.2")  # versions before 0.3 did not record themselves
         if _release(started_by) > _release(__version__):
             raise UsageError(f"--resume: this run was started by etl {started_by}, newer than this etl "
@@ -106,26 +108,39 @@ class Checkpoint:
         path = self.path(f"{split}.sum.{chunks}.npy")
         if not path.exists():
             return None
-        saved = np.load(path).astype(np.int64)
+        try:
+            saved = np.load(path).astype(np.int64)
+        except (OSError, ValueError) as exc:
+            raise damaged(path, exc) from None
         if saved.ndim != 1 or saved.size == size:
             return saved
         return np.concatenate([np.zeros(size - saved.size, np.int64), saved])  # the zeros save_sum left out
 
     def state_for(self, split: str, records_in_db: int) -> SplitState:
         """The state whose record count matches the database: the last commit that really happened."""
-        candidates = []
+        candidates, broken = [], []
         for name in (f"{split}.state.json", f"{split}.pending.json"):
             try:
                 candidates.append(SplitState.from_json(json.loads(self.path(name).read_text())))
             except FileNotFoundError:
                 continue
+            except (ValueError, TypeError) as exc:  # not JSON, or not a state's fields
+                broken.append(damaged(self.path(name), exc))
         for state in candidates:
             if state.records == records_in_db:
                 return state
+        if broken:
+            raise broken[0]
         if records_in_db == 0:
             return SplitState()
         raise UsageError(f"cannot resume {split}: its database holds {records_in_db} records but no checkpoint "
                          "matches that count; convert again with --overwrite")
+
+
+def damaged(path: Path, exc: Exception) -> UsageError:
+    """A checkpoint file that cannot be read: resuming again cannot help."""
+    return UsageError(f"the checkpoint file {path} is damaged ({type(exc).__name__}: {exc}); the run cannot be "
+                      "resumed: convert again with --overwrite")
 
 
 def truncate_lines(path: Path, keep: int) -> None:

@@ -206,3 +206,18 @@ def test_a_damaged_database_says_so_and_what_to_do(small_tree, tmp_path):
     assert proc.stderr.strip().startswith(f"etl: error: {out / 'train_db'} is damaged (")
     assert proc.stderr.strip().endswith("MDB_INVALID: File is not an LMDB file): convert again with --overwrite")
     assert run_cli(*args, "--overwrite").returncode == 0
+
+
+@pytest.mark.parametrize("name", ["train.state.json", "job.json", "train.sum.1.npy"])
+def test_a_damaged_checkpoint_file_is_named_with_advice_that_works(small_tree, tmp_path, name):
+    out = tmp_path / "o"
+    args = ("convert", str(small_tree / "val"), str(out), "--val-pct", "0", "--workers", "1", "--quiet")
+    assert run_cli(*args).returncode == 0
+    path = out / ".etl" / name
+    assert path.exists(), sorted(p.name for p in (out / ".etl").iterdir())
+    path.write_bytes(b"{not json")
+    proc = run_cli(*args, "--resume")
+    assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr
+    assert f"the checkpoint file {path} is damaged" in proc.stderr
+    assert proc.stderr.strip().endswith("convert again with --overwrite")
+    assert run_cli(*args, "--overwrite").returncode == 0  # the advice, followed
