@@ -73,7 +73,7 @@ class Checkpoint:
             raise UsageError(f"--resume: this run was started by etl {started_by}, newer than this etl "
                              f"{__version__}, and its checkpoint may not read here: resume it with etl {started_by}")
         changed = [k for k in sorted(set(job["settings"]) | set(settings))
-                   if job["settings"].get(k) != settings.get(k)]
+                   if not _same_setting(k, job["settings"].get(k), settings.get(k))]
         if changed:
             k = changed[0]
             raise UsageError(f"--resume needs the first run's settings: {k} was {job['settings'].get(k)!r}, "
@@ -135,6 +135,13 @@ class Checkpoint:
             return SplitState()
         raise UsageError(f"cannot resume {split}: its database holds {records_in_db} records but no checkpoint "
                          "matches that count; convert again with --overwrite")
+
+
+def _same_setting(name: str, before: Any, now: Any) -> bool:
+    """Folders are the same folder however they are spelled (train/, ./train, its absolute path)."""
+    if name.endswith("_dir") and isinstance(before, str) and isinstance(now, str):
+        return os.path.realpath(before) == os.path.realpath(now)
+    return before == now
 
 
 def damaged(path: Path, exc: Exception) -> UsageError:

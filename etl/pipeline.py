@@ -121,7 +121,17 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
     with exclusive(out):
         check_output(s)  # again, now that no other run can change the folder
         clear_output(s, out)
-        return run_job(s, job, out, runner, progress)
+        try:
+            return run_job(s, job, out, runner, progress)
+        except (PipelineError, Interrupted) as exc:
+            raise _advice_fits(exc, s) from None
+
+
+def _advice_fits(exc: PipelineError | Interrupted, s: Settings) -> PipelineError | Interrupted:
+    """Advice to resume must work when followed literally: --resume and --overwrite do not go together."""
+    if s.overwrite:
+        exc.args = (str(exc).replace("with --resume", "with --resume in place of --overwrite"),)
+    return exc
 
 
 def run_job(s: Settings, job: Plan, out: Path, runner: Runner, progress: bool) -> dict[str, Any]:

@@ -221,3 +221,42 @@ def test_a_damaged_checkpoint_file_is_named_with_advice_that_works(small_tree, t
     assert f"the checkpoint file {path} is damaged" in proc.stderr
     assert proc.stderr.strip().endswith("convert again with --overwrite")
     assert run_cli(*args, "--overwrite").returncode == 0  # the advice, followed
+
+
+def test_the_advice_after_on_error_fail_works_followed_literally(tmp_path):
+    train = tree_of(tmp_path / "t", {f"a/{i}.jpg": small_jpeg() for i in range(6)})
+    (train / "a" / "3.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "o"
+    (out / "labels.txt").parent.mkdir()
+    (out / "labels.txt").write_text("old\n")  # an old dataset: the command says --overwrite
+    args = ["convert", str(train), str(out), "--val-pct", "0", "--workers", "1", "--chunk-size", "1",
+            "--no-shuffle", "--on-error", "fail", "--quiet"]
+    proc = run_cli(*args, "--overwrite")
+    assert proc.returncode == 1
+    said = proc.stderr.strip()
+    assert said.endswith("fix or replace that file, then run the same command with --resume in place of "
+                         "--overwrite (to leave it out instead, remove it and convert again with --overwrite)")
+    (train / "a" / "3.jpg").write_bytes(small_jpeg())  # fixed; then, literally: --resume in place of --overwrite
+    assert run_cli(*args, "--resume").returncode == 0
+    assert json.loads((out / "report.json").read_text())["splits"]["train"]["written"] == 6
+
+
+def test_removing_the_bad_file_then_converting_again_with_overwrite_works(tmp_path):
+    train = tree_of(tmp_path / "t", {f"a/{i}.jpg": small_jpeg() for i in range(4)})
+    (train / "a" / "2.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "o"
+    args = ["convert", str(train), str(out), "--val-pct", "0", "--workers", "1", "--on-error", "fail", "--quiet"]
+    assert run_cli(*args).returncode == 1
+    (train / "a" / "2.jpg").unlink()
+    assert run_cli(*args, "--overwrite").returncode == 0
+
+
+def test_resume_takes_the_same_folders_however_they_are_spelled(small_tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(small_tree)
+    out = tmp_path / "o"
+    common = ("--val-pct", "0", "--workers", "1", "--quiet", "--on-error", "fail")
+    proc = subprocess.run([sys.executable, "-m", "etl", "convert", "val/", str(out), *common], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for spelled in ("val", "./val", str(small_tree / "val")):
+        assert run_cli("convert", spelled, str(out), *common, "--resume", cwd=small_tree).returncode == 0

@@ -218,7 +218,9 @@ class SplitRun:
         self.bar.update(msg.written + len(msg.failures))
         if msg.failures and self.s.on_error == "fail":
             bad = msg.failures[0]
-            raise Interrupted(f"stopped at the first bad file (--on-error fail): {bad.path}: {bad.reason}", 1)
+            raise Interrupted(f"stopped at the first bad file (--on-error fail): {bad.path}: {bad.reason}; "
+                              "fix or replace that file, then run the same command with --resume (to leave it "
+                              "out instead, remove it and convert again with --overwrite)", 1)
 
     def _finish(self, complete: bool) -> WriterSummary:
         if self.pool is not None:
