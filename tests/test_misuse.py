@@ -260,3 +260,17 @@ def test_resume_takes_the_same_folders_however_they_are_spelled(small_tree, tmp_
     assert proc.returncode == 0, proc.stderr
     for spelled in ("val", "./val", str(small_tree / "val")):
         assert run_cli("convert", spelled, str(out), *common, "--resume", cwd=small_tree).returncode == 0
+
+
+def test_images_that_links_put_under_two_labels_are_named_in_the_summary(tmp_path):
+    train = tree_of(tmp_path / "t", {"a/1.jpg": small_jpeg(), "a/2.jpg": small_jpeg(), "c/1.jpg": small_jpeg()})
+    os.symlink(train / "a", train / "b")  # two links to one folder: two classes with the same images
+    os.symlink(train / "a" / "2.jpg", train / "c" / "2.jpg")  # a file linked from another class
+    out = tmp_path / "o"
+    proc = run_cli("convert", str(train), str(out), "--val-pct", "0", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    assert notes == ["class 'b' holds the folder b, which class 'a' holds too: its images are under both labels",
+                     "1 images are under two labels through file links, e.g. c/2.jpg (class 'c') is an image of "
+                     "class 'a'"]
+    assert all(f"note: {n}" in proc.stdout for n in notes)

@@ -63,6 +63,9 @@ class TarSource:
     def reader(self) -> TarReader:
         return TarReader(self.path)
 
+    def notes(self) -> list[str]:
+        return []
+
 
 def test_a_new_source_is_one_class_and_one_registration_line(small_tree, tmp_path, monkeypatch):
     tar = tmp_path / "train.tar"

@@ -50,6 +50,10 @@ class Source(Protocol):
     def reader(self) -> Reader:
         ...
 
+    def notes(self) -> list[str]:
+        """What the scan found worth telling the user (after classes()), e.g. images under two labels."""
+        ...
+
 
 def byte_order(names: list[str]) -> list[str]:
     """Plain byte order of the file-system names, as DIGITS sorts classes."""

@@ -20,25 +20,6 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def scan_class_folder(class_dir: Path) -> list[str]:
-    """Image files under one class folder, nested folders flattened, relative to its parent.
-
-    Linked folders are followed, each real folder once: a link loop cannot repeat or hang the scan.
-    """
-    found: list[str] = []
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(class_dir, onerror=_unlistable, followlinks=True):
-        st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen:
-            dirnames.clear()
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, class_dir.parent)
-        found.extend(os.path.join(rel_dir, f) for f in filenames if is_image_name(f))
-    return byte_order(found)
-
-
 def _unlistable(exc: OSError) -> None:
     """A folder that cannot be listed stops the plan: skipping it would drop its images, or its class and
     shift every later label, without a word."""
@@ -46,15 +27,81 @@ def _unlistable(exc: OSError) -> None:
                      "out of the input")
 
 
-def scan_tree(root: str) -> dict[str, list[str]]:
-    """Class name -> image paths (relative to root), classes in byte order."""
-    top = Path(root)
+def _listing(folder: str) -> tuple[list[str], list[str], list[str]]:
+    """(sub-folders, image files, image files that are links) of one folder, from one scandir (no stat per file)."""
+    dirs, files, links = [], [], []
     try:
-        with os.scandir(top) as entries:
-            names = byte_order([e.name for e in entries if e.is_dir()])
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.is_dir():
+                    dirs.append(e.name)
+                elif is_image_name(e.name):
+                    files.append(e.name)
+                    if e.is_symlink():
+                        links.append(e.name)
     except OSError as exc:
         _unlistable(exc)
-    return {name: scan_class_folder(top / name) for name in names}
+    return sorted(dirs), files, links
+
+
+class TreeScan:
+    """One scan of a class-folder tree: each class's images (nested folders flattened, linked folders followed,
+    each real folder once per class), and the images that links put under two labels."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+        self.owner: dict[tuple[int, int], str] = {}  # real folder -> the class that reached it first
+        self.shared: list[tuple[str, str, str]] = []  # (class, its folder, the class that also holds it)
+        self.links: list[tuple[str, str]] = []  # (class, image path that is a link)
+        try:
+            with os.scandir(self.root) as entries:
+                names = byte_order([e.name for e in entries if e.is_dir()])
+        except OSError as exc:
+            _unlistable(exc)
+        self.classes = {name: self._scan_class(name) for name in names}
+
+    def _scan_class(self, name: str) -> list[str]:
+        found: list[str] = []
+        seen: set[tuple[int, int]] = set()
+        stack = [str(self.root / name)]
+        while stack:  # depth first, sub-folders in sorted order
+            folder = stack.pop()
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                continue  # a link loop, or one folder linked twice into this class
+            seen.add((st.st_dev, st.st_ino))
+            rel = os.path.relpath(folder, self.root)
+            if self.owner.setdefault((st.st_dev, st.st_ino), name) != name:
+                self.shared.append((name, rel, self.owner[(st.st_dev, st.st_ino)]))
+            dirs, files, links = _listing(folder)
+            stack.extend(os.path.join(folder, d) for d in reversed(dirs))
+            found.extend(os.path.join(rel, f) for f in files)
+            self.links.extend((name, os.path.join(rel, f)) for f in links)
+        return byte_order(found)
+
+    def duplicates(self) -> list[str]:
+        """Notes on the same real images under two labels, for the summary."""
+        notes = [f"class '{name}' holds the folder {rel}, which class '{other}' holds too: its images are under "
+                 "both labels" for name, rel, other in self.shared]
+        across = [(name, rel, other) for name, rel in self.links
+                  if (other := self._link_owner(rel)) not in (None, name)]
+        if across:
+            name, rel, other = across[0]
+            notes.append(f"{len(across)} images are under two labels through file links, e.g. {rel} (class "
+                         f"'{name}') is an image of class '{other}'")
+        return notes
+
+    def _link_owner(self, rel: str) -> str | None:
+        try:
+            st = os.stat(os.path.dirname(os.path.realpath(self.root / rel)))
+        except OSError:
+            return None
+        return self.owner.get((st.st_dev, st.st_ino))
+
+
+def scan_tree(root: str) -> dict[str, list[str]]:
+    """Class name -> image paths (relative to root), classes in byte order."""
+    return TreeScan(root).classes
 
 
 def _kind(mode: int) -> str:
@@ -118,7 +165,12 @@ class FolderSource:
         return os.path.isdir(path)
 
     def classes(self) -> dict[str, list[str]]:
-        return scan_tree(self.root)
+        self.scan = TreeScan(self.root)
+        return self.scan.classes
+
+    def notes(self) -> list[str]:
+        """What the scan found worth telling: images that links put under two labels."""
+        return self.scan.duplicates()
 
     def reader(self) -> FileReader:
         return FileReader(self.root)

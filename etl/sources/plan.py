@@ -48,6 +48,7 @@ def _val_source(path: str, labels: list[str], notes: list[str]) -> tuple[Pairs, 
     source = open_source(path)
     val_classes = source.classes()
     _refuse_line_breaks(val_classes, path)
+    notes.extend(f"val: {note}" for note in source.notes())
     unknown = [name for name in val_classes if name not in labels]
     if unknown:
         raise UsageError(f"val folder has classes the train folder lacks: {', '.join(unknown[:5])}")
@@ -89,6 +90,7 @@ def plan(s: Settings) -> Plan:
     source = open_source(s.train_dir)
     found = source.classes()
     _refuse_line_breaks(found, s.train_dir)
+    notes.extend(source.notes())
     classes = _limit_classes(found, s, notes)
     if not any(classes.values()):
         raise UsageError(f"no images found in class sub-folders of {s.train_dir}")
