@@ -211,10 +211,14 @@ def _check_folders(s: Settings) -> None:
     # Imported here, not at the top: the sources' planner reads Settings, so the two modules meet only at run time.
     from etl.sources.registry import find_kind
 
-    if not s.train_dir or find_kind(s.train_dir) is None:
-        raise UsageError(f"train folder not found: {s.train_dir or '(none given)'}")
-    if s.val_dir is not None and find_kind(s.val_dir) is None:
-        raise UsageError(f"val folder not found: {s.val_dir}")
+    for role, path in (("train", s.train_dir), ("val", s.val_dir)):
+        if role == "train" and not path:
+            raise UsageError("train folder not found: (none given)")
+        if path is not None and find_kind(path) is None:
+            if os.path.exists(path):
+                raise UsageError(f"{role} folder {path} is not a folder: give the folder that holds one sub-folder "
+                                 "per class")
+            raise UsageError(f"{role} folder not found: {path}")
     if not s.out_dir:
         raise UsageError("no output folder given")
     _check_nesting(s)

@@ -274,3 +274,25 @@ def test_images_that_links_put_under_two_labels_are_named_in_the_summary(tmp_pat
                      "1 images are under two labels through file links, e.g. c/2.jpg (class 'c') is an image of "
                      "class 'a'"]
     assert all(f"note: {n}" in proc.stdout for n in notes)
+
+
+def test_the_smaller_plan_messages_say_what_is_true(tmp_path):
+    train = tree_of(tmp_path / "t", {"a/1.jpg": small_jpeg(), "a/2.jpg": small_jpeg(), "b/1.jpg": small_jpeg()})
+    val = tree_of(tmp_path / "v", {"a/1.jpg": small_jpeg(), "b/1.jpg": small_jpeg()})
+    flat = tree_of(tmp_path / "flat", {"1.jpg": small_jpeg()})
+    out = str(tmp_path / "o")
+    cases = [
+        (["convert", str(train / "a" / "1.jpg"), out], f"train folder {train / 'a' / '1.jpg'} is not a folder: give "
+                                                       "the folder that holds one sub-folder per class"),
+        (["convert", str(train), out, "--min-per-class", "5"], "every class has fewer than --min-per-class 5 images "
+                                                               "(the largest has 2): lower --min-per-class"),
+        (["convert", str(train), out, "--val-dir", str(flat)], f"no images found in class sub-folders of the val "
+                                                               f"folder {flat}: it needs one sub-folder per class, "
+                                                               "named as in the train folder"),
+    ]
+    for args, message in cases:
+        proc = run_cli(*args)
+        assert (proc.returncode, proc.stderr.strip()) == (2, f"etl: error: {message}")
+    proc = run_cli("convert", str(train), out, "--val-dir", str(val), "--min-per-class", "2", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr  # b is dropped: its val images are left out, not "lacking in train"
+    assert "note: val images of 1 dropped classes left out, e.g. 'b'" in proc.stdout

@@ -44,14 +44,21 @@ def _split_by_pct(classes: dict[str, list[str]], s: Settings) -> tuple[Pairs, Pa
     return train, val
 
 
-def _val_source(path: str, labels: list[str], notes: list[str]) -> tuple[Pairs, Reader]:
+def _val_source(path: str, labels: list[str], dropped: set[str], notes: list[str]) -> tuple[Pairs, Reader]:
     source = open_source(path)
     val_classes = source.classes()
     _refuse_line_breaks(val_classes, path)
     notes.extend(f"val: {note}" for note in source.notes())
-    unknown = [name for name in val_classes if name not in labels]
+    if not any(val_classes.values()):
+        raise UsageError(f"no images found in class sub-folders of the val folder {path}: it needs one sub-folder "
+                         "per class, named as in the train folder")
+    unknown = [name for name in val_classes if name not in labels and name not in dropped]
     if unknown:
         raise UsageError(f"val folder has classes the train folder lacks: {', '.join(unknown[:5])}")
+    left_out = [name for name in val_classes if name in dropped and val_classes[name]]
+    if left_out:
+        notes.append(f"val images of {len(left_out)} dropped classes left out, e.g. '{left_out[0]}'")
+        val_classes = {name: files for name, files in val_classes.items() if name not in dropped}
     missing = [name for name in labels if not val_classes.get(name)]
     if missing:
         notes.append(f"{len(missing)} classes have no val images, e.g. '{missing[0]}'")
@@ -92,12 +99,15 @@ def plan(s: Settings) -> Plan:
     _refuse_line_breaks(found, s.train_dir)
     notes.extend(source.notes())
     classes = _limit_classes(found, s, notes)
+    if any(found.values()) and not classes:
+        raise UsageError(f"every class has fewer than --min-per-class {s.min_per_class} images (the largest has "
+                         f"{max(len(f) for f in found.values())}): lower --min-per-class")
     if not any(classes.values()):
         raise UsageError(f"no images found in class sub-folders of {s.train_dir}")
     labels = list(classes)
     if s.val_dir is not None:
         train = [(path, label) for label, files in enumerate(classes.values()) for path in files]
-        val, val_reader = _val_source(s.val_dir, labels, notes)
+        val, val_reader = _val_source(s.val_dir, labels, set(found) - set(classes), notes)
     else:
         train, val = _split_by_pct(classes, s)
         val_reader = source.reader()
