@@ -230,7 +230,7 @@ def _check_nesting(s: Settings) -> None:
     for src in (s.train_dir, s.val_dir):
         if src is not None and out == Path(src).resolve():
             raise UsageError(f"output folder {s.out_dir} is an input folder: choose another")
-        if src is not None and Path(src).resolve() in out.parents:
+        if src is not None and Path(src).resolve() in out.parents and not out.is_file():  # a file: said later
             raise UsageError(f"output folder {s.out_dir} is inside the input folder {src}: choose one outside it")
     if s.val_dir is not None:
         val = Path(s.val_dir).resolve()
