@@ -7,9 +7,12 @@ import sys
 import zlib
 from pathlib import Path
 
+import lmdb
+import numpy as np
 import pytest
 
 import etl
+from etl.datum import encode_blobproto
 
 from .conftest import run_cli
 from .test_end_to_end import all_records
@@ -54,6 +57,64 @@ def test_every_record_has_its_checksum_in_the_sidecar(pristine):
     for split in ("train", "val"):
         records = all_records(pristine / f"{split}_db")
         assert sums(pristine, split) == [(k, f"{zlib.crc32(v):08x}") for k, v in records]
+    check = etl.verify(pristine, progress=False)
+    assert check.problems == [] and check.notes == []
+
+
+@pytest.mark.parametrize("at", [0.0, 0.3, 0.5, 0.9, 0.999])
+def test_a_changed_byte_in_a_record_is_reported_with_its_key(ds, at):
+    key = damage_on_disk(ds / "train_db", 7, at)
+    check = etl.verify(ds, progress=False)
+    assert check.problems, "a changed byte passed verify"
+    assert any(key.decode() in p and "train_db.sums" in p for p in check.problems), check.problems
+
+
+def test_damage_that_makes_libjpeg_warn_is_a_problem_in_verifys_words_not_a_python_warning(ds):
+    damage_on_disk(ds / "train_db", 3, 0.5, b"\xff\xd3")  # a restart marker in the middle of the scan
+    for sidecar in (True, False):
+        if not sidecar:
+            for split in ("train", "val"):
+                (ds / f"{split}_db.sums").unlink()
+        proc = run_cli("verify", str(ds), "--quiet")
+        assert proc.returncode == 1, proc.stdout
+        assert "Warning" not in proc.stdout + proc.stderr and proc.stderr == "", proc.stderr
+        assert "00000003_" in proc.stdout and "libjpeg" in proc.stdout, proc.stdout
+
+
+def test_a_dataset_without_checksums_verifies_with_a_one_line_note(ds):
+    for split in ("train", "val"):
+        (ds / f"{split}_db.sums").unlink()
+    proc = run_cli("verify", str(ds), "--quiet")
+    assert proc.returncode == 0, proc.stdout
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("etl verify: OK")
+    assert len(lines) == 2 and "could not be checked against checksums" in lines[1], proc.stdout
+
+
+def test_a_sidecar_cut_short_or_for_other_records_is_a_problem(ds):
+    path = ds / "train_db.sums"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-2]))
+    assert any("train_db.sums has" in p for p in etl.verify(ds, progress=False).problems)
+
+
+def test_a_changed_label_in_the_list_file_is_reported_with_its_line(ds):
+    path = ds / "train.txt"
+    lines = path.read_text().splitlines(keepends=True)
+    name, label = lines[4].rsplit(" ", 1)
+    lines[4] = f"{name} {(int(label) + 1) % 3}\n"
+    path.write_text("".join(lines))
+    problems = etl.verify(ds, progress=False).problems
+    assert any("train.txt line 5" in p and "00000004_" + label.strip() in p for p in problems), problems
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0, 256.5])
+def test_a_mean_with_a_value_that_is_not_a_pixel_is_a_problem(ds, bad):
+    mean = np.full((3, 224, 224), 100.0, np.float32)
+    mean[1, 10, 20] = bad
+    (ds / "mean.binaryproto").write_bytes(encode_blobproto(mean))
+    problems = etl.verify(ds, progress=False).problems
+    assert any(p.startswith("mean.binaryproto") for p in problems), problems
 
 
 def test_a_cut_data_mdb_is_one_line_not_a_sigbus(ds):
@@ -77,3 +138,15 @@ def test_the_reader_raises_a_clear_error_on_a_cut_data_mdb(ds):
                           timeout=60)
     assert proc.returncode == 3, (proc.returncode, proc.stdout, proc.stderr)
     assert "data.mdb" in proc.stdout and "cut short" in proc.stdout
+
+
+def test_records_damaged_through_lmdb_are_found_too(ds):
+    env = lmdb.open(str(ds / "val_db"))
+    with env.begin(write=True) as txn:
+        key, value = next(iter(txn.cursor()))
+        key, value = bytes(key), bytearray(value)
+        value[len(value) // 2] ^= 1  # in the image data: it still decodes
+        txn.put(key, bytes(value))
+    env.close()
+    problems = etl.verify(ds, progress=False).problems
+    assert any(key.decode() in p for p in problems), problems
