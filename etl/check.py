@@ -14,6 +14,7 @@ from tqdm import tqdm
 from turbojpeg import TurboJPEG
 
 from etl.datum import Datum, decode_blobproto, decode_datum
+from etl.errors import UsageError
 from etl.layout import LABELS, MEAN_JPG, MEAN_PROTO, REPORT, db_name, db_path, list_path, sums_name, sums_path
 from etl.reader import LmdbDataset, datum_pixels
 from etl.sinks.checksums import record_sum
@@ -53,6 +54,9 @@ class Checker:
 def verify(out_dir: str, progress: bool = True) -> Checker:
     check = Checker()
     out = Path(out_dir)
+    if (out / "data.mdb").exists():
+        here = f" ({out.parent} here)" if (out.parent / LABELS).is_file() else ""
+        raise UsageError(f"give the dataset folder (the one holding {LABELS}), not the database folder {out}{here}")
     try:
         report = json.loads((out / REPORT).read_text(encoding="utf-8"))
         labels = (out / LABELS).read_text(encoding="utf-8", errors="surrogateescape").splitlines()

@@ -140,6 +140,13 @@ def test_the_reader_raises_a_clear_error_on_a_cut_data_mdb(ds):
     assert "data.mdb" in proc.stdout and "cut short" in proc.stdout
 
 
+def test_a_db_folder_given_for_the_dataset_is_a_usage_error(pristine):
+    proc = run_cli("verify", str(pristine / "train_db"))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("etl: error: give the dataset folder (the one holding labels.txt), not ")
+    assert len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
+
+
 def test_records_damaged_through_lmdb_are_found_too(ds):
     env = lmdb.open(str(ds / "val_db"))
     with env.begin(write=True) as txn:
