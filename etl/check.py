@@ -104,7 +104,7 @@ def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], la
     except Exception as exc:  # a damaged database shows up here: report, do not crash
         check.fail(f"{db_name(name)}: reading stopped at record {check.records}: {exc}")
     if sums is not None:
-        _check_sum_count(check, name, sums, len(record_labels))
+        _check_sum_count(check, name, sums, count)
     counts = Counter(label for label in record_labels if label >= 0)
     expected = {labels.index(c): n for c, n in split["per_class"].items() if n and c in labels}
     if dict(counts) != expected:

@@ -157,3 +157,14 @@ def test_records_damaged_through_lmdb_are_found_too(ds):
     env.close()
     problems = etl.verify(ds, progress=False).problems
     assert any(key.decode() in p for p in problems), problems
+
+
+def test_a_sidecar_that_disagrees_everywhere_lists_twenty_and_counts_the_rest(ds):
+    path = ds / "train_db.sums"
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(b"".join(line[:-8] + b"00000000\n" for line in lines))
+    check = etl.verify(ds, progress=False)
+    listed = [p for p in check.problems if "bytes changed since it was written" in p]
+    assert len(listed) == 20 and check.problems[-1] == f"... and {len(lines) - 20} more train_db records that " \
+                                                       "train_db.sums disagrees with"
+    assert check.found == len(lines)
