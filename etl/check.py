@@ -204,16 +204,16 @@ def _check_mean(check: Checker, out: Path, settings: dict[str, Any]) -> None:
         check.fail(f"{MEAN_PROTO} has shape {mean.shape}, expected {expected}")
     finite = np.isfinite(mean)
     if not finite.all():
-        check.fail(f"{MEAN_PROTO}: {_values(int((~finite).sum()))} not a number (NaN or infinity)")
+        check.fail(f"{MEAN_PROTO}: {_of_its_values(int((~finite).sum()))} NaN or infinite")
     outside = finite & ((mean < 0) | (mean > 255))
     if outside.any():
-        check.fail(f"{MEAN_PROTO}: {_values(int(outside.sum()))} outside 0..255, e.g. {mean[outside][0]:g}")
+        check.fail(f"{MEAN_PROTO}: {_of_its_values(int(outside.sum()))} outside 0..255, e.g. {mean[outside][0]:g}")
     if not (out / MEAN_JPG).is_file():
         check.fail(f"{MEAN_JPG} is missing")
 
 
-def _values(n: int) -> str:
-    return "1 value is" if n == 1 else f"{n:,d} values are"
+def _of_its_values(n: int) -> str:
+    return f"{n:,d} of its values {'is' if n == 1 else 'are'}"
 
 
 def render(check: Checker) -> str:
