@@ -1,35 +1,62 @@
-"""Check: what `etl verify` does: decode every record of a dataset and check it against its own files."""
+"""Check: what `etl verify` does: read every record of a dataset and check it against its own files."""
 
 from __future__ import annotations
 
 import json
+import warnings
+from array import array
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import numpy as np
 from tqdm import tqdm
 from turbojpeg import TurboJPEG
 
-from etl.datum import decode_blobproto
-from etl.layout import LABELS, MEAN_JPG, MEAN_PROTO, REPORT, db_name, db_path, list_path
+from etl.datum import Datum, decode_blobproto, decode_datum
+from etl.errors import UsageError
+from etl.layout import LABELS, MEAN_JPG, MEAN_PROTO, REPORT, db_name, db_path, list_path, sums_name, sums_path
 from etl.reader import LmdbDataset, datum_pixels
+from etl.sinks.checksums import record_sum
 
-MAX_LISTED = 20
+MAX_LISTED = 20  # problems shown; and kept per kind of per-record problem (the rest are counted)
 
 
 class Checker:
-    """Collects problems instead of stopping at the first one."""
+    """Collects problems instead of stopping at the first one; notes say what could not be checked."""
 
     def __init__(self) -> None:
         self.problems: list[str] = []
+        self.notes: list[str] = []
         self.records = 0
+        self.found = 0  # problems found, listed or not
+        self.per_kind: Counter[str] = Counter()
 
     def fail(self, message: str) -> None:
+        self.found += 1
         self.problems.append(message)
+
+    def fail_each(self, kind: str, message: str) -> None:
+        """A problem that can repeat for every record: the first MAX_LISTED of a kind are listed, the rest
+        counted (a sidecar of another dataset must not fill the memory with messages)."""
+        self.found += 1
+        self.per_kind[kind] += 1
+        if self.per_kind[kind] <= MAX_LISTED:
+            self.problems.append(message)
+
+    def finish(self) -> None:
+        for kind, n in self.per_kind.items():
+            if n > MAX_LISTED:
+                self.problems.append(f"... and {n - MAX_LISTED:,d} more {kind}")
+        self.per_kind.clear()
 
 
 def verify(out_dir: str, progress: bool = True) -> Checker:
     check = Checker()
     out = Path(out_dir)
+    if (out / "data.mdb").exists():
+        here = f" ({out.parent} here)" if (out.parent / LABELS).is_file() else ""
+        raise UsageError(f"give the dataset folder (the one holding {LABELS}), not the database folder {out}{here}")
     try:
         report = json.loads((out / REPORT).read_text(encoding="utf-8"))
         labels = (out / LABELS).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
@@ -38,10 +65,15 @@ def verify(out_dir: str, progress: bool = True) -> Checker:
         return check
     if len(labels) != report.get("labels"):
         check.fail(f"labels.txt has {len(labels)} classes, report.json says {report.get('labels')}")
+    unsummed = [sums_name(name) for name in report["splits"] if not sums_path(out, name).is_file()]
     for name, split in report["splits"].items():
         _check_split(check, out, name, split, labels, report["settings"], progress)
     if "train" in report["splits"]:
         _check_mean(check, out, report["settings"])
+    if unsummed:
+        check.notes.append(f"records could not be checked against checksums: no {', '.join(unsummed)} "
+                           "(a dataset written by etl 0.4.0 or earlier)")
+    check.finish()
     return check
 
 
@@ -55,25 +87,69 @@ def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], la
         return
     if count != split["written"]:
         check.fail(f"{db_name(name)} holds {count} records, report.json says {split['written']} were written")
-    per_label: dict[int, int] = {}
+    sums = _open_sums(check, sums_path(out, name))
+    record_labels = array("q")
     tj = TurboJPEG()
     try:
-        for i, (key, datum) in enumerate(tqdm(db.items(), total=count, desc=f"verify {name}", unit="rec",
-                                              disable=not progress)):
-            check.records += 1
-            _check_record(check, name, i, key, datum, tj, len(labels), settings)
-            per_label[datum.label] = per_label.get(datum.label, 0) + 1
+        with warnings.catch_warnings(record=True) as caught:  # libjpeg's warnings come as Python warnings
+            warnings.simplefilter("always")
+            for i, (key, value) in enumerate(tqdm(db.raw_items(), total=count, desc=f"verify {name}", unit="rec",
+                                                  disable=not progress)):
+                check.records += 1
+                where = f"{db_name(name)} record {i} ({key.decode(errors='replace')})"
+                if sums is not None:
+                    _check_sum(check, name, where, key, value, sums.readline())
+                datum = _check_record(check, where, i, key, value, tj, caught, len(labels), settings)
+                record_labels.append(datum.label if datum is not None else -1)
     except Exception as exc:  # a damaged database shows up here: report, do not crash
         check.fail(f"{db_name(name)}: reading stopped at record {check.records}: {exc}")
+    if sums is not None:
+        _check_sum_count(check, name, sums, count)
+    counts = Counter(label for label in record_labels if label >= 0)
     expected = {labels.index(c): n for c, n in split["per_class"].items() if n and c in labels}
-    if per_label != expected:
+    if dict(counts) != expected:
         check.fail(f"{db_name(name)}: records per class differ from report.json")
-    _check_list(check, list_path(out, name), split["written"], len(labels))
+    _check_list(check, list_path(out, name), record_labels, len(labels))
 
 
-def _check_record(check: Checker, name: str, i: int, key: bytes, datum: Any, tj: TurboJPEG,
-                  n_labels: int, settings: dict[str, Any]) -> None:
-    where = f"{db_name(name)} record {i} ({key.decode(errors='replace')})"
+def _open_sums(check: Checker, path: Path) -> IO[bytes] | None:
+    if not path.is_file():
+        return None  # verify() notes it: written by an etl before checksums
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        check.fail(f"cannot read {path.name}: {exc}")
+        return None
+
+
+def _check_sum(check: Checker, name: str, where: str, key: bytes, value: bytes, line: bytes) -> None:
+    """The record's bytes against its line in the sidecar, written when it was converted."""
+    if not line.endswith(b"\n"):
+        return  # the file ended: _check_sum_count says how short it is
+    sums_key, _, digest = line.rstrip(b"\n").partition(b" ")
+    kind, sums = f"{db_name(name)} records that {sums_name(name)} disagrees with", sums_name(name)
+    if sums_key != key:
+        check.fail_each(kind, f"{where}: its line in {sums} is for {sums_key.decode(errors='replace')!r}")
+    elif digest != (actual := record_sum(value)):
+        check.fail_each(kind, f"{where}: its bytes changed since it was written (crc32 {actual.decode()}, "
+                              f"{sums} says {digest.decode(errors='replace')})")
+
+
+def _check_sum_count(check: Checker, name: str, sums: IO[bytes], records: int) -> None:
+    sums.seek(0)
+    lines = sum(1 for _ in sums)
+    sums.close()
+    if lines != records:
+        check.fail(f"{sums_name(name)} has {lines} lines, {db_name(name)} {records} records")
+
+
+def _check_record(check: Checker, where: str, i: int, key: bytes, value: bytes, tj: TurboJPEG,
+                  caught: list[warnings.WarningMessage], n_labels: int, settings: dict[str, Any]) -> Datum | None:
+    try:
+        datum = decode_datum(value)
+    except Exception as exc:  # not a Datum at all
+        check.fail(f"{where}: not a Caffe Datum: {exc}")
+        return None
     if key != b"%08d_%d" % (i, datum.label):
         check.fail(f"{where}: key does not match its index and label {datum.label}")
     if not 0 <= datum.label < n_labels:
@@ -83,26 +159,38 @@ def _check_record(check: Checker, name: str, i: int, key: bytes, datum: Any, tj:
         check.fail(f"{where}: Datum says {datum.height}x{datum.width}x{datum.channels}, expected {shape}")
     if datum.encoded != (settings["encoding"] != "none"):
         check.fail(f"{where}: encoded flag is {datum.encoded}, encoding is {settings['encoding']}")
+    caught.clear()
     try:
         pixels = datum_pixels(datum, tj)
     except Exception as exc:
         check.fail(f"{where}: image does not decode: {exc}")
-        return
+        return datum
+    if caught:  # an image etl encoded decodes cleanly: a warning means damage
+        source = "libjpeg" if datum.data[:2] == b"\xff\xd8" else "the decoder"
+        check.fail(f"{where}: the image is damaged: {source} warns '{caught[0].message}' decoding it")
     if pixels.shape != shape:
         check.fail(f"{where}: image decodes to {pixels.shape}, expected {shape}")
+    return datum
 
 
-def _check_list(check: Checker, path: Path, written: int, n_labels: int) -> None:
+def _check_list(check: Checker, path: Path, record_labels: array, n_labels: int) -> None:
+    """Line i of the list file names record i's image and label."""
     try:
         lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
     except OSError as exc:
         check.fail(f"cannot read {path.name}: {exc}")
         return
-    if len(lines) != written:
-        check.fail(f"{path.name} has {len(lines)} lines, the database {written} records")
+    if len(lines) != len(record_labels):
+        check.fail(f"{path.name} has {len(lines)} lines, the database {len(record_labels)} records")
     bad = [ln for ln in lines if not ln.rsplit(" ", 1)[-1].isdigit() or int(ln.rsplit(" ", 1)[-1]) >= n_labels]
     if bad:
         check.fail(f"{path.name}: {len(bad)} lines without a valid label, e.g. {bad[0]!r}")
+    kind = f"{path.name} lines whose label is not their record's"
+    for i, (line, label) in enumerate(zip(lines, record_labels, strict=False)):
+        listed = line.rsplit(" ", 1)[-1]
+        if label >= 0 and listed.isdigit() and int(listed) != label:
+            check.fail_each(kind, f"{path.name} line {i + 1} says label {listed}, but record {i} "
+                                  f"({i:08d}_{label}) has label {label}")
 
 
 def _check_mean(check: Checker, out: Path, settings: dict[str, Any]) -> None:
@@ -114,14 +202,26 @@ def _check_mean(check: Checker, out: Path, settings: dict[str, Any]) -> None:
     expected = (settings["channels"], settings["height"], settings["width"])
     if mean.shape != expected:
         check.fail(f"{MEAN_PROTO} has shape {mean.shape}, expected {expected}")
+    finite = np.isfinite(mean)
+    if not finite.all():
+        check.fail(f"{MEAN_PROTO}: {_of_its_values(int((~finite).sum()))} NaN or infinite")
+    outside = finite & ((mean < 0) | (mean > 255))
+    if outside.any():
+        check.fail(f"{MEAN_PROTO}: {_of_its_values(int(outside.sum()))} outside 0..255, e.g. {mean[outside][0]:g}")
     if not (out / MEAN_JPG).is_file():
         check.fail(f"{MEAN_JPG} is missing")
 
 
+def _of_its_values(n: int) -> str:
+    return f"{n:,d} of its values {'is' if n == 1 else 'are'}"
+
+
 def render(check: Checker) -> str:
+    notes = "".join(f"\n  note: {n}" for n in check.notes)
     if not check.problems:
-        return f"etl verify: OK, {check.records:,d} records checked"
+        return f"etl verify: OK, {check.records:,d} records checked{notes}"
     shown = "\n".join(f"  - {p}" for p in check.problems[:MAX_LISTED])
     more = len(check.problems) - MAX_LISTED
     tail = f"\n  ... and {more} more" if more > 0 else ""
-    return f"etl verify: FAILED, {len(check.problems)} problems in {check.records:,d} records\n{shown}{tail}"
+    problems = "1 problem" if check.found == 1 else f"{check.found:,d} problems"
+    return f"etl verify: FAILED, {problems} in {check.records:,d} records\n{shown}{tail}{notes}"

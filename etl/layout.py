@@ -32,10 +32,22 @@ def list_path(out_dir: str | Path, split: str) -> Path:
     return Path(out_dir, list_name(split))
 
 
+SUMS_SUFFIX = ".sums"
+
+
+def sums_name(split: str) -> str:
+    """The checksum sidecar of a split's database, beside its folder: train_db.sums (see docs/formats.md)."""
+    return db_name(split) + SUMS_SUFFIX
+
+
+def sums_path(out_dir: str | Path, split: str) -> Path:
+    return Path(out_dir, sums_name(split))
+
+
 def skip_log_name(split: str) -> str:
     """The split's skipped/warned files, one JSON line each, in the checkpoint folder."""
     return f"{split}.skipped.jsonl"
 
 
-DATASET_FILES = (LABELS, *(list_name(s) for s in SPLITS), *MEAN_FILES, REPORT)
+DATASET_FILES = (LABELS, *(list_name(s) for s in SPLITS), *(sums_name(s) for s in SPLITS), *MEAN_FILES, REPORT)
 DATASET_DIRS = (*(db_name(s) for s in SPLITS), CHECKPOINT_DIR)

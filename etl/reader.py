@@ -16,6 +16,30 @@ from etl.datum import Datum, decode_datum
 Sample = tuple[np.ndarray, int]
 
 
+class DamagedDatabase(Exception):
+    """The database's files are damaged (data.mdb cut short, or not LMDB at all): reading it would fail or,
+    past the end of a cut file, kill the process with SIGBUS."""
+
+
+def open_checked(path: str, **options: Any) -> lmdb.Environment:
+    """Open an environment read-only, refusing a data.mdb shorter than its own last page: LMDB maps the file
+    and would die with SIGBUS on the first read past its end."""
+    data = os.path.join(path, "data.mdb")
+    size = os.path.getsize(data)
+    if size == 0:
+        raise DamagedDatabase(f"{data} is empty (cut short to 0 bytes)")
+    try:
+        env = lmdb.open(path, readonly=True, lock=False, **options)
+    except lmdb.InvalidError as exc:
+        raise DamagedDatabase(f"{data} is not an LMDB database, or cut short inside its header ({exc})") from None
+    end = (env.info()["last_pgno"] + 1) * env.stat()["psize"]  # from the meta page: inside the file's first pages
+    if size < end:
+        env.close()
+        raise DamagedDatabase(f"{data} is cut short: {size:,d} bytes, but its pages run to byte {end:,d}; "
+                              "copy it again or convert again")
+    return env
+
+
 def datum_pixels(datum: Datum, tj: TurboJPEG | None = None) -> np.ndarray:
     """The record's image as (H, W, C) uint8, RGB order for 3 channels."""
     if not datum.encoded:
@@ -33,7 +57,8 @@ def datum_pixels(datum: Datum, tj: TurboJPEG | None = None) -> np.ndarray:
 
 
 class LmdbDataset:
-    """Random access and iteration over one database; opens the environment lazily in each process."""
+    """Random access and iteration over one database; opens the environment lazily in each process, and raises
+    DamagedDatabase on opening one whose data.mdb is cut short."""
 
     def __init__(self, path: str | os.PathLike[str], transform: Callable[[np.ndarray], Any] | None = None) -> None:
         self.path = os.fspath(path)
@@ -51,7 +76,7 @@ class LmdbDataset:
             self._env.close()
             self._env = None
         if self._env is None:
-            self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, max_readers=512)
+            self._env = open_checked(self.path, readahead=False, max_readers=512)
             self._tj = TurboJPEG()
             self._pid = os.getpid()
         return self._env
@@ -86,9 +111,14 @@ class LmdbDataset:
 
     def items(self) -> Iterator[tuple[bytes, Datum]]:
         """(key, Datum) in key order: the order Caffe's Data layer reads."""
+        for key, value in self.raw_items():
+            yield key, decode_datum(value)
+
+    def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key, stored value) in key order, the value as it is on disk (what train_db.sums checks)."""
         with self._open().begin() as txn:
             for key, value in txn.cursor():
-                yield bytes(key), decode_datum(bytes(value))
+                yield bytes(key), bytes(value)
 
     def __iter__(self) -> Iterator[Sample]:
         for _, datum in self.items():

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,19 @@ def report(out: Path) -> dict:
 
 
 def dataset(out: Path) -> dict:
-    """Everything a consumer reads, to compare two runs."""
+    """Everything a consumer reads, to compare two runs; each checksum sidecar must match its database."""
     found = {split: all_records(out / f"{split}_db") for split in ("train", "val") if (out / f"{split}_db").exists()}
+    for split in ("train", "val"):
+        if split in found:
+            assert sidecar(out, split) == [b"%s %08x" % (k, zlib.crc32(v)) for k, v in found[split]], split
+            found[f"{split}_db.sums"] = (out / f"{split}_db.sums").read_bytes()
     for name in ("train.txt", "val.txt", "labels.txt", "mean.binaryproto", "mean.jpg"):
         found[name] = (out / name).read_bytes()
     return found
+
+
+def sidecar(out: Path, split: str) -> list[bytes]:
+    return (out / f"{split}_db.sums").read_bytes().splitlines()
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +298,18 @@ def test_signal_stops_quickly_commits_and_resumes(tree, tmp_path, reference, how
     assert resumed.returncode == 0, resumed.stderr
     assert dataset(out) == reference
     assert report(out)["resumed"] is True
+
+
+def test_resuming_a_run_started_without_checksums_sums_what_it_had_committed(tree, tmp_path, reference):
+    out = tmp_path / "out"
+    proc = start_stalled(tree, out)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert consistent(out) > 0
+    (out / "train_db.sums").unlink()  # as etl 0.4.0, which wrote none, would have left it
+    resumed = etl("convert", tree, out, *ARGS, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert dataset(out) == reference
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -7,13 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from etl.layout import SUMS_SUFFIX
 from etl.messages import Record
+from etl.sinks.checksums import ChecksumSink
 from etl.sinks.lists import ListFiles
 from etl.sinks.lmdb import LmdbSink
 from etl.sinks.mean import MeanSink
 from etl.throttle import TokenBucket
 
-__all__ = ["ListFiles", "LmdbSink", "MeanSink", "Sink", "open_sink"]
+__all__ = ["ChecksumSink", "ListFiles", "LmdbSink", "MeanSink", "Sink", "open_sink"]
 
 
 class Sink(Protocol):
@@ -46,5 +48,5 @@ class Sink(Protocol):
 
 
 def open_sink(db_path: Path, budget: TokenBucket | None, keep_page_cache: bool) -> Sink:
-    """The database sink for one split."""
-    return LmdbSink(db_path, budget, keep_page_cache)
+    """The database sink for one split, with its checksum sidecar beside the folder (train_db.sums)."""
+    return ChecksumSink(LmdbSink(db_path, budget, keep_page_cache), db_path.with_name(db_path.name + SUMS_SUFFIX))
