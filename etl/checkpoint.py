@@ -1,7 +1,7 @@
 """Checkpoint: what makes a run resumable: the job's identity, and per split the last commit's state.
 
-Commit protocol (the writer runs it): list and skip files are flushed and fsynced, the mean's
-pixel sum is saved, `<split>.pending.json` describes the commit about to happen, LMDB commits,
+Commit protocol (the writer runs it): list and skip files, and the records' checksums, are flushed
+and fsynced, the mean's pixel sum is saved, `<split>.pending.json` describes the commit about to happen, LMDB commits,
 then pending becomes `<split>.state.json`. After a crash at any point the database's record count
 matches exactly one of state or pending, and everything else is cut back to it.
 """
