@@ -1,0 +1,36 @@
+"""The words etl prints: plurals, the summary's reasons and rates, and one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import pytest
+
+from etl.stats import SplitStats, summary_text
+from etl.words import plural
+
+
+def split(**kw) -> SplitStats:
+    s = SplitStats(name="train", listed=kw.pop("listed", 10))
+    for k, v in kw.items():
+        setattr(s, k, v)
+    return s
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize(("n", "word", "expected"), [
+    (1, "worker", "1 worker"), (2, "worker", "2 workers"), (0, "problem", "0 problems"),
+    (1, "class", "1 class"), (3, "class", "3 classes"), (1, "worker process", "1 worker process"),
+    (2, "worker process", "2 worker processes"), (1200, "record", "1,200 records"),
+])
+def test_plural(n, word, expected):
+    assert plural(n, word) == expected
+
+
+@pytest.mark.quick
+def test_summary_says_one_worker_and_one_class():
+    text = summary_text("out", ["a"], [split(written=10, wall_seconds=2.0, worker_count=1,
+                                             worker_losses=["was killed by SIGKILL"])], [])
+    assert "1 class ->" in text and "1 classes" not in text
+    assert "(1 worker)" in text and "1 workers" not in text
+    assert "1 worker process replaced" in text and "1 worker processes" not in text
+    text = summary_text("out", ["a", "b"], [split(written=10, wall_seconds=2.0, worker_count=2)], [])
+    assert "2 classes ->" in text and "(2 workers)" in text
