@@ -12,7 +12,7 @@ from typing import Any
 from etl.layout import REPORT
 from etl.messages import STAGES, Failure, Progress, WriterSummary
 from etl.procs import peak_rss_kb
-from etl.words import plural
+from etl.words import before_colon, cut_at_word, plural
 
 
 @dataclass
@@ -142,9 +142,13 @@ def summary_text(out_dir: str, labels: list[str], splits: list[SplitStats], note
     return "\n".join(lines)
 
 
+REASON_WIDTH = 110  # a reason group longer than this is cut at a word
+
+
 def _reasons(s: SplitStats, shown: int = 5) -> list[str]:
+    """The most common kinds of skip (a reason up to its first ': ' outside brackets), then a few examples."""
     lines = []
-    counts = Counter(f.reason.split(":")[0] for f in s.failures)
+    counts = Counter(cut_at_word(before_colon(f.reason), REASON_WIDTH) for f in s.failures)
     for reason, n in counts.most_common(shown):
         lines.append(f"        skipped {n:>6,d}: {reason}")
     for f in s.failures[:shown]:

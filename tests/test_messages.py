@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from etl.messages import Failure
 from etl.stats import SplitStats, summary_text
 from etl.words import plural
+
+LOSS = "worker process failed twice on this image (last: it was killed by SIGKILL (out of memory?))"
 
 
 def split(**kw) -> SplitStats:
@@ -34,3 +37,23 @@ def test_summary_says_one_worker_and_one_class():
     assert "1 worker process replaced" in text and "1 worker processes" not in text
     text = summary_text("out", ["a", "b"], [split(written=10, wall_seconds=2.0, worker_count=2)], [])
     assert "2 classes ->" in text and "(2 workers)" in text
+
+
+@pytest.mark.quick
+def test_summary_groups_reasons_without_cutting_inside_brackets():
+    failures = [Failure("a.jpg", LOSS), Failure("b.jpg", "cannot read: permission denied"),
+                Failure("c.jpg", "cannot read: file vanished since the scan")]
+    text = summary_text("out", ["a"], [split(written=7, failures=failures, wall_seconds=1.0)], [])
+    groups = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.strip().startswith("skipped ")]
+    assert sorted(groups) == sorted(["cannot read", LOSS])
+    assert not any(g.endswith("(last") for g in groups)
+
+
+@pytest.mark.quick
+def test_summary_cuts_a_long_reason_at_a_word():
+    long = "unexpected trouble " + " ".join(f"word{i}" for i in range(40))
+    text = summary_text("out", ["a"], [split(written=7, failures=[Failure("a.jpg", long)], wall_seconds=1.0)], [])
+    group = next(line for line in text.splitlines() if line.strip().startswith("skipped "))
+    shown = group.split(":", 1)[1].strip()
+    assert shown.endswith("...") and len(shown) <= 110
+    assert shown.removesuffix("...").split()[-1] in long.split()  # a whole word, not a piece of one
