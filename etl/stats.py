@@ -128,8 +128,7 @@ def summary_text(out_dir: str, labels: list[str], splits: list[SplitStats], note
     lines = [f"etl convert: {plural(len(labels), 'class')} -> {out_dir}"]
     for s in splits:
         lines.append(f"  {s.name:5s} {s.written:>9,d} written  {len(s.failures):>6,d} skipped  "
-                     f"{len(s.warnings):>6,d} with warnings  {s.wall_seconds:8.1f} s  "
-                     f"{s.images_per_second:8.1f} img/s  ({plural(s.worker_count, 'worker')})")
+                     f"{len(s.warnings):>6,d} with warnings  {_pace(s)}")
         if s.resumed_from:
             was = "was" if s.resumed_from == 1 else "were"
             lines.append(f"        resumed: {plural(s.resumed_from, 'record')} {was} already written")
@@ -143,6 +142,13 @@ def summary_text(out_dir: str, labels: list[str], splits: list[SplitStats], note
 
 
 REASON_WIDTH = 110  # a reason group longer than this is cut at a word
+
+
+def _pace(s: SplitStats) -> str:
+    """Time, rate and workers; a split a resume found fully written has no rate to show."""
+    if s.resumed_from and s.written == s.resumed_from:
+        return "already complete, nothing left to write"
+    return f"{s.wall_seconds:8.1f} s  {s.images_per_second:8.1f} img/s  ({plural(s.worker_count, 'worker')})"
 
 
 def _reasons(s: SplitStats, shown: int = 5) -> list[str]:

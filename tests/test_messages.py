@@ -57,3 +57,12 @@ def test_summary_cuts_a_long_reason_at_a_word():
     shown = group.split(":", 1)[1].strip()
     assert shown.endswith("...") and len(shown) <= 110
     assert shown.removesuffix("...").split()[-1] in long.split()  # a whole word, not a piece of one
+
+
+@pytest.mark.quick
+def test_fully_resumed_split_says_already_complete_not_a_rate():
+    text = summary_text("out", ["a"], [split(written=10, resumed_from=10, wall_seconds=0.3, worker_count=2)], [])
+    line = next(line for line in text.splitlines() if line.strip().startswith("train"))
+    assert "already complete" in line and "img/s" not in line
+    text = summary_text("out", ["a"], [split(written=10, resumed_from=4, wall_seconds=2.0, worker_count=2)], [])
+    assert "3.0 img/s" in text and "already complete" not in text
