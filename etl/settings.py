@@ -161,14 +161,25 @@ def load_preset(path: str) -> dict[str, Any]:
 
 
 def build_settings(cli_values: dict[str, Any], preset_path: str | None = None) -> Settings:
-    """Defaults, overridden by the preset, overridden by options given on the command line."""
-    merged: dict[str, Any] = {}
-    if preset_path:
-        merged.update(load_preset(preset_path))
-    merged.update({k: v for k, v in cli_values.items() if v is not None})
+    """Defaults, overridden by the preset, overridden by options given on the command line.
+
+    An option given also replaces the preset's value of the options it excludes: --val-dir on the command
+    line wins over the preset's val_pct."""
+    merged: dict[str, Any] = load_preset(preset_path) if preset_path else {}
+    given = {k: v for k, v in cli_values.items() if v is not None}
+    for name in given:
+        for rival in _rivals(name):
+            merged.pop(rival, None)
+    merged.update(given)
     settings = Settings(**{k: _coerce(k, v) for k, v in merged.items()})
     check_settings(settings)
     return settings
+
+
+def _rivals(name: str) -> list[str]:
+    """The options declared mutually exclusive with this one (the same `exclusive` key)."""
+    key = opt_of(FIELDS[name]).exclusive if name in FIELDS else ""
+    return [other for other, f in FIELDS.items() if key and other != name and opt_of(f).exclusive == key]
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from etl.messages import Failure
+from etl.settings import build_settings
 from etl.stats import SplitStats, summary_text
 from etl.words import plural
 
+from .conftest import run_cli
+
 LOSS = "worker process failed twice on this image (last: it was killed by SIGKILL (out of memory?))"
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "train" / "a" / "1.jpg").write_bytes(b"x")
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    return tmp_path
+
+
+def one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("etl: error:") and message in lines[0], proc.stderr
 
 
 def split(**kw) -> SplitStats:
@@ -66,3 +86,23 @@ def test_fully_resumed_split_says_already_complete_not_a_rate():
     assert "already complete" in line and "img/s" not in line
     text = summary_text("out", ["a"], [split(written=10, resumed_from=4, wall_seconds=2.0, worker_count=2)], [])
     assert "3.0 img/s" in text and "already complete" not in text
+
+
+@pytest.mark.quick
+def test_command_line_val_dir_replaces_the_presets_val_pct(tree):
+    conf = tree / "c.toml"
+    conf.write_text("val_pct = 10\nwidth = 64\n")
+    folders = {"train_dir": str(tree / "train"), "out_dir": str(tree / "out")}
+    s = build_settings({**folders, "val_dir": str(tree / "val")}, str(conf))
+    assert (s.val_dir, s.val_pct, s.width) == (str(tree / "val"), None, 64)
+    conf.write_text(f'val_dir = "{tree / "val"}"\n')
+    s = build_settings({**folders, "val_pct": 5.0}, str(conf))
+    assert (s.val_dir, s.val_pct) == (None, 5.0)
+
+
+@pytest.mark.quick
+def test_preset_with_both_val_dir_and_val_pct_is_still_refused(tree):
+    conf = tree / "c.toml"
+    conf.write_text(f'val_pct = 10\nval_dir = "{tree / "val"}"\n')
+    proc = run_cli("convert", str(tree / "train"), str(tree / "out"), "--config", str(conf))
+    one_line_error(proc, "give either --val-dir or --val-pct, not both")
