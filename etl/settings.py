@@ -79,7 +79,7 @@ class Settings:
     channels: int = option(3, "3 = RGB (default), 1 = grayscale", choices=(1, 3), rule="1 (grayscale) or 3 (RGB)")
     encoding: str = option("jpg", "jpg (default), png or none (raw CHW BGR)", choices=ENCODINGS)
     quality: int = option(90, "JPEG quality (default {default})", low=1, high=100)
-    seed: int = option(DEFAULT_SEED, "seed for the shuffle, the val split and noise padding")
+    seed: int = option(DEFAULT_SEED, "seed for the shuffle, the val split and noise padding", low=0)
     shuffle: bool = option(True, "keep class order", flag="--no-shuffle", const=False)
     min_per_class: int = option(1, "drop classes with fewer images", low=1)
     max_per_class: int | None = option(None, "use at most this many images of a class")

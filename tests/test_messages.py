@@ -106,3 +106,10 @@ def test_preset_with_both_val_dir_and_val_pct_is_still_refused(tree):
     conf.write_text(f'val_pct = 10\nval_dir = "{tree / "val"}"\n')
     proc = run_cli("convert", str(tree / "train"), str(tree / "out"), "--config", str(conf))
     one_line_error(proc, "give either --val-dir or --val-pct, not both")
+
+
+@pytest.mark.quick
+def test_negative_seed_is_refused_in_one_line(tree):
+    proc = run_cli("convert", str(tree / "train"), str(tree / "out"), "--seed", "-1")
+    one_line_error(proc, "--seed must be at least 0, got -1")
+    assert not (tree / "out").exists()
