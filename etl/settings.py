@@ -144,8 +144,12 @@ def load_preset(path: str) -> dict[str, Any]:
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise UsageError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except IsADirectoryError:
+        raise UsageError(f"config file {path} is a folder") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
     values = {key.replace("-", "_"): value for key, value in raw.items()}
     if "keep_page_cache" in values:  # the switch's name before page_cache (etl 0.2)
         old = values.pop("keep_page_cache")

@@ -113,3 +113,13 @@ def test_negative_seed_is_refused_in_one_line(tree):
     proc = run_cli("convert", str(tree / "train"), str(tree / "out"), "--seed", "-1")
     one_line_error(proc, "--seed must be at least 0, got -1")
     assert not (tree / "out").exists()
+
+
+@pytest.mark.quick
+def test_config_that_is_a_folder_or_binary_is_one_line(tree):
+    proc = run_cli("convert", str(tree / "train"), str(tree / "out"), "--config", str(tree / "val"))
+    one_line_error(proc, f"config file {tree / 'val'} is a folder")
+    binary = tree / "c.toml"
+    binary.write_bytes(b"\xff\xfe\x00\x01width = 3\n\x89PNG")
+    proc = run_cli("convert", str(tree / "train"), str(tree / "out"), "--config", str(binary))
+    one_line_error(proc, f"config file {binary} is not valid TOML:")
