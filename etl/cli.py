@@ -83,7 +83,7 @@ def make_parser() -> argparse.ArgumentParser:
         else:
             b.add_argument("--max-workers", type=int, help="sweep 1..N workers (default: 2 x cores)")
     d = sub.add_parser("demo", help="build a small ImageNet-like tree, convert it, verify it")
-    d.add_argument("--out", help="keep the demo here (default: a temporary folder)")
+    d.add_argument("--out", help="keep the demo here (default: a temporary folder, removed at the end)")
     d.add_argument("--workers", type=int)
     return parser
 
@@ -109,18 +109,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.out:
+        code = _demo(Path(args.out), args.workers)
+        print(f"demo: kept in {args.out} (the tree in train/ and val/, the dataset in out/)")
+        return code
+    with tempfile.TemporaryDirectory(prefix="etl-demo-") as tmp:  # removed at the end, also after an error
+        code = _demo(Path(tmp), args.workers)
+        print(f"demo: removing {tmp} (give --out DIR to keep the tree and the dataset)")
+    return code
+
+
+def _demo(base: Path, workers: int | None) -> int:
     from etl.check import render, verify
     from etl.pipeline import convert
     from etl.synth import TreeSpec, make_tree
 
-    base = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="etl-demo-"))
     t0 = time.monotonic()
     print(f"demo: building an ImageNet-like tree in {base} ...")
     make_tree(base / "train", TreeSpec(classes=8, per_class=60, seed=1))
     make_tree(base / "val", TreeSpec(classes=8, per_class=10, seed=2, awkward=False))
     print(f"demo: tree built in {time.monotonic() - t0:.1f} s; converting")
     values = {"train_dir": str(base / "train"), "out_dir": str(base / "out"), "val_dir": str(base / "val"),
-              "workers": args.workers, "overwrite": True}
+              "workers": workers, "overwrite": True}
     convert(build_settings(values))
     check = verify(str(base / "out"))
     print(render(check))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +126,20 @@ def test_config_that_is_a_folder_or_binary_is_one_line(tree):
     binary.write_bytes(b"\xff\xfe\x00\x01width = 3\n\x89PNG")
     proc = run_cli("convert", str(tree / "train"), str(tree / "out"), "--config", str(binary))
     one_line_error(proc, f"config file {binary} is not valid TOML:")
+
+
+def test_demo_removes_its_temporary_folder(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    proc = subprocess.run([sys.executable, "-m", "etl", "demo", "--workers", "2"], capture_output=True, text=True,
+                          env=env, stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "etl verify: OK" in proc.stdout
+    assert list(scratch.iterdir()) == []
+    kept = tmp_path / "kept"
+    proc = subprocess.run([sys.executable, "-m", "etl", "demo", "--workers", "2", "--out", str(kept)],
+                          capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"demo: kept in {kept}" in proc.stdout and Path(kept, "out", "train_db").is_dir()
+
