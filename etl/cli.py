@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
 import tempfile
 import time
@@ -10,13 +12,57 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from etl import __version__
 from etl.options import cli_order, help_text, kind_of, opt_of
 from etl.settings import Settings, UsageError, build_settings
 
 
 class _Parser(argparse.ArgumentParser):
+    """Errors become a UsageError (one line, exit 2) that names the closest option or command to a mistyped one.
+
+    Unambiguous prefixes of an option (--qual for --quality) are still accepted, as argparse does."""
+
+    commands: dict[str, argparse.ArgumentParser]  # the top-level parser's subcommands (make_parser)
+    argv: list[str]
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        self.argv = list(sys.argv[1:] if args is None else args)
+        ns, extras = self.parse_known_args(self.argv, namespace)
+        if extras:
+            sub = getattr(self, "commands", {}).get(getattr(ns, "command", None) or "")
+            raise UsageError(_unrecognized(extras, _flags(self) + (_flags(sub) if sub else [])))
+        return ns
+
     def error(self, message: str) -> None:  # type: ignore[override]
+        choice = re.search(r"invalid choice: (.+?) \(choose from (.*)\)$", message)
+        if choice:
+            close = difflib.get_close_matches(choice[1].strip("'"), [c.strip("'") for c in choice[2].split(", ")], 1)
+            message += f"; did you mean '{close[0]}'?" if close else ""
+        elif message.startswith("the following arguments are required") and getattr(self, "argv", None):
+            unknown = [a for a in self.argv if a.startswith("-") and not _known(a, _flags(self))]
+            if unknown:  # `etl --verison`: say so, rather than that the command is missing
+                message = _unrecognized(unknown, _flags(self))
         raise UsageError(message)
+
+
+def _flags(p: argparse.ArgumentParser) -> list[str]:
+    return [flag for action in p._actions for flag in action.option_strings]
+
+
+def _known(arg: str, flags: list[str]) -> bool:
+    """A flag, or a prefix argparse takes for one."""
+    name = arg.split("=", 1)[0]
+    return any(flag.startswith(name) for flag in flags)
+
+
+def _unrecognized(extras: list[str], flags: list[str]) -> str:
+    """argparse's message, and the flag closest to the first mistyped option that has a close one."""
+    message = "unrecognized arguments: " + " ".join(extras)
+    for arg in extras:
+        close = difflib.get_close_matches(arg.split("=", 1)[0], flags, 1) if arg.startswith("-") else []
+        if close:
+            return f"{message}; did you mean {close[0]}?"
+    return message
 
 
 def _convert_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +105,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="etl", description="Image folders to DIGITS/Caffe-compatible LMDB, on every core.")
+    parser.add_argument("--version", action="version", version=f"etl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.commands = sub.choices
     _convert_parser(sub)
     v = sub.add_parser("verify", help="decode and check every record of a converted dataset")
     v.add_argument("out_dir")

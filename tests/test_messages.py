@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from etl import cli
+from etl.cli import make_parser
 from etl.messages import Failure
 from etl.settings import build_settings
 from etl.stats import SplitStats, summary_text
@@ -146,3 +147,29 @@ def test_demo_with_out_keeps_it_and_says_where(tmp_path, monkeypatch, capsys):
     assert cli.main(["demo", "--out", str(tmp_path / "kept")]) == 0
     assert made == [tmp_path / "kept"]
     assert f"demo: kept in {tmp_path / 'kept'}" in capsys.readouterr().out
+
+
+@pytest.mark.quick
+def test_version():
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == "etl 0.4.0"
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize(("args", "message"), [
+    (["convert", "{t}/train", "{t}/out", "--widht", "100"],
+     "unrecognized arguments: --widht 100; did you mean --width?"),
+    (["convert", "{t}/train", "{t}/out", "--val_pct=5"], "did you mean --val-pct?"),
+    (["conver", "{t}/train", "{t}/out"], "did you mean 'convert'?"),
+    (["verify", "{t}/out", "--quite"], "did you mean --quiet?"),
+    (["--verison"], "did you mean --version?"),
+    (["-x"], "unrecognized arguments: -x"),
+])
+def test_mistyped_option_or_command_suggests_the_closest(tree, args, message):
+    one_line_error(run_cli(*[a.format(t=tree) for a in args]), message)
+
+
+@pytest.mark.quick
+def test_unambiguous_prefixes_are_still_accepted(tree):
+    args = make_parser().parse_args(["convert", "a", "b", "--wid", "100", "--qual", "80"])
+    assert (args.width, args.quality) == (100, 80)
