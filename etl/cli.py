@@ -103,6 +103,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
             box.add_argument(alias, dest=f.name, action="store_const", const=value, help=alias_help)
 
 
+# how long --generate 3000 took on docs/benchmarks.md's 2-core VM (bench 393 s, tune 243 s, with other load)
+BENCH_TIME = {"bench": "about 6 minutes on 2 cores", "tune": "about 4 minutes on 2 cores"}
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="etl", description="Image folders to DIGITS/Caffe-compatible LMDB, on every core.")
     parser.add_argument("--version", action="version", version=f"etl {__version__}")
@@ -118,8 +122,8 @@ def make_parser() -> argparse.ArgumentParser:
         b = sub.add_parser(name, help=text, description=text)
         src = b.add_mutually_exclusive_group()
         src.add_argument("--src", help="a folder of real images (class folders, or flat ImageNet <wnid>_*.JPEG)")
-        src.add_argument("--generate", type=int, default=3000,
-                         help="images of a generated ImageNet-like corpus (default 3000)")
+        src.add_argument("--generate", type=int,
+                         help=f"images of a generated ImageNet-like corpus (--generate 3000: {BENCH_TIME[name]})")
         b.add_argument("--repeat", type=int, default=1, help="copies of the --src files, under new names")
         b.add_argument("--out", default="bench-out", help="where bench.json / tune.json and sweep.png go")
         if name == "bench":
@@ -186,9 +190,13 @@ def _demo(base: Path, workers: int | None) -> int:
 
 
 def _bench_source(args: argparse.Namespace) -> None:
+    """The corpus is asked for, never assumed: a default run takes minutes and writes into the current folder."""
+    if args.src is None and args.generate is None:
+        raise UsageError(f"etl {args.command} needs --src FOLDER (real images: the figures that matter) or "
+                         f"--generate N (a generated corpus; --generate 3000 takes {BENCH_TIME[args.command]})")
     if args.src is not None and not Path(args.src).is_dir():
         raise UsageError(f"--src folder not found: {args.src}")
-    if args.generate < 1 or args.repeat < 1:
+    if (args.generate is not None and args.generate < 1) or args.repeat < 1:
         raise UsageError("--generate and --repeat must be at least 1")
 
 
@@ -208,7 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     if args.ceiling_records < 64:
         raise UsageError("--ceiling-records must be at least 64")
-    res = run_bench(args.src, args.generate, args.repeat, workers, Path(args.out), counts,  # type: ignore[arg-type]
+    res = run_bench(args.src, args.generate or 0, args.repeat, workers, Path(args.out), counts,  # type: ignore[arg-type]
                     ceiling_records=args.ceiling_records)
     print(render_bench(res))
     print(f"\nfigures: {Path(args.out) / 'bench.json'}")
@@ -223,7 +231,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     max_workers = args.max_workers or 2 * usable_cores()
     if max_workers < 1:
         raise UsageError("--max-workers must be at least 1")
-    res = run_tune(args.src, args.generate, args.repeat, max_workers, Path(args.out))
+    res = run_tune(args.src, args.generate or 0, args.repeat, max_workers, Path(args.out))
     print(render_tune(res, Path(args.out)))
     return 0
 

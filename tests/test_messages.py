@@ -173,3 +173,12 @@ def test_mistyped_option_or_command_suggests_the_closest(tree, args, message):
 def test_unambiguous_prefixes_are_still_accepted(tree):
     args = make_parser().parse_args(["convert", "a", "b", "--wid", "100", "--qual", "80"])
     assert (args.width, args.quality) == (100, 80)
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("command", ["bench", "tune"])
+def test_bench_and_tune_ask_for_a_source(tmp_path, command):
+    proc = run_cli(command, cwd=tmp_path)
+    one_line_error(proc, "--src")
+    assert "--generate" in proc.stderr and "minutes" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
