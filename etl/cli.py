@@ -103,7 +103,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
             box.add_argument(alias, dest=f.name, action="store_const", const=value, help=alias_help)
 
 
-# how long --generate 3000 took on docs/benchmarks.md's 2-core VM (bench 393 s, tune 243 s, with other load)
+# how long --generate 3000 took, measured on a 2-core VM with other load (bench 393 s, tune 243 s)
 BENCH_TIME = {"bench": "about 6 minutes on 2 cores", "tune": "about 4 minutes on 2 cores"}
 
 
