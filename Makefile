@@ -32,7 +32,7 @@ test-quick: setup
 	$(BIN)/pytest -q -m quick
 
 bench: setup
-	$(BIN)/etl bench
+	$(BIN)/etl bench --generate 3000
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

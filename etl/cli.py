@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
 import tempfile
 import time
@@ -10,13 +12,57 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from etl import __version__
 from etl.options import cli_order, help_text, kind_of, opt_of
 from etl.settings import Settings, UsageError, build_settings
 
 
 class _Parser(argparse.ArgumentParser):
+    """Errors become a UsageError (one line, exit 2) that names the closest option or command to a mistyped one.
+
+    Unambiguous prefixes of an option (--qual for --quality) are still accepted, as argparse does."""
+
+    commands: dict[str, argparse.ArgumentParser]  # the top-level parser's subcommands (make_parser)
+    argv: list[str]
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        self.argv = list(sys.argv[1:] if args is None else args)
+        ns, extras = self.parse_known_args(self.argv, namespace)
+        if extras:
+            sub = getattr(self, "commands", {}).get(getattr(ns, "command", None) or "")
+            raise UsageError(_unrecognized(extras, _flags(self) + (_flags(sub) if sub else [])))
+        return ns
+
     def error(self, message: str) -> None:  # type: ignore[override]
+        choice = re.search(r"invalid choice: (.+?) \(choose from (.*)\)$", message)
+        if choice:
+            close = difflib.get_close_matches(choice[1].strip("'"), [c.strip("'") for c in choice[2].split(", ")], 1)
+            message += f"; did you mean '{close[0]}'?" if close else ""
+        elif message.startswith("the following arguments are required") and getattr(self, "argv", None):
+            unknown = [a for a in self.argv if a.startswith("-") and not _known(a, _flags(self))]
+            if unknown:  # `etl --verison`: say so, rather than that the command is missing
+                message = _unrecognized(unknown, _flags(self))
         raise UsageError(message)
+
+
+def _flags(p: argparse.ArgumentParser) -> list[str]:
+    return [flag for action in p._actions for flag in action.option_strings]
+
+
+def _known(arg: str, flags: list[str]) -> bool:
+    """A flag, or a prefix argparse takes for one."""
+    name = arg.split("=", 1)[0]
+    return any(flag.startswith(name) for flag in flags)
+
+
+def _unrecognized(extras: list[str], flags: list[str]) -> str:
+    """argparse's message, and the flag closest to the first mistyped option that has a close one."""
+    message = "unrecognized arguments: " + " ".join(extras)
+    for arg in extras:
+        close = difflib.get_close_matches(arg.split("=", 1)[0], flags, 1) if arg.startswith("-") else []
+        if close:
+            return f"{message}; did you mean {close[0]}?"
+    return message
 
 
 def _convert_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,9 +103,15 @@ def add_options(p: argparse.ArgumentParser) -> None:
             box.add_argument(alias, dest=f.name, action="store_const", const=value, help=alias_help)
 
 
+# how long --generate 3000 took, measured on a 2-core VM with other load (bench 393 s, tune 243 s)
+BENCH_TIME = {"bench": "about 6 minutes on 2 cores", "tune": "about 4 minutes on 2 cores"}
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="etl", description="Image folders to DIGITS/Caffe-compatible LMDB, on every core.")
+    parser.add_argument("--version", action="version", version=f"etl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.commands = sub.choices
     _convert_parser(sub)
     v = sub.add_parser("verify", help="decode and check every record of a converted dataset")
     v.add_argument("out_dir")
@@ -70,8 +122,8 @@ def make_parser() -> argparse.ArgumentParser:
         b = sub.add_parser(name, help=text, description=text)
         src = b.add_mutually_exclusive_group()
         src.add_argument("--src", help="a folder of real images (class folders, or flat ImageNet <wnid>_*.JPEG)")
-        src.add_argument("--generate", type=int, default=3000,
-                         help="images of a generated ImageNet-like corpus (default 3000)")
+        src.add_argument("--generate", type=int,
+                         help=f"images of a generated ImageNet-like corpus (--generate 3000: {BENCH_TIME[name]})")
         b.add_argument("--repeat", type=int, default=1, help="copies of the --src files, under new names")
         b.add_argument("--out", default="bench-out", help="where bench.json / tune.json and sweep.png go")
         if name == "bench":
@@ -83,7 +135,7 @@ def make_parser() -> argparse.ArgumentParser:
         else:
             b.add_argument("--max-workers", type=int, help="sweep 1..N workers (default: 2 x cores)")
     d = sub.add_parser("demo", help="build a small ImageNet-like tree, convert it, verify it")
-    d.add_argument("--out", help="keep the demo here (default: a temporary folder)")
+    d.add_argument("--out", help="keep the demo here (default: a temporary folder, removed at the end)")
     d.add_argument("--workers", type=int)
     return parser
 
@@ -109,18 +161,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.out:
+        code = _demo(Path(args.out), args.workers)
+        print(f"demo: kept in {args.out} (the tree in train/ and val/, the dataset in out/)")
+        return code
+    with tempfile.TemporaryDirectory(prefix="etl-demo-") as tmp:  # removed at the end, also after an error
+        code = _demo(Path(tmp), args.workers)
+        print(f"demo: removing {tmp} (give --out DIR to keep the tree and the dataset)")
+    return code
+
+
+def _demo(base: Path, workers: int | None) -> int:
     from etl.check import render, verify
     from etl.pipeline import convert
     from etl.synth import TreeSpec, make_tree
 
-    base = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="etl-demo-"))
     t0 = time.monotonic()
     print(f"demo: building an ImageNet-like tree in {base} ...")
     make_tree(base / "train", TreeSpec(classes=8, per_class=60, seed=1))
     make_tree(base / "val", TreeSpec(classes=8, per_class=10, seed=2, awkward=False))
     print(f"demo: tree built in {time.monotonic() - t0:.1f} s; converting")
     values = {"train_dir": str(base / "train"), "out_dir": str(base / "out"), "val_dir": str(base / "val"),
-              "workers": args.workers, "overwrite": True}
+              "workers": workers, "overwrite": True}
     convert(build_settings(values))
     check = verify(str(base / "out"))
     print(render(check))
@@ -128,9 +190,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _bench_source(args: argparse.Namespace) -> None:
+    """The corpus is asked for, never assumed: a default run takes minutes and writes into the current folder."""
+    if args.src is None and args.generate is None:
+        raise UsageError(f"etl {args.command} needs --src FOLDER (real images: the figures that matter) or "
+                         f"--generate N (a generated corpus; --generate 3000 takes {BENCH_TIME[args.command]})")
     if args.src is not None and not Path(args.src).is_dir():
         raise UsageError(f"--src folder not found: {args.src}")
-    if args.generate < 1 or args.repeat < 1:
+    if (args.generate is not None and args.generate < 1) or args.repeat < 1:
         raise UsageError("--generate and --repeat must be at least 1")
 
 
@@ -150,7 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     if args.ceiling_records < 64:
         raise UsageError("--ceiling-records must be at least 64")
-    res = run_bench(args.src, args.generate, args.repeat, workers, Path(args.out), counts,  # type: ignore[arg-type]
+    res = run_bench(args.src, args.generate or 0, args.repeat, workers, Path(args.out), counts,  # type: ignore[arg-type]
                     ceiling_records=args.ceiling_records)
     print(render_bench(res))
     print(f"\nfigures: {Path(args.out) / 'bench.json'}")
@@ -165,7 +231,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     max_workers = args.max_workers or 2 * usable_cores()
     if max_workers < 1:
         raise UsageError("--max-workers must be at least 1")
-    res = run_tune(args.src, args.generate, args.repeat, max_workers, Path(args.out))
+    res = run_tune(args.src, args.generate or 0, args.repeat, max_workers, Path(args.out))
     print(render_tune(res, Path(args.out)))
     return 0
 

@@ -79,7 +79,7 @@ class Settings:
     channels: int = option(3, "3 = RGB (default), 1 = grayscale", choices=(1, 3), rule="1 (grayscale) or 3 (RGB)")
     encoding: str = option("jpg", "jpg (default), png or none (raw CHW BGR)", choices=ENCODINGS)
     quality: int = option(90, "JPEG quality (default {default})", low=1, high=100)
-    seed: int = option(DEFAULT_SEED, "seed for the shuffle, the val split and noise padding")
+    seed: int = option(DEFAULT_SEED, "seed for the shuffle, the val split and noise padding", low=0)
     shuffle: bool = option(True, "keep class order", flag="--no-shuffle", const=False)
     min_per_class: int = option(1, "drop classes with fewer images", low=1)
     max_per_class: int | None = option(None, "use at most this many images of a class")
@@ -144,8 +144,12 @@ def load_preset(path: str) -> dict[str, Any]:
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise UsageError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except IsADirectoryError:
+        raise UsageError(f"config file {path} is a folder") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
     values = {key.replace("-", "_"): value for key, value in raw.items()}
     if "keep_page_cache" in values:  # the switch's name before page_cache (etl 0.2)
         old = values.pop("keep_page_cache")
@@ -161,14 +165,25 @@ def load_preset(path: str) -> dict[str, Any]:
 
 
 def build_settings(cli_values: dict[str, Any], preset_path: str | None = None) -> Settings:
-    """Defaults, overridden by the preset, overridden by options given on the command line."""
-    merged: dict[str, Any] = {}
-    if preset_path:
-        merged.update(load_preset(preset_path))
-    merged.update({k: v for k, v in cli_values.items() if v is not None})
+    """Defaults, overridden by the preset, overridden by options given on the command line.
+
+    An option given also replaces the preset's value of the options it excludes: --val-dir on the command
+    line wins over the preset's val_pct."""
+    merged: dict[str, Any] = load_preset(preset_path) if preset_path else {}
+    given = {k: v for k, v in cli_values.items() if v is not None}
+    for name in given:
+        for rival in _rivals(name):
+            merged.pop(rival, None)
+    merged.update(given)
     settings = Settings(**{k: _coerce(k, v) for k, v in merged.items()})
     check_settings(settings)
     return settings
+
+
+def _rivals(name: str) -> list[str]:
+    """The options declared mutually exclusive with this one (the same `exclusive` key)."""
+    key = opt_of(FIELDS[name]).exclusive if name in FIELDS else ""
+    return [other for other, f in FIELDS.items() if key and other != name and opt_of(f).exclusive == key]
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 from etl.layout import REPORT
 from etl.messages import STAGES, Failure, Progress, WriterSummary
 from etl.procs import peak_rss_kb
+from etl.words import before_colon, cut_at_word, plural
 
 
 @dataclass
@@ -127,24 +128,36 @@ def write_report(out_dir: str, settings: dict[str, Any], labels: list[str], spli
 
 def summary_text(out_dir: str, labels: list[str], splits: list[SplitStats], notes: list[str]) -> str:
     """The one-screen summary printed at the end of a run."""
-    lines = [f"etl convert: {len(labels)} classes -> {out_dir}"]
+    lines = [f"etl convert: {plural(len(labels), 'class')} -> {out_dir}"]
     for s in splits:
         lines.append(f"  {s.name:5s} {s.written:>9,d} written  {len(s.failures):>6,d} skipped  "
-                     f"{len(s.warnings):>6,d} with warnings  {s.wall_seconds:8.1f} s  "
-                     f"{s.images_per_second:8.1f} img/s  ({s.worker_count} workers)")
+                     f"{len(s.warnings):>6,d} with warnings  {_pace(s)}")
         if s.resumed_from:
-            lines.append(f"        resumed: {s.resumed_from:,d} records were already written")
+            was = "was" if s.resumed_from == 1 else "were"
+            lines.append(f"        resumed: {plural(s.resumed_from, 'record')} {was} already written")
         if s.worker_losses:
-            lines.append(f"        {len(s.worker_losses)} worker processes replaced, e.g. one {s.worker_losses[0]}")
+            lines.append(f"        {plural(len(s.worker_losses), 'worker process')} replaced, "
+                         f"e.g. one {s.worker_losses[0]}")
         lines.extend(_reasons(s))
     lines.extend(f"  note: {n}" for n in notes)
     lines.append(f"  report: {Path(out_dir, 'report.json')}")
     return "\n".join(lines)
 
 
+REASON_WIDTH = 110  # a reason group longer than this is cut at a word
+
+
+def _pace(s: SplitStats) -> str:
+    """Time, rate and workers; a split a resume found fully written has no rate to show."""
+    if s.resumed_from and s.written == s.resumed_from:
+        return "already complete, nothing left to write"
+    return f"{s.wall_seconds:8.1f} s  {s.images_per_second:8.1f} img/s  ({plural(s.worker_count, 'worker')})"
+
+
 def _reasons(s: SplitStats, shown: int = 5) -> list[str]:
+    """The most common kinds of skip (a reason up to its first ': ' outside brackets), then a few examples."""
     lines = []
-    counts = Counter(f.reason.split(":")[0] for f in s.failures)
+    counts = Counter(cut_at_word(before_colon(f.reason), REASON_WIDTH) for f in s.failures)
     for reason, n in counts.most_common(shown):
         lines.append(f"        skipped {n:>6,d}: {reason}")
     for f in s.failures[:shown]:

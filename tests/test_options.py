@@ -95,6 +95,7 @@ def test_help_shows_the_real_defaults_and_the_same_layout(capsys):
     ({"io_target": 0.5}, "--io-target must be a percentage from 1 to 100, got 0.5"),
     ({"max_per_class": 1, "min_per_class": 2}, "--max-per-class must be at least --min-per-class"),
     ({"seed": 1.5}, "option seed expects a whole number, got 1.5"),
+    ({"seed": -1}, "--seed must be at least 0, got -1"),  # numpy refuses negative seeds
     ({"shuffle": "no"}, "option shuffle expects true or false, got 'no'"),
     ({"resize_mode": 3}, "option resize_mode expects text, got 3"),
     ({"image_timeout": True}, "option image_timeout expects a number, got True"),
