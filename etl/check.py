@@ -18,6 +18,7 @@ from etl.errors import UsageError
 from etl.layout import LABELS, MEAN_JPG, MEAN_PROTO, REPORT, db_name, db_path, list_path, sums_name, sums_path
 from etl.reader import LmdbDataset, datum_pixels
 from etl.sinks.checksums import record_sum
+from etl.words import plural
 
 MAX_LISTED = 20  # problems shown; and kept per kind of per-record problem (the rest are counted)
 
@@ -64,7 +65,7 @@ def verify(out_dir: str, progress: bool = True) -> Checker:
         check.fail(f"cannot read report.json or labels.txt: {exc}")
         return check
     if len(labels) != report.get("labels"):
-        check.fail(f"labels.txt has {len(labels)} classes, report.json says {report.get('labels')}")
+        check.fail(f"labels.txt has {plural(len(labels), 'class')}, report.json says {report.get('labels')}")
     unsummed = [sums_name(name) for name in report["splits"] if not sums_path(out, name).is_file()]
     for name, split in report["splits"].items():
         _check_split(check, out, name, split, labels, report["settings"], progress)
@@ -219,9 +220,9 @@ def _of_its_values(n: int) -> str:
 def render(check: Checker) -> str:
     notes = "".join(f"\n  note: {n}" for n in check.notes)
     if not check.problems:
-        return f"etl verify: OK, {check.records:,d} records checked{notes}"
+        return f"etl verify: OK, {plural(check.records, 'record')} checked{notes}"
     shown = "\n".join(f"  - {p}" for p in check.problems[:MAX_LISTED])
     more = len(check.problems) - MAX_LISTED
     tail = f"\n  ... and {more} more" if more > 0 else ""
-    problems = "1 problem" if check.found == 1 else f"{check.found:,d} problems"
-    return f"etl verify: FAILED, {problems} in {check.records:,d} records\n{shown}{tail}{notes}"
+    return (f"etl verify: FAILED, {plural(check.found, 'problem')} in {plural(check.records, 'record')}\n"
+            f"{shown}{tail}{notes}")

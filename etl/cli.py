@@ -242,6 +242,8 @@ COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "demo": cmd_demo, "ben
 def main(argv: list[str] | None = None) -> int:
     from etl.errors import Interrupted, PipelineError
 
+    for stream in (sys.stdout, sys.stderr):  # names that are not UTF-8 print as escapes, never a traceback
+        stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         args = make_parser().parse_args(argv)
         return COMMANDS[args.command](args)

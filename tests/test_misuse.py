@@ -271,7 +271,7 @@ def test_images_that_links_put_under_two_labels_are_named_in_the_summary(tmp_pat
     assert proc.returncode == 0, proc.stderr
     notes = json.loads((out / "report.json").read_text())["notes"]
     assert notes == ["class 'b' holds the folder b, which class 'a' holds too: its images are under both labels",
-                     "1 images are under two labels through file links, e.g. c/2.jpg (class 'c') is an image of "
+                     "1 image under two labels through file links, e.g. c/2.jpg (class 'c') is an image of "
                      "class 'a'"]
     assert all(f"note: {n}" in proc.stdout for n in notes)
 
@@ -295,4 +295,4 @@ def test_the_smaller_plan_messages_say_what_is_true(tmp_path):
         assert (proc.returncode, proc.stderr.strip()) == (2, f"etl: error: {message}")
     proc = run_cli("convert", str(train), out, "--val-dir", str(val), "--min-per-class", "2", "--workers", "1")
     assert proc.returncode == 0, proc.stderr  # b is dropped: its val images are left out, not "lacking in train"
-    assert "note: val images of 1 dropped classes left out, e.g. 'b'" in proc.stdout
+    assert "note: val images of 1 dropped class left out, e.g. 'b'" in proc.stdout

@@ -12,6 +12,7 @@ from etl.errors import UsageError
 from etl.pagecache import InputSize, estimate_input
 from etl.sources.base import Unreadable, byte_order
 from etl.throttle import block_device
+from etl.words import plural
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm"})
 
@@ -87,7 +88,7 @@ class TreeScan:
                   if (other := self._link_owner(rel)) not in (None, name)]
         if across:
             name, rel, other = across[0]
-            notes.append(f"{len(across)} images are under two labels through file links, e.g. {rel} (class "
+            notes.append(f"{plural(len(across), 'image')} under two labels through file links, e.g. {rel} (class "
                          f"'{name}') is an image of class '{other}'")
         return notes
 

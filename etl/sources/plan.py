@@ -8,6 +8,7 @@ from etl.messages import Item
 from etl.settings import Settings, UsageError
 from etl.sources.base import Plan, Reader, Split
 from etl.sources.registry import open_source
+from etl.words import plural
 
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "split": 2}
 
@@ -57,11 +58,12 @@ def _val_source(path: str, labels: list[str], dropped: set[str], notes: list[str
         raise UsageError(f"val folder has classes the train folder lacks: {', '.join(unknown[:5])}")
     left_out = [name for name in val_classes if name in dropped and val_classes[name]]
     if left_out:
-        notes.append(f"val images of {len(left_out)} dropped classes left out, e.g. '{left_out[0]}'")
+        notes.append(f"val images of {plural(len(left_out), 'dropped class')} left out, e.g. '{left_out[0]}'")
         val_classes = {name: files for name, files in val_classes.items() if name not in dropped}
     missing = [name for name in labels if not val_classes.get(name)]
     if missing:
-        notes.append(f"{len(missing)} classes have no val images, e.g. '{missing[0]}'")
+        notes.append(f"{plural(len(missing), 'class')} {'has' if len(missing) == 1 else 'have'} no val images, "
+                     f"e.g. '{missing[0]}'")
     label_of = {name: i for i, name in enumerate(labels)}
     return [(path, label_of[name]) for name, files in val_classes.items() for path in files], source.reader()
 
