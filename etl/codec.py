@@ -25,6 +25,11 @@ from turbojpeg import (
 from etl.colour import chroma_shape
 
 JPEG_MAGIC = b"\xff\xd8"
+# What one worker decodes at most, in pixels, unless the output itself is larger (decode_budget): ordinary
+# photographs stay below it; a JPEG above it is decoded at a smaller DCT scale, anything else is refused.
+DECODE_BUDGET_PIXELS = 1 << 26  # 8192 x 8192
+WHOLE_COST = 2  # a JPEG that libjpeg holds whole (held_whole) counts twice: ~6 bytes of coefficients per pixel
+BAND_PIXELS = 1 << 20  # the Pillow path converts an image this many pixels at a time
 
 
 class BadImage(Exception):
@@ -60,13 +65,48 @@ class Planes(NamedTuple):
 ScaleChooser = Callable[[int, int], int]
 
 
+def decode_budget(width: int, height: int) -> int:
+    """Pixels one worker may decode for an output of width x height: DECODE_BUDGET_PIXELS, or four times
+    the output where that is more (a decode that covers the output needs up to twice each side)."""
+    return max(DECODE_BUDGET_PIXELS, 4 * width * height)
+
+
+def scaled_pixels(width: int, height: int, denom: int) -> int:
+    """Pixels of a JPEG decoded at 1/denom (libjpeg rounds each side up)."""
+    return -(-width // denom) * -(-height // denom)
+
+
+def held_whole(data: bytes) -> bool:
+    """Whether libjpeg keeps the whole image's DCT coefficients while decoding this JPEG, whatever the
+    scale: progressive (and lossless or arithmetic progressive) frames, and sequential ones whose first
+    scan does not carry every component. Read from the markers before the first scan."""
+    pos, components = 2, 0
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if marker in (0xC2, 0xC6, 0xCA, 0xCE):
+                return True
+            components = data[pos + 9] if pos + 9 < len(data) else 0
+        elif marker == 0xDA:
+            return pos + 4 < len(data) and data[pos + 4] < components
+        pos += 2 + length
+    return False
+
+
 class Codec:
     """One per worker process: holds the TurboJPEG handle (its library lookup costs ~2.5 ms)."""
 
-    def __init__(self, channels: int, max_pixels: int) -> None:
+    def __init__(self, channels: int, max_pixels: int, decode_pixels: int = DECODE_BUDGET_PIXELS) -> None:
         self.tj = TurboJPEG()
         self.channels = channels
         self.max_pixels = max_pixels
+        self.decode_pixels = decode_pixels  # the most pixels one decode may produce (decode_budget)
         self.pixel_format = TJPF_RGB if channels == 3 else TJPF_GRAY
         Image.MAX_IMAGE_PIXELS = None  # our own limit, checked before decoding, applies instead
 
@@ -77,7 +117,7 @@ class Codec:
             decoded = self._decode_jpeg(data, choose_scale)
             if decoded is not None:
                 return decoded
-        return self._decode_pillow(data, warning=None)
+        return self._decode_pillow(data, None, choose_scale)
 
     def decode_planes(self, data: bytes, choose_scale: ScaleChooser) -> Planes | None:
         """YCbCr planes of a plain colour or gray JPEG that decodes without a warning; None otherwise.
@@ -94,6 +134,7 @@ class Codec:
                     return None
                 self._check_size(width, height)
                 denom = choose_scale(width, height)
+                self._check_budget(data, width, height, denom)
                 scale = (1, denom) if denom > 1 else None
                 if subsample == TJSAMP_GRAY:  # PyTurboJPEG's plane sizes are wrong for gray: take Y as gray
                     y = self.tj.decode(data, pixel_format=TJPF_GRAY, scaling_factor=scale,
@@ -127,6 +168,17 @@ class Codec:
         if width < 1 or height < 1:
             raise BadImage(f"image claims an empty size {width}x{height}")
 
+    def _check_budget(self, data: bytes, width: int, height: int, denom: int) -> None:
+        """Refuse a JPEG whose decode would hold more than the decode budget (decode_pixels)."""
+        budget = self.decode_pixels
+        if width * height * WHOLE_COST > budget and held_whole(data):
+            raise BadImage(f"progressive JPEG of {width}x{height} pixels is over the decode budget of "
+                           f"{budget // WHOLE_COST:,d} pixels per worker for such files (libjpeg holds them whole, at "
+                           "any scale)")
+        if scaled_pixels(width, height, denom) > budget:
+            raise BadImage(f"JPEG of {width}x{height} pixels is over the decode budget of {budget:,d} pixels per "
+                           "worker even at 1/8 scale")
+
     def _decode_jpeg(self, data: bytes, choose_scale: ScaleChooser) -> Decoded | None:
         """libjpeg-turbo, stopping at the first warning; None sends the file to Pillow."""
         with libjpeg_warnings() as caught:
@@ -138,6 +190,7 @@ class Codec:
                 return None
             self._check_size(width, height)
             denom = choose_scale(width, height)
+            self._check_budget(data, width, height, denom)
             try:
                 pixels = self.tj.decode(data, pixel_format=self.pixel_format,
                                         scaling_factor=(1, denom) if denom > 1 else None,
@@ -149,18 +202,19 @@ class Codec:
             # back a half-written array: never trust it, decode again with Pillow.
             if not has_scan_data(data):
                 raise BadImage("no image data: the file ends right after its JPEG header")
-            return self._decode_pillow(data, warning=str(caught[0].message))
+            return self._decode_pillow(data, str(caught[0].message), choose_scale)
         return Decoded(pixels, width, height, None)
 
-    def _decode_pillow(self, data: bytes, warning: str | None) -> Decoded:
+    def _decode_pillow(self, data: bytes, warning: str | None, choose_scale: ScaleChooser) -> Decoded:
         """Pillow for what libjpeg-turbo refused; a truncated file passes only with a JPEG warning."""
         ImageFile.LOAD_TRUNCATED_IMAGES = warning is not None
         try:
             with Image.open(io.BytesIO(data)) as im:
-                self._check_size(*im.size)
+                width, height = im.size
+                self._check_size(width, height)
+                self._fit_budget(im, data, choose_scale)
                 im.load()
-                pixels = self._to_array(im)
-                return Decoded(pixels, im.size[0], im.size[1], warning)
+                return Decoded(self._to_array(im), width, height, warning)
         except BadImage:
             raise
         except Image.UnidentifiedImageError:
@@ -170,7 +224,35 @@ class Codec:
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+    def _fit_budget(self, im: Image.Image, data: bytes, choose_scale: ScaleChooser) -> None:
+        """Within the decode budget, nothing changes; above it a JPEG is decoded at the scale the chooser
+        picks (Pillow's draft), and any other format is refused: it can only be decoded whole."""
+        width, height = im.size
+        if width * height <= self.decode_pixels:
+            return
+        if im.format not in ("JPEG", "MPO"):  # MPO: a JPEG with more pictures after the first
+            raise BadImage(f"{im.format or 'image'} of {width}x{height} pixels is over the decode budget of "
+                           f"{self.decode_pixels:,d} pixels per worker (only a JPEG can be decoded at a "
+                           "smaller scale)")
+        denom = choose_scale(width, height)
+        self._check_budget(data, width, height, denom)
+        im.draft(None, (width // denom, height // denom))
+
     def _to_array(self, im: Image.Image) -> np.ndarray:
+        """(H, W, channels) uint8; a large image is converted in bands of rows, so that its converted copies
+        (RGBA, the composite, RGB) exist one band at a time. Every conversion here is pixel by pixel,
+        so bands give the same bytes."""
+        width, height = im.size
+        rows = max(1, BAND_PIXELS // max(1, width))
+        if rows >= height:
+            return self._band_to_array(im)
+        out = np.empty((height, width, self.channels), np.uint8)
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            out[top:bottom] = self._band_to_array(im.crop((0, top, width, bottom)))
+        return out
+
+    def _band_to_array(self, im: Image.Image) -> np.ndarray:
         if im.mode.startswith("I;16") or im.mode == "I":
             im = Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).astype(np.uint8))
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from etl.codec import BadImage, Codec, Decoded
+from etl.codec import BadImage, Codec, Decoded, decode_budget
 from etl.datum import encode_datum
 from etl.meansum import SumLayout
 from etl.messages import ChunkResult, Failure, Item, Record, Task
@@ -42,6 +42,11 @@ class WorkSpec:
     strict: bool  # refuse images that decode only with a warning
 
     @property
+    def decode_pixels(self) -> int:
+        """The most pixels one decode may produce (etl.codec.decode_budget)."""
+        return decode_budget(self.width, self.height)
+
+    @property
     def planar(self) -> bool:
         """Whether JPEGs can go through as YCbCr planes: colour JPEG output, and a mode that never pads."""
         return self.encoding == "jpg" and self.channels == 3 and self.resize_mode in ("squash", "crop")
@@ -62,7 +67,7 @@ class ImageConverter:
     def __init__(self, spec: WorkSpec, gate: ReadGate | None = None, hold: Callable[[int], None] | None = None,
                  fault: Callable[[str], None] | None = None) -> None:
         self.spec = spec
-        self.codec = Codec(spec.channels, spec.max_pixels)
+        self.codec = Codec(spec.channels, spec.max_pixels, spec.decode_pixels)
         self.gate = gate
         self.hold = hold or (lambda index: None)
         self.fault = fault
@@ -152,4 +157,4 @@ class ImageConverter:
 
     def _scale_chooser(self, src_w: int, src_h: int) -> int:
         s = self.spec
-        return dct_scale(src_w, src_h, plan_geometry(src_w, src_h, s.width, s.height, s.resize_mode))
+        return dct_scale(src_w, src_h, plan_geometry(src_w, src_h, s.width, s.height, s.resize_mode), s.decode_pixels)

@@ -98,6 +98,8 @@ class Settings:
     queue_depth: int = option(2, "tasks each worker holds, the one it works on included (default {default})",
                               low=1, high=64, output=False)
     commit_every: int = option(1000, "records per LMDB transaction (default {default})", low=1, output=False)
+    max_buffer_mb: int = option(1024, "MB that converted images in flight to the writer may hold, and again those "
+                                "awaiting its commit (default {default})", low=1, output=False)
     overwrite: bool = option(False, "replace a dataset already in OUT_DIR", const=True, output=False)
     resume: bool = option(False, "continue an interrupted run (same arguments) exactly where it stopped",
                           const=True, output=False)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from etl.codec import Planes
+from etl.codec import Planes, scaled_pixels
 
 
 class Geometry(NamedTuple):
@@ -194,15 +194,21 @@ def _noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 DCT_MARGIN = 1.0  # the scaled decode must still cover the resize target this many times over
 
 
-def dct_scale(src_w: int, src_h: int, geo: Geometry) -> int:
-    """Largest JPEG DCT downscale (8, 4, 2 or 1) whose output still covers the resize target.
+def dct_scale(src_w: int, src_h: int, geo: Geometry, budget: int | None = None) -> int:
+    """Largest JPEG DCT downscale (8, 4, 2 or 1) whose output still covers the resize target; where that
+    decode would exceed `budget` pixels (codec.decode_budget), the finest scale within it instead, covering
+    or not (8 if none is: the codec then refuses the image).
 
     libjpeg-turbo 2.1 only has fast scaled IDCTs for 1/2, 1/4 and 1/8. Measured on 250 real
     ImageNet JPEGs (etl bench kernels): a margin of 1x costs 1.28 ms per image at 33.21 dB PSNR,
     a margin of 2x 1.36-1.39 ms at 33.45 dB; Pillow's kernel scores 32.95 dB. The faster rule
     keeps the quality above DIGITS' own, which is the bar.
     """
+    covering = 1
     for denom in (8, 4, 2):
         if src_w // denom >= DCT_MARGIN * geo.resize_w and src_h // denom >= DCT_MARGIN * geo.resize_h:
-            return denom
-    return 1
+            covering = denom
+            break
+    if budget is None or scaled_pixels(src_w, src_h, covering) <= budget:
+        return covering
+    return next((d for d in (2, 4, 8) if d > covering and scaled_pixels(src_w, src_h, d) <= budget), 8)

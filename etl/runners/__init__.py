@@ -20,8 +20,8 @@ class Runner(Protocol):
 
 
 def make_runner(s: Settings, start_method: str | None = None) -> Runner:
-    """The runner for these settings (a new runner is chosen here)."""
-    return LocalRunner(start_method)
+    """The runner for these settings (a new runner is chosen here); it refuses settings it cannot run."""
+    return LocalRunner(start_method, s)
 
 
 __all__ = ["LocalRunner", "Runner", "make_runner"]

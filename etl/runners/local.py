@@ -14,6 +14,7 @@ from etl.converter import WorkSpec
 from etl.errors import Interrupted, PipelineError
 from etl.layout import db_name
 from etl.meansum import mean_layout
+from etl.memory import check_memory, commit_records, window_chunks
 from etl.messages import Progress, Ready, WriterSummary
 from etl.pagecache import CacheChoice
 from etl.procs import NO_WRITER_EXIT, exit_reason, mp_context
@@ -48,37 +49,42 @@ def death_reason(handle: WorkerHandle) -> str:
 
 
 def writer_spec(split: Split, s: Settings, out: Path, cache: CacheChoice) -> WriterSpec:
-    return WriterSpec(split.name, str(out), split.reader.list_prefix(s.relative_paths), s.commit_every, s.resume,
+    return WriterSpec(split.name, str(out), split.reader.list_prefix(s.relative_paths), commit_records(s), s.resume,
                       mean=mean_layout(s.width, s.height, s.channels, split.name),
                       keep_page_cache=not cache.drop_output, stop_at_failure=s.on_error == "fail")
 
 
 class LocalRunner:
-    """Runs each split on this machine's cores."""
+    """Runs each split on this machine's cores. Given the settings, it first checks that their buffers fit
+    in this machine's memory, before any work; with --workers 0 it starts as many workers as fit
+    (etl.memory.check_memory)."""
 
-    def __init__(self, start_method: str | None = None) -> None:
+    def __init__(self, start_method: str | None = None, s: Settings | None = None) -> None:
+        self.max_workers = check_memory(s).workers if s is not None else None
         self.ctx = mp_context(start_method)
 
     def run_split(self, split: Split, s: Settings, out: Path, cache: CacheChoice, progress: bool) -> SplitStats:
-        return SplitRun(split, s, out, progress, cache).run(self.ctx)
+        return SplitRun(split, s, out, progress, cache, self.max_workers).run(self.ctx)
 
 
 class SplitRun:
     """Feeds one split's chunks to the workers (who send results to the writer), follows the writer's
     progress, replaces lost workers."""
 
-    def __init__(self, split: Split, s: Settings, out: Path, progress: bool, cache: CacheChoice) -> None:
+    def __init__(self, split: Split, s: Settings, out: Path, progress: bool, cache: CacheChoice,
+                 max_workers: int | None = None) -> None:
         self.split, self.s, self.out, self.cache = split, s, out, cache
         self.tasks = chunks(split.items, s.chunk_size, split.give_up)
-        self.workers = max(1, min(s.worker_count, len(self.tasks)))
+        self.workers = max(1, min(s.worker_count, max_workers or s.worker_count, len(self.tasks)))
         self.stats = SplitStats(split.name, len(split.items), worker_count=self.workers)
         self.bar = QuietTqdm(total=len(split.items), desc=split.name, unit="img", disable=not progress,
                              smoothing=0.05, delay=0.1)
         self.caps = caps_for(s, split.name)
         self.last_io_update = 0.0
         self.pool: WorkerPool | None = None
-        # Chunks ahead of the writer: bounds its reorder buffer, and leaves room for every worker's queue.
-        self.ledger = ChunkLedger(self.tasks, (s.queue_depth + 2) * self.workers + 4, self.workers)
+        # Chunks ahead of the writer: bounds its reorder buffer, and leaves room for every worker's queue,
+        # within --max-buffer-mb.
+        self.ledger = ChunkLedger(self.tasks, window_chunks(s, self.workers, split.name == "train"), self.workers)
 
     def run(self, ctx: BaseContext) -> SplitStats:
         cpu0 = time.process_time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -13,6 +14,15 @@ from etl.throttle import SharedState
 from etl.writer import WriterSpec, writer_main
 
 POLL_SECONDS = 0.2
+
+
+def gone(code: int | None) -> str:
+    """The writer's end in words; a SIGKILL is most often the kernel's out-of-memory killer, and resuming
+    with the same buffers would meet it again."""
+    text = f"the LMDB writer {exit_reason(code)}"
+    if code == -signal.SIGKILL:
+        text += "; --resume may take a lower --max-buffer-mb or --workers"
+    return text
 
 
 class WriterProcess:
@@ -46,7 +56,7 @@ class WriterProcess:
             msg = self.from_writer.recv()
         except (EOFError, OSError):
             self.proc.join(2.0)
-            raise PipelineError(f"the LMDB writer {exit_reason(self.proc.exitcode)}; the database holds its "
+            raise PipelineError(f"{gone(self.proc.exitcode)}; the database holds its "
                                 "last commit: run the same command with --resume") from None
         if isinstance(msg, WriterError):
             raise PipelineError(msg.message)
@@ -63,7 +73,7 @@ class WriterProcess:
             if isinstance(msg, WriterSummary):
                 return msg
         if self.proc.exitcode is not None and not self.from_writer.poll():
-            raise PipelineError(f"the LMDB writer {exit_reason(self.proc.exitcode)}; run again with --resume")
+            raise PipelineError(f"{gone(self.proc.exitcode)}; run again with --resume")
         return None
 
     def until(self, kind: type) -> Any:
@@ -71,7 +81,7 @@ class WriterProcess:
         while True:
             if not self.from_writer.poll(POLL_SECONDS):
                 if self.proc.exitcode is not None:
-                    raise PipelineError(f"the LMDB writer {exit_reason(self.proc.exitcode)}")
+                    raise PipelineError(gone(self.proc.exitcode))
                 continue
             msg = self.message()
             if isinstance(msg, kind):
@@ -93,7 +103,7 @@ class WriterProcess:
         except OSError:  # the writer is gone: its last message says why
             self.proc.join(2.0)
             self.drain()
-            raise PipelineError(f"the LMDB writer {exit_reason(self.proc.exitcode)}; run again with --resume") \
+            raise PipelineError(f"{gone(self.proc.exitcode)}; run again with --resume") \
                 from None
 
     def is_alive(self) -> bool:

@@ -1,0 +1,154 @@
+"""Memory: what a run's buffers hold, estimated from its settings; the window in bytes; the check before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import psutil
+
+from etl.codec import decode_budget
+from etl.errors import UsageError
+from etl.meansum import SumLayout
+from etl.settings import Settings
+
+MB = 1 << 20
+GB = 1 << 30
+PROCESS_BYTES = 96 * MB  # a worker or the writer before it holds any image (Python, numpy, OpenCV, libjpeg)
+DECODE_BYTES_PER_PIXEL = 12  # per pixel of the decode budget: the file (up to 4) and the decode (7, measured)
+OUTPUT_COPIES = 4  # an output image in a worker: its pixels, the resize step, the encoder's and the Datum's copies
+RECORD_OVERHEAD = 512  # per record beside its image: Datum header, key, path, pickling
+MEAN_IMAGE_BYTES_PER_PIXEL = 160  # the sum loaded back and made into mean.binaryproto and mean.jpg (measured: 150)
+# JPEG bytes per output pixel at each quality: random noise at 4:2:0 (libjpeg-turbo), more than any photograph
+JPEG_BYTES_PER_PIXEL = ((50, 0.45), (75, 0.65), (90, 0.95), (95, 1.2), (100, 2.0))
+
+
+def record_bytes(s: Settings) -> int:
+    """One converted image as it crosses to the writer: the encoded image (an upper bound) and its envelope."""
+    pixels = s.width * s.height
+    if s.encoding == "jpg":
+        qualities, rates = zip(*JPEG_BYTES_PER_PIXEL, strict=True)
+        image = int(pixels * float(np.interp(s.quality, qualities, rates)))
+    else:  # raw, or PNG (at worst a little over raw)
+        image = pixels * s.channels * (101 if s.encoding == "png" else 100) // 100
+    return image + RECORD_OVERHEAD
+
+
+def sum_bytes(s: Settings, images: int) -> int:
+    """One chunk's share of the mean: its pixel-sum vector, as a worker allocates and sends it."""
+    layout = SumLayout(s.width, s.height, s.channels)
+    return layout.size * np.dtype(layout.chunk_dtype(images)).itemsize
+
+
+def chunk_bytes(s: Settings, summed: bool) -> int:
+    """A chunk's results: chunk_size records, and the pixel sum when the split feeds the mean (train)."""
+    return s.chunk_size * record_bytes(s) + (sum_bytes(s, s.chunk_size) if summed else 0)
+
+
+def window_chunks(s: Settings, workers: int, summed: bool) -> int:
+    """Chunks issued ahead of the last one written: (queue depth + 2) x workers + 4, fewer where those would
+    hold more than --max-buffer-mb, but never fewer than workers + 1 (every worker busy)."""
+    full = (s.queue_depth + 2) * workers + 4
+    return min(full, max(workers + 1, s.max_buffer_mb * MB // chunk_bytes(s, summed)))
+
+
+def commit_records(s: Settings) -> int:
+    """Records the writer gathers before a commit: --commit-every, fewer where they would hold more than
+    --max-buffer-mb (it commits whole chunks, so at least one chunk)."""
+    return min(s.commit_every, max(1, s.max_buffer_mb * MB // record_bytes(s)))
+
+
+class MemoryNeed(NamedTuple):
+    """The most each part of a run holds at once, in bytes."""
+
+    workers: int
+    per_worker: int  # decode buffers for the largest image allowed, the output image, a chunk and its pickle
+    writer: int  # the chunks in flight, the records awaiting a commit, the mean's sum
+    mean_image: int  # the coordinator making the mean files, after the workers and the writer have gone
+
+    @property
+    def converting(self) -> int:
+        return self.workers * self.per_worker + self.writer
+
+    @property
+    def peak(self) -> int:
+        return max(self.converting, self.mean_image)
+
+
+def worker_bytes(s: Settings) -> int:
+    decode = min(s.max_pixels, decode_budget(s.width, s.height)) * DECODE_BYTES_PER_PIXEL
+    output = OUTPUT_COPIES * s.width * s.height * s.channels
+    return PROCESS_BYTES + decode + output + 2 * chunk_bytes(s, True)  # the chunk's results, and them pickled
+
+
+def writer_bytes(s: Settings, workers: int) -> int:
+    in_flight = (window_chunks(s, workers, True) + 1) * chunk_bytes(s, True)  # + 1: one being unpickled
+    batch = 2 * (commit_records(s) + s.chunk_size) * record_bytes(s)  # and LMDB's copy (large values never spill)
+    size = SumLayout(s.width, s.height, s.channels).size
+    mean = size * 20  # the int64 sum; saving it takes a uint32 copy and its file image (more than a planes-only copy)
+    return PROCESS_BYTES + in_flight + batch + mean
+
+
+def memory_need(s: Settings, workers: int) -> MemoryNeed:
+    return MemoryNeed(workers, worker_bytes(s), writer_bytes(s, workers),
+                      MEAN_IMAGE_BYTES_PER_PIXEL * s.width * s.height)
+
+
+def available_bytes(proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """Memory a run can take without swapping: the system's available memory, or less where this process's
+    memory cgroup (a container, a Slurm job) or one above it has less room (its page cache counts as room)."""
+    available = psutil.virtual_memory().available
+    rooms = [available]
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return available
+    for line in lines:
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hierarchy == "0" and controllers == "":
+            rooms += _rooms(Path(cgroup_root), path, ("memory.max", "memory.current", "file"))
+        elif "memory" in controllers.split(","):
+            rooms += _rooms(Path(cgroup_root, "memory"), path,
+                            ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_cache"))
+    return min(rooms)
+
+
+def _rooms(mount: Path, path: str, names: tuple[str, str, str]) -> list[int]:
+    """limit - usage + page cache, at this cgroup and each one above it that sets a limit."""
+    limit_file, usage_file, cache_key = names
+    rooms, level = [], mount / path.strip("/")
+    while True:
+        try:
+            limit = (level / limit_file).read_text().strip()
+            if limit.isdigit() and int(limit) < 1 << 60:  # v2 writes "max", v1 a huge number, for no limit
+                usage = int((level / usage_file).read_text())
+                stat = dict(line.split() for line in (level / "memory.stat").read_text().splitlines())
+                rooms.append(max(0, int(limit) - usage + int(stat.get(cache_key, 0))))
+        except (OSError, ValueError):
+            pass  # not mounted here, or no such file at this level
+        if level == mount or level == level.parent:
+            return rooms
+        level = level.parent
+
+
+def check_memory(s: Settings, available: int | None = None) -> MemoryNeed:
+    """What the run will hold, with the workers it may start: refuses, before any work, settings whose buffers
+    would not fit in the memory available (one line that says what each part needs and what to lower).
+    --workers 0 (every core) starts as many workers as fit, at least one."""
+    room = available_bytes() if available is None else available
+    need = memory_need(s, s.worker_count)
+    fits = next((n for n in range(need.workers, 0, -1) if memory_need(s, n).peak <= room), 0)
+    if fits == need.workers or (fits and not s.workers):
+        return memory_need(s, fits)
+    knobs = "--max-buffer-mb" if s.resume else "--chunk-size, --max-buffer-mb or --max-pixels"  # resume: same output
+    if need.mean_image > room:
+        fix = f"a {s.width}x{s.height} mean image alone needs {need.mean_image / GB:.1f} GB: choose a smaller size"
+    elif fits:
+        fix = f"at most {fits} workers fit: pass --workers {fits}, or lower {knobs}"
+    else:
+        fix = f"lower {knobs}"
+    workers = f"{need.workers} worker{'s' if need.workers > 1 else ''}"
+    raise UsageError(f"not enough memory for these settings: {need.peak / GB:.1f} GB needed ({workers} x "
+                     f"{need.per_worker / GB:.2f} GB, the writer {need.writer / GB:.2f} GB), {room / GB:.1f} GB "
+                     f"available; {fix}")
