@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -108,7 +109,7 @@ class ImageConverter:
         result.bytes_read += len(data)
         result.stage_seconds["read"] += time.thread_time() - t0
         value, warning = self.convert_bytes(data, item, result.stage_seconds, result.pixel_sum)
-        result.records.append(Record(item.index, item.label, item.path, value))
+        result.records.append(Record(item.index, item.label, item.path, value, zlib.crc32(value)))
         if warning:
             result.warnings.append(Failure(item.path, warning))
 

@@ -29,12 +29,14 @@ class Task(NamedTuple):
 
 
 class Record(NamedTuple):
-    """One converted image, ready for the writer: a serialized Datum."""
+    """One converted image, ready for the writer: a serialized Datum, and its CRC-32 (-1: not computed),
+    which the worker computes so that the writer, the serial part, does not."""
 
     index: int
     label: int
     path: str
     value: bytes
+    crc: int = -1
 
 
 class Failure(NamedTuple):

@@ -7,6 +7,7 @@ import pickle
 import shutil
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from multiprocessing.connection import Client, Connection
 from multiprocessing.context import BaseContext
@@ -52,11 +53,13 @@ def _writer_run(ctx: BaseContext, out: Path, n_chunks: int,
 def _producer(link: ResultsLink, chunk_ids: list[int], records: int, start: Any) -> None:
     """A stand-in worker: connects to the writer as workers do and sends ready chunks, pickled."""
     value = encode_datum(3, SIZE, SIZE, os.urandom(RECORD_BYTES), 1, True)
+    crc = zlib.crc32(value)  # as a worker computes it
     conn: Connection = Client(link.address, family="AF_UNIX", authkey=link.authkey)
     widen(conn)
     start.wait(timeout=START_SECONDS)  # all connected and ready: the clock measures the writer, not start-up
     for cid in chunk_ids:
-        result = ChunkResult(cid, [Record(cid * records + i, 1, f"x/{cid}_{i}.jpg", value) for i in range(records)])
+        result = ChunkResult(cid, [Record(cid * records + i, 1, f"x/{cid}_{i}.jpg", value, crc)
+                                   for i in range(records)])
         conn.send_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
     conn.close()
 

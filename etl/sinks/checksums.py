@@ -11,9 +11,10 @@ from etl.messages import Record
 from etl.sinks.lmdb import LmdbSink
 
 
-def record_sum(value: bytes) -> bytes:
-    """A record's checksum as the sidecar spells it: zlib's CRC-32 of the stored value, 8 lowercase hex digits."""
-    return b"%08x" % zlib.crc32(value)
+def record_sum(value: bytes, crc: int = -1) -> bytes:
+    """A record's checksum as the sidecar spells it: zlib's CRC-32 of the stored value, 8 lowercase hex digits
+    (crc: the CRC-32 already computed, by the worker that made the record)."""
+    return b"%08x" % (crc if crc >= 0 else zlib.crc32(value))
 
 
 def cut_lines(path: Path, keep: int) -> int:
@@ -61,7 +62,7 @@ class ChecksumSink:
 
     def add(self, records: Sequence[Record], first_index: int) -> None:
         self.db.add(records, first_index)
-        self.lines.extend(b"%08d_%d %s\n" % (first_index + i, rec.label, record_sum(rec.value))
+        self.lines.extend(b"%08d_%d %s\n" % (first_index + i, rec.label, record_sum(rec.value, rec.crc))
                           for i, rec in enumerate(records))
 
     @property
