@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,6 +24,14 @@ def _holder(path: Path) -> str:
     return f"pid {pid}" if pid.isdigit() else "pid unknown"
 
 
+def _lock(fd: int, how: int, refusal: Callable[[], str]) -> None:
+    """Take the lock at once, or refuse with the message (another run holds it)."""
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(refusal()) from None
+
+
 @contextmanager
 def exclusive(out: str | Path) -> Iterator[None]:
     """Held for a whole conversion; the kernel releases it when the process ends, however it ends."""
@@ -31,11 +39,8 @@ def exclusive(out: str | Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"{out} is in use by another etl run ({_holder(path)}): wait for it to end, "
-                             "or choose another output folder") from None
+        _lock(fd, fcntl.LOCK_EX, lambda: f"{out} is in use by another etl run ({_holder(path)}): wait for it to "
+                                         "end, or choose another output folder")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
@@ -56,11 +61,8 @@ def shared(out: str | Path) -> Iterator[None]:
         yield
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"{out} is being written by an etl run ({_holder(path)}): verify it when that "
-                             "run has ended") from None
+        _lock(fd, fcntl.LOCK_SH, lambda: f"{out} is being written by an etl run ({_holder(path)}): verify it "
+                                         "when that run has ended")
         yield
     finally:
         os.close(fd)
