@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -11,6 +10,7 @@ import psutil
 from etl.codec import decode_budget
 from etl.errors import UsageError
 from etl.meansum import SumLayout
+from etl.pagecache import cgroup_headroom
 from etl.settings import Settings
 
 MB = 1 << 20
@@ -99,37 +99,8 @@ def available_bytes(proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "
     """Memory a run can take without swapping: the system's available memory, or less where this process's
     memory cgroup (a container, a Slurm job) or one above it has less room (its page cache counts as room)."""
     available = psutil.virtual_memory().available
-    rooms = [available]
-    try:
-        lines = Path(proc_cgroup).read_text().splitlines()
-    except OSError:
-        return available
-    for line in lines:
-        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        if hierarchy == "0" and controllers == "":
-            rooms += _rooms(Path(cgroup_root), path, ("memory.max", "memory.current", "file"))
-        elif "memory" in controllers.split(","):
-            rooms += _rooms(Path(cgroup_root, "memory"), path,
-                            ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_cache"))
-    return min(rooms)
-
-
-def _rooms(mount: Path, path: str, names: tuple[str, str, str]) -> list[int]:
-    """limit - usage + page cache, at this cgroup and each one above it that sets a limit."""
-    limit_file, usage_file, cache_key = names
-    rooms, level = [], mount / path.strip("/")
-    while True:
-        try:
-            limit = (level / limit_file).read_text().strip()
-            if limit.isdigit() and int(limit) < 1 << 60:  # v2 writes "max", v1 a huge number, for no limit
-                usage = int((level / usage_file).read_text())
-                stat = dict(line.split() for line in (level / "memory.stat").read_text().splitlines())
-                rooms.append(max(0, int(limit) - usage + int(stat.get(cache_key, 0))))
-        except (OSError, ValueError):
-            pass  # not mounted here, or no such file at this level
-        if level == mount or level == level.parent:
-            return rooms
-        level = level.parent
+    room = cgroup_headroom(cgroup_root, proc_cgroup, cache_is_room=True)
+    return available if room is None else min(available, room)
 
 
 def check_memory(s: Settings, available: int | None = None) -> MemoryNeed:

@@ -102,10 +102,11 @@ def free_memory_bytes(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/
     return free if headroom is None else min(free, headroom)
 
 
-def cgroup_headroom(cgroup_root: str, proc_cgroup: str) -> int | None:
+def cgroup_headroom(cgroup_root: str, proc_cgroup: str, cache_is_room: bool = False) -> int | None:
     """The least (limit - usage) of this process's memory cgroup and its parents; None without a limit.
     cgroup v2 ("0::/path": memory.max, memory.current) and v1 ("N:...memory...:/path" under memory/:
-    memory.limit_in_bytes, memory.usage_in_bytes)."""
+    memory.limit_in_bytes, memory.usage_in_bytes). cache_is_room: the cgroup's page cache (memory.stat's
+    file, total_cache in v1) counts as room too, as it does for memory a process allocates."""
     try:
         lines = Path(proc_cgroup).read_text().splitlines()
     except OSError:
@@ -114,13 +115,15 @@ def cgroup_headroom(cgroup_root: str, proc_cgroup: str) -> int | None:
     for line in lines:
         hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
         if hierarchy == "0" and controllers == "":
-            rooms += _headrooms(Path(cgroup_root), path, "memory.max", "memory.current")
+            rooms += _headrooms(Path(cgroup_root), path, ("memory.max", "memory.current", "file"), cache_is_room)
         elif "memory" in controllers.split(","):
-            rooms += _headrooms(Path(cgroup_root, "memory"), path, "memory.limit_in_bytes", "memory.usage_in_bytes")
+            rooms += _headrooms(Path(cgroup_root, "memory"), path,
+                                ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_cache"), cache_is_room)
     return min(rooms) if rooms else None
 
 
-def _headrooms(mount: Path, path: str, limit_file: str, usage_file: str) -> list[int]:
+def _headrooms(mount: Path, path: str, names: tuple[str, str, str], cache_is_room: bool) -> list[int]:
+    limit_file, usage_file, cache_key = names
     rooms = []
     level = mount / path.strip("/")
     while True:
@@ -128,9 +131,14 @@ def _headrooms(mount: Path, path: str, limit_file: str, usage_file: str) -> list
             limit = (level / limit_file).read_text().strip()
             usage = int((level / usage_file).read_text())
             if limit.isdigit() and int(limit) < UNLIMITED:  # v2 writes "max" for no limit
-                rooms.append(max(0, int(limit) - usage))
+                rooms.append(max(0, int(limit) - usage + (_cache(level, cache_key) if cache_is_room else 0)))
         except (OSError, ValueError):
             pass  # not mounted here, or no such file at this level
-        if level == mount:
+        if level == mount or level == level.parent:
             return rooms
         level = level.parent
+
+
+def _cache(level: Path, key: str) -> int:
+    stat = dict(line.split() for line in (level / "memory.stat").read_text().splitlines())
+    return int(stat.get(key, 0))
