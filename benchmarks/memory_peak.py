@@ -58,9 +58,10 @@ import json, sys
 from collections import defaultdict
 from etl.converter import ImageConverter, WorkSpec
 from etl.messages import Item
+from etl.settings import Settings
 from etl.procs import peak_rss_kb
 data, size = open(sys.argv[1], "rb").read(), int(sys.argv[2])
-conv = ImageConverter(WorkSpec(None, 0, True, True, size, size, "squash", 3, "jpg", 90, 1, 178_956_970, False))
+conv = ImageConverter(WorkSpec.for_split(Settings(width=size, height=size, seed=1), "train", None, True))
 before = peak_rss_kb()
 try:
     conv.convert_bytes(data, Item(0, "x", 0), defaultdict(float), conv.sums.zeros())
