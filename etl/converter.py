@@ -104,7 +104,7 @@ class ImageConverter:
         t0 = time.thread_time()
         if self.fault:
             self.fault(self.gate.reader.where(item.path))
-        data = self.gate.read(item.path)
+        data = self.gate.read(item)
         self.hold(item.index)  # the time limit is for work: a throttled read is not a hang
         result.bytes_read += len(data)
         result.stage_seconds["read"] += time.thread_time() - t0

@@ -13,11 +13,14 @@ import numpy as np
 
 
 class Item(NamedTuple):
-    """One source image: its place in the write order, where it is, its label."""
+    """One source image: its place in the write order, where it is, its label; an archive member also
+    carries where its bytes lie in the archive (-1 for a file)."""
 
     index: int
     path: str
     label: int
+    offset: int = -1
+    size: int = -1
 
 
 class Task(NamedTuple):

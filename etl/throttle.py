@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 if TYPE_CHECKING:
+    from etl.messages import Item
     from etl.sources.base import Reader
 
 MB = 1_000_000
@@ -116,11 +117,11 @@ class ReadGate:
         self.opens = TokenBucket(budgets.opens) if budgets else None
         self.drop_cache = drop_cache and hasattr(os, "posix_fadvise")
 
-    def read(self, path: str) -> bytes:
+    def read(self, item: Item) -> bytes:
         """The item's bytes, within the budgets; Unreadable (etl.sources) with the reason."""
         if self.opens is not None:
             self.opens.take(1)
-        return self.reader.read(path, self._charge, self.drop_cache)
+        return self.reader.read(item, self._charge, self.drop_cache)
 
     def _charge(self, size: int) -> None:
         if self.read_budget is not None:

@@ -6,6 +6,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from etl.messages import Item
 from etl.pagecache import InputSize
 from etl.pipeline import convert
 from etl.settings import build_settings
@@ -20,10 +21,10 @@ class TarReader:
 
     tar: str
 
-    def read(self, path: str, charge: Callable[[int], None], drop_cache: bool) -> bytes:
+    def read(self, item: Item, charge: Callable[[int], None], drop_cache: bool) -> bytes:
         with tarfile.open(self.tar) as tf:
             try:
-                member = tf.getmember(path)
+                member = tf.getmember(item.path)
             except KeyError:
                 raise Unreadable("cannot read: not in the archive") from None
             charge(member.size)

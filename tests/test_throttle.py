@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from etl.messages import Item
 from etl.settings import UsageError, build_settings, parse_cap
 from etl.sources import FileReader
 from etl.throttle import (
@@ -125,9 +126,9 @@ def test_read_gate_drops_pages_after_reading(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, length, advice: calls.append(advice), raising=False)
     path = tmp_path / "f.jpg"
     path.write_bytes(b"x" * 1000)
-    assert ReadGate(FileReader(str(tmp_path)), None, drop_cache=True).read("f.jpg") == b"x" * 1000
+    assert ReadGate(FileReader(str(tmp_path)), None, drop_cache=True).read(Item(0, "f.jpg", 0)) == b"x" * 1000
     assert calls == [os.POSIX_FADV_DONTNEED]
-    ReadGate(FileReader(str(tmp_path)), None, drop_cache=False).read("f.jpg")
+    ReadGate(FileReader(str(tmp_path)), None, drop_cache=False).read(Item(0, "f.jpg", 0))
     assert len(calls) == 1
 
 

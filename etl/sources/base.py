@@ -18,7 +18,7 @@ class Unreadable(Exception):
 class Reader(Protocol):
     """Item path -> bytes, in a worker. Picklable: built by the coordinator, sent to every worker."""
 
-    def read(self, path: str, charge: Callable[[int], None], drop_cache: bool) -> bytes:
+    def read(self, item: Item, charge: Callable[[int], None], drop_cache: bool) -> bytes:
         """The item's bytes; charge(size) before reading them (the throttle); Unreadable with the reason;
         drop_cache: leave nothing of a read-once item in the page cache."""
         ...

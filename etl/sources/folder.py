@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from etl.errors import UsageError
+from etl.messages import Item
 from etl.pagecache import InputSize, estimate_input
 from etl.sources.base import Unreadable, byte_order
 from etl.throttle import block_device
@@ -120,8 +121,8 @@ class FileReader:
     def where(self, path: str) -> str:
         return os.path.join(self.root, path)
 
-    def read(self, path: str, charge: Callable[[int], None], drop_cache: bool) -> bytes:
-        full = self.where(path)
+    def read(self, item: Item, charge: Callable[[int], None], drop_cache: bool) -> bytes:
+        full = self.where(item.path)
         try:
             # Non-blocking: a FIFO named .JPEG would otherwise block the open until its image timeout.
             fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)

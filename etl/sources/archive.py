@@ -1,0 +1,233 @@
+"""Archive sources: plain tars read in place (a tar of class tars, a folder of class tars, a tar of class
+folders, a flat tar), indexed once by their headers; workers read each image with one positioned read."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from etl.errors import UsageError
+from etl.messages import Item
+from etl.pagecache import InputSize
+from etl.sources.base import Unreadable, byte_order
+from etl.sources.folder import is_image_name
+from etl.sources.tarscan import BLOCK, DIRECTORY, LINKS, REGULAR, Header, looks_like_tar, scan_tar
+from etl.throttle import block_device
+from etl.words import plural
+
+COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip -k"), b"BZh": ("bzip2", "bunzip2 -k"),
+              b"\xfd7zXZ\x00": ("xz", "unxz -k"), b"\x28\xb5\x2f\xfd": ("zstd", "unzstd")}
+ProgressFn = Callable[[int], None]  # bytes of the input walked so far
+
+
+def compression(path: str) -> tuple[str, str] | None:
+    """(format, command that decompresses it) for a compressed file, from its first bytes."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    return next((what for magic, what in COMPRESSED.items() if head.startswith(magic)), None)
+
+
+def is_tar(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.path.isfile(path) and looks_like_tar(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def refuse_compressed(path: str) -> None:
+    packed = compression(path)
+    if packed:
+        fmt, command = packed
+        raise UsageError(f"{path} is a {fmt}-compressed archive, which cannot be read in place: decompress it "
+                         f"first ({command} {path}) and give the plain .tar")
+
+
+@dataclass
+class ArchiveIndex:
+    """Every image member found: its path as train.txt names it (relative to the input), and where its
+    bytes lie. Paths in a list, places in two int64 arrays, a dict from path to position: ~100-200 bytes
+    an image, where 1.28 M TarInfo objects would take ~1 GB."""
+
+    paths: list[str] = field(default_factory=list)
+    offsets: array = field(default_factory=lambda: array("q"))
+    sizes: array = field(default_factory=lambda: array("q"))
+    position: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, path: str, offset: int, size: int) -> bool:
+        """False when the path is there already (a duplicate member: the later one wins, as tar extracts)."""
+        at = self.position.get(path)
+        if at is not None:
+            self.offsets[at], self.sizes[at] = offset, size
+            return False
+        self.position[path] = len(self.paths)
+        self.paths.append(path)
+        self.offsets.append(offset)
+        self.sizes.append(size)
+        return True
+
+    def span(self, path: str) -> tuple[int, int]:
+        at = self.position[path]
+        return self.offsets[at], self.sizes[at]
+
+
+class Tally:
+    """What a scan left out, and why, as counted notes with an example each."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[str]] = {}
+
+    def add(self, why: str, name: str) -> None:
+        self.seen.setdefault(why, []).append(name)
+
+    def notes(self) -> list[str]:
+        return [f"{plural(len(names), 'archive member')} left out: {why} (e.g. {names[0]!r})"
+                for why, names in self.seen.items()]
+
+
+def unsafe(name: str) -> bool:
+    """A name tar itself would not extract as given: absolute, or climbing out with '..'."""
+    return name.startswith("/") or ".." in name.split("/")
+
+
+class TarIndexer:
+    """Walks one tar file (and the tars inside it) into an ArchiveIndex."""
+
+    def __init__(self, path: str, progress: ProgressFn | None = None) -> None:
+        self.path, self.progress = path, progress or (lambda done: None)
+        self.index, self.tally = ArchiveIndex(), Tally()
+        self.duplicates: list[str] = []
+        self.inner_tars: list[str] = []
+
+    def run(self, prefix: str = "") -> ArchiveIndex:
+        """prefix: what goes before every member's path (a folder of tars: the tar's own name)."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            end = os.fstat(fd).st_size
+            outer = scan_tar(fd, 0, end)
+            if outer.damage:
+                self._cut(prefix or os.path.basename(self.path), outer.entries, outer.damage, end)
+            for entry in outer.entries:
+                self._member(fd, entry, prefix, end)
+                self.progress(entry.offset + entry.size)
+        finally:
+            os.close(fd)
+        self.index.notes.extend(self.tally.notes())
+        if self.duplicates:
+            self.index.notes.append(f"{plural(len(self.duplicates), 'duplicate member name')} (e.g. "
+                                    f"{self.duplicates[0]!r}): the last copy of each is used, as tar extracts")
+        return self.index
+
+    def _member(self, fd: int, entry: Header, prefix: str, end: int) -> None:
+        name = entry.name
+        if entry.kind == DIRECTORY:
+            return
+        if entry.kind in LINKS:
+            return self.tally.add("links (etl reads no links inside archives)", name)
+        if entry.kind not in REGULAR:
+            return self.tally.add("not regular files", name)
+        if unsafe(name):
+            return self.tally.add("unsafe names (absolute, or with '..')", name)
+        if entry.offset + entry.size > end:
+            return  # the cut-off member: reported by _cut
+        if is_image_name(name):
+            return self._add(prefix + name, entry)
+        if entry.size >= BLOCK and looks_like_tar(fd, entry.offset):
+            return self._inner(fd, entry, prefix, end)
+        self.tally.add("not images", name)
+
+    def _inner(self, fd: int, tar: Header, prefix: str, end: int) -> None:
+        """A tar inside the tar: a class. Its members' places are its place plus theirs."""
+        self.inner_tars.append(prefix + tar.name)
+        inner = scan_tar(fd, tar.offset, min(tar.offset + tar.size, end))
+        if inner.damage:
+            self._cut(prefix + tar.name, inner.entries, inner.damage, end)
+        for entry in inner.entries:
+            name = entry.name
+            if entry.kind == DIRECTORY:
+                continue
+            if entry.kind not in REGULAR:
+                self.tally.add("links or special files", f"{tar.name}/{name}")
+            elif unsafe(name):
+                self.tally.add("unsafe names (absolute, or with '..')", f"{tar.name}/{name}")
+            elif not is_image_name(name):
+                self.tally.add("not images", f"{tar.name}/{name}")
+            elif entry.offset + entry.size <= end:
+                self._add(f"{prefix}{tar.name}/{name}", entry)
+
+    def _add(self, path: str, entry: Header) -> None:
+        if not self.index.add(path, entry.offset, entry.size):
+            self.duplicates.append(path)
+
+    def _cut(self, what: str, entries: list[Header], damage: str, end: int) -> None:
+        whole = sum(1 for e in entries if e.offset + e.size <= end and is_image_name(e.name))
+        self.index.notes.append(f"incomplete archive: {what} stops early ({damage}); {plural(whole, 'member')} "
+                                "before that point are used")
+
+
+def members(paths: list[str]) -> Iterator[tuple[str, str]]:
+    """(class, path) of each image path of a tar of class folders: the folders under the longest leading
+    folder all images share (train/n01440764/x.JPEG: 'n01440764'); images outside a class folder: class ''."""
+    parts = [p.split("/") for p in paths]
+    depth = 0
+    while all(len(p) > depth + 2 for p in parts) and len({p[depth] for p in parts}) == 1:
+        depth += 1
+    for path, p in zip(paths, parts):
+        yield (p[depth] if len(p) > depth + 1 else ""), path
+
+
+def class_of_tar(name: str) -> str:
+    """A class tar's class: its file name without the extension (n01440764.tar: n01440764)."""
+    return posixpath.splitext(posixpath.basename(name))[0]
+
+
+@dataclass(frozen=True)
+class ArchiveReader:
+    """Reads items as byte ranges of one tar file, or (a folder of tars) of the tar their path starts with."""
+
+    root: str
+    folder: bool  # the root is a folder of tars
+
+    def file_of(self, path: str) -> str:
+        return os.path.join(self.root, path.split("/", 1)[0]) if self.folder else self.root
+
+    def where(self, path: str) -> str:
+        return f"{self.root}/{path}"
+
+    def read(self, item: Item, charge: Callable[[int], None], drop_cache: bool) -> bytes:
+        try:
+            fd = os.open(self.file_of(item.path), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise Unreadable(f"cannot read the archive: {exc.strerror or exc}") from None
+        try:
+            charge(item.size)
+            data = os.pread(fd, item.size, item.offset)
+            if drop_cache:  # read once: let these pages go, not other programs' working set
+                os.posix_fadvise(fd, item.offset, item.size, os.POSIX_FADV_DONTNEED)
+        except OSError as exc:
+            raise Unreadable(f"cannot read: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
+        if len(data) < item.size:
+            raise Unreadable(f"cannot read: the archive ends {item.size - len(data)} bytes into this member "
+                             "(it changed since the scan)")
+        return data
+
+    def list_prefix(self, relative: bool) -> str:
+        return "" if relative else os.path.join(os.path.abspath(self.root), "")
+
+    def input_size(self, sample: list[str], count: int) -> InputSize:
+        return InputSize(0, 0)  # filled in by the source, which knows every size
+
+    def device(self) -> str | None:
+        return block_device(self.root)
