@@ -138,8 +138,8 @@ class Checkpoint:
 
 
 def _same_setting(name: str, before: Any, now: Any) -> bool:
-    """Folders are the same folder however they are spelled (train/, ./train, its absolute path)."""
-    if name.endswith("_dir") and isinstance(before, str) and isinstance(now, str):
+    """Inputs are the same input however they are spelled (train/, ./train, its absolute path)."""
+    if (name.endswith("_dir") or name == "val_labels") and isinstance(before, str) and isinstance(now, str):
         return os.path.realpath(before) == os.path.realpath(now)
     return before == now
 

@@ -97,7 +97,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
             box.add_argument(flag, dest=f.name, action="store_const", const=o.const, help=text)
         else:
             kind = {"int": int, "float": float}.get(kind_of(f)) if o.parse is None else None
-            box.add_argument(flag, dest=f.name, type=kind, choices=o.choices or None, help=text)
+            box.add_argument(flag, *o.also, dest=f.name, type=kind, choices=o.choices or None, help=text)
         if o.alias:
             alias, value, alias_help = o.alias
             box.add_argument(alias, dest=f.name, action="store_const", const=value, help=alias_help)

@@ -16,6 +16,7 @@ class Opt:
     help: str  # --help text; "{default}" in it shows the field's real default
     output: bool = True  # decides the bytes written: kept in report.json and fixed under --resume
     flag: str = ""  # the CLI spelling when it is not "--" + the name with dashes ("--no-shuffle")
+    also: tuple[str, ...] = ()  # other CLI spellings (--val-dir for --val)
     positional: bool = False  # a positional CLI argument (train_dir, out_dir)
     const: Any = None  # a switch: the flag takes no value and stores this one
     choices: tuple[Any, ...] = ()  # the only values allowed (also the CLI's choices)

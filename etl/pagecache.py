@@ -69,8 +69,11 @@ _libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctype
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def resident_share(path: str, size: int) -> float:
-    """The share of a file's pages in the page cache (mincore); 0.0 where that cannot be told."""
+def resident_share(path: str, size: int, offset: int = 0) -> float:
+    """The share of a file's pages (those of bytes [offset, offset + size)) in the page cache (mincore);
+    0.0 where that cannot be told."""
+    start = offset - offset % mmap.PAGESIZE  # mmap maps whole pages
+    offset, size = start, size + offset - start
     if size <= 0:
         return 0.0
     try:
@@ -78,7 +81,7 @@ def resident_share(path: str, size: int) -> float:
     except OSError:
         return 0.0
     try:
-        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
         if addr in (None, MAP_FAILED):
             return 0.0
         try:

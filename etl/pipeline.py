@@ -116,7 +116,7 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
     start_method: None (a forkserver, safe from any caller) or "fork" (see etl.procs.mp_context)."""
     check_output(s)
     runner = make_runner(s, start_method)
-    job = plan(s)
+    job = plan(s, progress)
     out = create_output(s)
     with exclusive(out):
         check_output(s)  # again, now that no other run can change the folder

@@ -16,7 +16,7 @@ RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
 ENCODINGS = ("jpg", "png", "none")
 PAGE_CACHE_MODES = ("auto", "drop", "keep")
 DEFAULT_SEED = 1385  # fixed so that two runs with default options give the same dataset
-DEFAULT_VAL_PCT = 25.0  # DIGITS' split per class when neither --val-dir nor --val-pct is given
+DEFAULT_VAL_PCT = 25.0  # DIGITS' split per class when neither --val nor --val-pct is given
 
 
 def usable_cores() -> int:
@@ -67,12 +67,19 @@ class Settings:
     Each field declares its option once (etl.options): the CLI, presets, etl.convert, the checks and
     report.json's settings are all read from these declarations."""
 
-    train_dir: str = option("", "folder with one sub-folder per class", positional=True, preset=False)
+    train_dir: str = option("", "folder with one sub-folder per class, or a tar: of class tars (as "
+                                "ILSVRC2012_img_train.tar), of class folders; or a folder of class tars",
+                            positional=True, preset=False)
     out_dir: str = option("", "output folder (labels.txt, train_db/, val_db/, mean.binaryproto, ...)",
                           positional=True, preset=False, output=False)
-    val_dir: str | None = option(None, "separate validation folder with the same class names", exclusive="val")
+    val_dir: str | None = option(None, "separate validation set: a folder or tar of class folders, or of images "
+                                       "that --val-labels names the classes of", exclusive="val", flag="--val",
+                                 also=("--val-dir",))
+    val_labels: str | None = option(None, "which class each image of a flat --val set is: the devkit tar.gz, "
+                                          "LOC_val_solution.csv, valprep.sh, Caffe val.txt, or name-WNID lines",
+                                    after="val_pct")
     val_pct: float | None = option(None, f"validation share per class, in % (default {DEFAULT_VAL_PCT:g} without "
-                                         "--val-dir)", exclusive="val", low=0, high=100, below=True)
+                                         "--val)", exclusive="val", low=0, high=100, below=True)
     width: int = option(224, "output width (default {default})", low=1, high=16384)
     height: int = option(224, "output height (default {default})", low=1, high=16384)
     resize_mode: str = option("squash", "how to reach the size (default {default})", choices=RESIZE_MODES)
@@ -213,7 +220,11 @@ def check_settings(s: Settings) -> None:
     """Refuse impossible settings with a one-line message that says what to fix."""
     _check_folders(s)
     if s.val_dir is not None and s.val_pct is not None:
-        raise UsageError("give either --val-dir or --val-pct, not both")
+        raise UsageError("give either --val or --val-pct, not both")
+    if s.val_labels is not None and s.val_dir is None:
+        raise UsageError("--val-labels names the classes of a flat --val set: give --val too")
+    if s.val_labels is not None and not os.path.isfile(s.val_labels):
+        raise UsageError(f"val labels file not found: {s.val_labels}")
     for f in fields(s):  # the declared ranges and choices
         message = problem(f, getattr(s, f.name))
         if message:
@@ -233,8 +244,8 @@ def _check_folders(s: Settings) -> None:
             raise UsageError("train folder not found: (none given)")
         if path is not None and find_kind(path) is None:
             if os.path.exists(path):
-                raise UsageError(f"{role} folder {path} is not a folder: give the folder that holds one sub-folder "
-                                 "per class")
+                raise UsageError(f"{role} folder {path} is not a folder nor a tar archive: give the folder that holds "
+                                 "one sub-folder per class, or a tar of class tars or class folders")
             raise UsageError(f"{role} folder not found: {path}")
     if not s.out_dir:
         raise UsageError("no output folder given")
@@ -252,5 +263,5 @@ def _check_nesting(s: Settings) -> None:
     if s.val_dir is not None:
         val = Path(s.val_dir).resolve()
         if val == train or train in val.parents:
-            raise UsageError(f"--val-dir {s.val_dir} is {'the' if val == train else 'inside the'} train folder: "
+            raise UsageError(f"--val {s.val_dir} is {'the' if val == train else 'inside the'} train folder: "
                              "give a separate folder, or --val-pct to hold out part of each class")

@@ -109,7 +109,7 @@ def test_preset_with_both_val_dir_and_val_pct_is_still_refused(tree):
     conf = tree / "c.toml"
     conf.write_text(f'val_pct = 10\nval_dir = "{tree / "val"}"\n')
     proc = run_cli("convert", str(tree / "train"), str(tree / "out"), "--config", str(conf))
-    one_line_error(proc, "give either --val-dir or --val-pct, not both")
+    one_line_error(proc, "give either --val or --val-pct, not both")
 
 
 @pytest.mark.quick

@@ -144,9 +144,9 @@ def test_a_fifo_named_like_an_image_is_skipped_at_once(tmp_path):
     (["{t}", "{o}", "--val-dir", "{v}", ], None),
     (["{t}", "{v}/out", "--val-dir", "{v}"], "output folder {v}/out is inside the input folder {v}: choose one "
                                              "outside it"),
-    (["{t}", "{o}", "--val-dir", "{t}"], "--val-dir {t} is the train folder: give a separate folder, or --val-pct "
+    (["{t}", "{o}", "--val-dir", "{t}"], "--val {t} is the train folder: give a separate folder, or --val-pct "
                                          "to hold out part of each class"),
-    (["{t}", "{o}", "--val-dir", "{t}/a"], "--val-dir {t}/a is inside the train folder: give a separate folder, or "
+    (["{t}", "{o}", "--val-dir", "{t}/a"], "--val {t}/a is inside the train folder: give a separate folder, or "
                                            "--val-pct to hold out part of each class"),
 ])
 def test_output_inside_an_input_and_val_inside_train_are_refused(tmp_path, args, message):
@@ -282,13 +282,15 @@ def test_the_smaller_plan_messages_say_what_is_true(tmp_path):
     flat = tree_of(tmp_path / "flat", {"1.jpg": small_jpeg()})
     out = str(tmp_path / "o")
     cases = [
-        (["convert", str(train / "a" / "1.jpg"), out], f"train folder {train / 'a' / '1.jpg'} is not a folder: give "
-                                                       "the folder that holds one sub-folder per class"),
+        (["convert", str(train / "a" / "1.jpg"), out], f"train folder {train / 'a' / '1.jpg'} is not a folder nor a "
+                                                       "tar archive: give the folder that holds one sub-folder per "
+                                                       "class, or a tar of class tars or class folders"),
         (["convert", str(train), out, "--min-per-class", "5"], "every class has fewer than --min-per-class 5 images "
                                                                "(the largest has 2): lower --min-per-class"),
         (["convert", str(train), out, "--val-dir", str(flat)], f"no images found in class sub-folders of the val "
                                                                f"folder {flat}: it needs one sub-folder per class, "
-                                                               "named as in the train folder"),
+                                                               "named as in the train folder, or --val-labels naming "
+                                                               "each image's class"),
     ]
     for args, message in cases:
         proc = run_cli(*args)

@@ -11,9 +11,9 @@ from etl.settings import PRESET_OPTIONS, Settings, UsageError, build_settings
 pytestmark = pytest.mark.quick
 
 # report.json's settings and the --resume check: this exact list, in this order
-OUTPUT_KEYS = ["train_dir", "val_dir", "val_pct", "width", "height", "resize_mode", "channels", "encoding", "quality",
-               "seed", "shuffle", "min_per_class", "max_per_class", "relative_paths", "max_pixels", "strict",
-               "chunk_size"]
+OUTPUT_KEYS = ["train_dir", "val_dir", "val_labels", "val_pct", "width", "height", "resize_mode", "channels",
+               "encoding", "quality", "seed", "shuffle", "min_per_class", "max_per_class", "relative_paths",
+               "max_pixels", "strict", "chunk_size"]
 
 
 @pytest.fixture()
@@ -66,9 +66,10 @@ def test_help_shows_the_real_defaults_and_the_same_layout(capsys):
     with pytest.raises(SystemExit):
         make_parser().parse_args(["convert", "--help"])
     page = capsys.readouterr().out
-    assert "[--val-dir VAL_DIR | --val-pct VAL_PCT]" in page
+    assert "[--val VAL_DIR | --val-pct VAL_PCT]" in page
     assert "[--page-cache {auto,drop,keep} | --keep-page-cache]" in page
-    assert "--config CONFIG" in page.split("--val-dir VAL_DIR ")[0] and page.rstrip().endswith("--page-cache keep")
+    assert "--config CONFIG" in page.split("--val VAL_DIR, --val-dir VAL_DIR")[0]
+    assert page.rstrip().endswith("--page-cache keep")
     io = page.split("disk I/O (each cap is shared by all processes; N or train=N,val=M):")[1]
     for flag in ("--max-read-mbps", "--max-write-mbps", "--max-iops", "--adaptive-io", "--io-target", "--page-cache",
                  "--keep-page-cache"):

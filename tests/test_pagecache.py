@@ -45,7 +45,7 @@ def test_input_is_estimated_from_an_even_sample(tmp_path):
         (tmp_path / f"{i}.jpg").write_bytes(b"x" * (100 + (i % 7) * 50))
         items.append(Item(i, f"{i}.jpg", 0))
     split = Split("train", FileReader(str(tmp_path)), items)
-    sample = split.sample_paths()
+    sample = [it.path for it in split.sample()]
     assert len(sample) == 256 and sample[0] == "0.jpg" and sample[-1] == "999.jpg"
     exact = sum(100 + (i % 7) * 50 for i in range(1000))
     size = split.input_size()
@@ -53,8 +53,8 @@ def test_input_is_estimated_from_an_even_sample(tmp_path):
     assert abs(size.total - exact) < 0.03 * exact
     assert size.cached == size.total  # just written: all of it in the page cache
     assert estimate_input([str(tmp_path / "gone.jpg")], 5) == (0, 0)
-    assert Split("train", FileReader(str(tmp_path)), []).sample_paths() == []
-    assert len(Split("train", FileReader(str(tmp_path)), items[:3]).sample_paths()) == 3
+    assert Split("train", FileReader(str(tmp_path)), []).sample() == []
+    assert len(Split("train", FileReader(str(tmp_path)), items[:3]).sample()) == 3
 
 
 @pytest.mark.quick

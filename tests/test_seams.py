@@ -36,7 +36,7 @@ class TarReader:
     def list_prefix(self, relative: bool) -> str:
         return "" if relative else self.tar + "/"
 
-    def input_size(self, sample: list[str], count: int) -> InputSize:
+    def input_size(self, sample: list[Item], count: int) -> InputSize:
         return InputSize(0, 0)
 
     def device(self) -> str | None:

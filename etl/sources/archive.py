@@ -9,9 +9,11 @@ from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from tqdm import tqdm
+
 from etl.errors import UsageError
 from etl.messages import Item
-from etl.pagecache import InputSize
+from etl.pagecache import InputSize, resident_share
 from etl.sources.base import Unreadable, byte_order
 from etl.sources.folder import is_image_name
 from etl.sources.tarscan import BLOCK, DIRECTORY, LINKS, REGULAR, Header, looks_like_tar, scan_tar
@@ -101,13 +103,15 @@ def unsafe(name: str) -> bool:
 
 
 class TarIndexer:
-    """Walks one tar file (and the tars inside it) into an ArchiveIndex."""
+    """Walks one tar file (and the tars inside it) into an ArchiveIndex: by_tar holds each inner tar's
+    images, loose the images outside any inner tar."""
 
-    def __init__(self, path: str, progress: ProgressFn | None = None) -> None:
-        self.path, self.progress = path, progress or (lambda done: None)
-        self.index, self.tally = ArchiveIndex(), Tally()
+    def __init__(self, path: str, index: ArchiveIndex, progress: ProgressFn | None = None) -> None:
+        self.path, self.index, self.progress = path, index, progress or (lambda done: None)
+        self.tally = Tally()
         self.duplicates: list[str] = []
-        self.inner_tars: list[str] = []
+        self.by_tar: dict[str, list[str]] = {}
+        self.loose: list[str] = []
 
     def run(self, prefix: str = "") -> ArchiveIndex:
         """prefix: what goes before every member's path (a folder of tars: the tar's own name)."""
@@ -141,14 +145,14 @@ class TarIndexer:
         if entry.offset + entry.size > end:
             return  # the cut-off member: reported by _cut
         if is_image_name(name):
-            return self._add(prefix + name, entry)
+            return self._add(prefix + name, entry, self.loose)
         if entry.size >= BLOCK and looks_like_tar(fd, entry.offset):
             return self._inner(fd, entry, prefix, end)
         self.tally.add("not images", name)
 
     def _inner(self, fd: int, tar: Header, prefix: str, end: int) -> None:
         """A tar inside the tar: a class. Its members' places are its place plus theirs."""
-        self.inner_tars.append(prefix + tar.name)
+        found = self.by_tar.setdefault(prefix + tar.name, [])
         inner = scan_tar(fd, tar.offset, min(tar.offset + tar.size, end))
         if inner.damage:
             self._cut(prefix + tar.name, inner.entries, inner.damage, end)
@@ -163,10 +167,12 @@ class TarIndexer:
             elif not is_image_name(name):
                 self.tally.add("not images", f"{tar.name}/{name}")
             elif entry.offset + entry.size <= end:
-                self._add(f"{prefix}{tar.name}/{name}", entry)
+                self._add(f"{prefix}{tar.name}/{name}", entry, found)
 
-    def _add(self, path: str, entry: Header) -> None:
-        if not self.index.add(path, entry.offset, entry.size):
+    def _add(self, path: str, entry: Header, found: list[str]) -> None:
+        if self.index.add(path, entry.offset, entry.size):
+            found.append(path)
+        else:
             self.duplicates.append(path)
 
     def _cut(self, what: str, entries: list[Header], damage: str, end: int) -> None:
@@ -182,7 +188,7 @@ def members(paths: list[str]) -> Iterator[tuple[str, str]]:
     depth = 0
     while all(len(p) > depth + 2 for p in parts) and len({p[depth] for p in parts}) == 1:
         depth += 1
-    for path, p in zip(paths, parts):
+    for path, p in zip(paths, parts, strict=True):
         yield (p[depth] if len(p) > depth + 1 else ""), path
 
 
@@ -226,8 +232,122 @@ class ArchiveReader:
     def list_prefix(self, relative: bool) -> str:
         return "" if relative else os.path.join(os.path.abspath(self.root), "")
 
-    def input_size(self, sample: list[str], count: int) -> InputSize:
-        return InputSize(0, 0)  # filled in by the source, which knows every size
+    def input_size(self, sample: list[Item], count: int) -> InputSize:
+        if not sample:
+            return InputSize(0, 0)
+        sizes = [it.size for it in sample]
+        cached = [round(it.size * resident_share(self.file_of(it.path), it.size, it.offset)) for it in sample]
+        return InputSize(round(sum(sizes) / len(sample) * count), round(sum(cached) / len(sample) * count))
 
     def device(self) -> str | None:
         return block_device(self.root)
+
+
+def _scan_progress(total: int, show: bool) -> tqdm:
+    return tqdm(total=total, unit="B", unit_scale=True, desc="indexing", disable=not show, leave=False,
+                mininterval=0.5)
+
+
+def _class_tars(by_tar: dict[str, list[str]], loose: list[str], notes: list[str]) -> dict[str, list[str]]:
+    classes: dict[str, list[str]] = {}
+    for tar, paths in by_tar.items():
+        classes.setdefault(class_of_tar(tar), []).extend(paths)
+    if loose:
+        notes.append(f"{plural(len(loose), 'image')} outside the class tars left out (e.g. {loose[0]!r})")
+    return {name: byte_order(classes[name]) for name in byte_order(list(classes))}
+
+
+def _class_folders(paths: list[str], notes: list[str]) -> dict[str, list[str]]:
+    classes: dict[str, list[str]] = {}
+    outside = []
+    for name, path in members(paths):
+        (classes.setdefault(name, []) if name else outside).append(path)
+    if outside:
+        notes.append(f"{plural(len(outside), 'image')} outside class folders left out (e.g. {outside[0]!r})")
+    return {name: byte_order(classes[name]) for name in byte_order(list(classes))}
+
+
+class ArchiveSource:
+    """One plain tar: of class tars (ILSVRC2012_img_train.tar), of class folders, or flat (val, with labels)."""
+
+    def __init__(self, path: str, progress: bool = False) -> None:
+        self.path, self.show = path, progress
+        self.index = ArchiveIndex()
+        self._scan: TarIndexer | None = None
+
+    @staticmethod
+    def accepts(path: str) -> bool:
+        return os.path.isfile(path) and (compression(path) is not None or is_tar(path))
+
+    def scan(self) -> TarIndexer:
+        if self._scan is None:
+            refuse_compressed(self.path)
+            with _scan_progress(os.path.getsize(self.path), self.show) as bar:
+                self._scan = TarIndexer(self.path, self.index, lambda done: bar.update(done - bar.n))
+                self._scan.run()
+        return self._scan
+
+    def classes(self) -> dict[str, list[str]]:
+        scan = self.scan()
+        if scan.by_tar:
+            return _class_tars(scan.by_tar, scan.loose, self.index.notes)
+        return _class_folders(scan.loose, self.index.notes)
+
+    def images(self) -> list[str]:
+        """Every image, class folders or not (a flat val set, labelled by a separate file)."""
+        self.scan()
+        return byte_order(list(self.index.paths))
+
+    def locate(self, path: str) -> tuple[int, int]:
+        return self.index.span(path)
+
+    def notes(self) -> list[str]:
+        return self.index.notes
+
+    def reader(self) -> ArchiveReader:
+        return ArchiveReader(self.path, folder=False)
+
+
+class TarFolderSource(ArchiveSource):
+    """A folder of class tars (n01440764.tar, ...: the train tar's members, extracted once)."""
+
+    @staticmethod
+    def accepts(path: str) -> bool:
+        if not os.path.isdir(path):
+            return False
+        try:
+            with os.scandir(path) as entries:
+                found = list(entries)
+        except OSError:
+            return False
+        if any(e.is_dir() for e in found):
+            return False
+        return any(e.is_file() and not is_image_name(e.name) and is_tar(e.path) for e in found)
+
+    def scan(self) -> TarIndexer:
+        if self._scan is None:
+            self._scan = self._scan_files()
+        return self._scan
+
+    def _scan_files(self) -> TarIndexer:
+        files = byte_order([e.name for e in os.scandir(self.path) if e.is_file()])
+        tars = [name for name in files if is_tar(os.path.join(self.path, name))]
+        for name in files:
+            if name not in tars and not is_image_name(name):
+                refuse_compressed(os.path.join(self.path, name))
+        others = [name for name in files if name not in tars]
+        if others:
+            self.index.notes.append(f"{plural(len(others), 'file')} that are not tars left out (e.g. {others[0]!r})")
+        total = sum(os.path.getsize(os.path.join(self.path, name)) for name in tars)
+        whole = TarIndexer(self.path, self.index)
+        with _scan_progress(total, self.show) as bar:
+            for name in tars:
+                one = TarIndexer(os.path.join(self.path, name), self.index,
+                                 lambda at, done=bar.n: bar.update(done + at - bar.n))
+                one.run(prefix=f"{name}/")
+                whole.by_tar[name] = [p for paths in (one.loose, *one.by_tar.values()) for p in paths]
+                whole.duplicates += one.duplicates
+        return whole
+
+    def reader(self) -> ArchiveReader:
+        return ArchiveReader(self.path, folder=True)

@@ -31,7 +31,7 @@ class Reader(Protocol):
         """What goes before an item's path in train.txt/val.txt."""
         ...
 
-    def input_size(self, sample: list[str], count: int) -> InputSize:
+    def input_size(self, sample: list[Item], count: int) -> InputSize:
         """Estimated bytes of `count` items, and how many of them are in the page cache, from a sample."""
         ...
 
@@ -41,10 +41,18 @@ class Reader(Protocol):
 
 
 class Source(Protocol):
-    """An input that holds classes of images: a folder tree today; archives and list files beside it."""
+    """An input that holds classes of images: a folder tree, a tar archive; list files beside them."""
 
     def classes(self) -> dict[str, list[str]]:
         """Class name -> item paths, classes and paths in byte order."""
+        ...
+
+    def images(self) -> list[str]:
+        """Every image path in byte order, in class folders or not (a flat val set labelled by a file)."""
+        ...
+
+    def locate(self, path: str) -> tuple[int, int]:
+        """Where an item's bytes lie in its archive, (offset, size); (-1, -1) for a file."""
         ...
 
     def reader(self) -> Reader:
@@ -69,14 +77,14 @@ class Split:
     items: list[Item]
     give_up: dict[int, str] = field(default_factory=dict)  # items known bad at the plan: index -> reason
 
-    def sample_paths(self, count: int = 256) -> list[str]:
-        """Up to `count` of its item paths, evenly spread over the list (so over the classes)."""
+    def sample(self, count: int = 256) -> list[Item]:
+        """Up to `count` of its items, evenly spread over the list (so over the classes)."""
         n, k = len(self.items), min(count, len(self.items))
         picks = sorted({round(j * (n - 1) / max(1, k - 1)) for j in range(k)})
-        return [self.items[i].path for i in picks]
+        return [self.items[i] for i in picks]
 
     def input_size(self) -> InputSize:
-        return self.reader.input_size(self.sample_paths(), len(self.items))
+        return self.reader.input_size(self.sample(), len(self.items))
 
 
 @dataclass

@@ -149,8 +149,8 @@ class FileReader:
     def list_prefix(self, relative: bool) -> str:
         return "" if relative else os.path.join(os.path.abspath(self.root), "")
 
-    def input_size(self, sample: list[str], count: int) -> InputSize:
-        return estimate_input([self.where(p) for p in sample], count)
+    def input_size(self, sample: list[Item], count: int) -> InputSize:
+        return estimate_input([self.where(it.path) for it in sample], count)
 
     def device(self) -> str | None:
         return block_device(self.root)
@@ -159,7 +159,7 @@ class FileReader:
 class FolderSource:
     """A class-folder tree: classes are its sub-folders in byte order."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, progress: bool = False) -> None:
         self.root = root
 
     @staticmethod
@@ -173,6 +173,19 @@ class FolderSource:
     def notes(self) -> list[str]:
         """What the scan found worth telling: images that links put under two labels."""
         return self.scan.duplicates()
+
+    def images(self) -> list[str]:
+        """Every image under the folder, at its top or in sub-folders (a flat val set)."""
+        found, stack = [], [""]
+        while stack:
+            rel = stack.pop()
+            dirs, files, _ = _listing(os.path.join(self.root, rel))
+            stack.extend(os.path.join(rel, d) for d in dirs)
+            found.extend(os.path.join(rel, f) for f in files)
+        return byte_order(found)
+
+    def locate(self, path: str) -> tuple[int, int]:
+        return -1, -1
 
     def reader(self) -> FileReader:
         return FileReader(self.root)

@@ -6,8 +6,9 @@ import numpy as np
 
 from etl.messages import Item
 from etl.settings import Settings, UsageError
-from etl.sources.base import Plan, Reader, Split
+from etl.sources.base import Plan, Source, Split, byte_order
 from etl.sources.registry import open_source
+from etl.sources.vallabels import load_val_labels, stem
 from etl.words import plural
 
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "split": 2}
@@ -45,17 +46,74 @@ def _split_by_pct(classes: dict[str, list[str]], s: Settings) -> tuple[Pairs, Pa
     return train, val
 
 
-def _val_source(path: str, labels: list[str], dropped: set[str], notes: list[str]) -> tuple[Pairs, Reader]:
-    source = open_source(path)
+def _val_classes(s: Settings, source: Source, train: list[str], notes: list[str]) -> dict[str, list[str]]:
+    """The val set's classes: its class folders, or (--val-labels) its images grouped by the labels file."""
+    path = s.val_dir
+    if s.val_labels:
+        return _labelled(source, s.val_labels, train, notes)
     val_classes = source.classes()
-    _refuse_line_breaks(val_classes, path)
-    notes.extend(f"val: {note}" for note in source.notes())
+    _refuse_line_breaks(val_classes, str(path))
     if not any(val_classes.values()):
         raise UsageError(f"no images found in class sub-folders of the val folder {path}: it needs one sub-folder "
-                         "per class, named as in the train folder")
-    unknown = [name for name in val_classes if name not in labels and name not in dropped]
+                         "per class, named as in the train folder, or --val-labels naming each image's class")
+    unknown = [name for name in val_classes if name not in train]
     if unknown:
         raise UsageError(f"val folder has classes the train folder lacks: {', '.join(unknown[:5])}")
+    return val_classes
+
+
+def _labelled(source: Source, labels_file: str, train: list[str], notes: list[str]) -> dict[str, list[str]]:
+    """Flat val images by the class the labels file gives each; an image without a label, or of a class
+    train lacks, is left out and named in the notes (never guessed)."""
+    wnid_of = load_val_labels(labels_file, train).wnid_of
+    images = source.images()
+    if not images:
+        raise UsageError(f"no images found in the val input {source_name(source)}")
+    classes: dict[str, list[str]] = {}
+    unlabelled, foreign = [], []
+    known = set(train)
+    for path in images:
+        wnid = wnid_of.get(stem(path))
+        if wnid is None:
+            unlabelled.append(path)
+        elif wnid not in known:
+            foreign.append(f"{path} ({wnid})")
+        else:
+            classes.setdefault(wnid, []).append(path)
+    if not classes:
+        raise UsageError(f"none of the {plural(len(images), 'val image')} has a class in {labels_file} that the "
+                         "train set has: is it the labels file of this val set?")
+    unused = len(set(wnid_of) - {stem(p) for p in images})
+    _label_notes(notes, labels_file, unlabelled, foreign, unused)
+    return {name: classes[name] for name in byte_order(list(classes))}
+
+
+NAMED = 50  # images a note names one by one
+
+
+def _named(names: list[str]) -> str:
+    more = f" and {len(names) - NAMED} more" if len(names) > NAMED else ""
+    return ", ".join(names[:NAMED]) + more
+
+
+def _label_notes(notes: list[str], labels_file: str, unlabelled: list[str], foreign: list[str], unused: int) -> None:
+    if unlabelled:
+        notes.append(f"val: {plural(len(unlabelled), 'image')} with no label in {labels_file} left out: "
+                     + _named(unlabelled))
+    if foreign:
+        notes.append(f"val: {plural(len(foreign), 'image')} of classes the train set lacks left out: "
+                     + _named(foreign))
+    if unused:
+        notes.append(f"val: {labels_file} names {plural(unused, 'image')} the val input does not hold")
+
+
+def _val_source(s: Settings, labels: list[str], train: list[str], notes: list[str],
+                progress: bool) -> tuple[Pairs, Source]:
+    assert s.val_dir is not None
+    source = open_source(s.val_dir, progress)
+    val_classes = _val_classes(s, source, train, notes)
+    notes.extend(f"val: {note}" for note in source.notes())
+    dropped = set(train) - set(labels)
     left_out = [name for name in val_classes if name in dropped and val_classes[name]]
     if left_out:
         notes.append(f"val images of {plural(len(left_out), 'dropped class')} left out, e.g. '{left_out[0]}'")
@@ -65,7 +123,7 @@ def _val_source(path: str, labels: list[str], dropped: set[str], notes: list[str
         notes.append(f"{plural(len(missing), 'class')} {'has' if len(missing) == 1 else 'have'} no val images, "
                      f"e.g. '{missing[0]}'")
     label_of = {name: i for i, name in enumerate(labels)}
-    return [(path, label_of[name]) for name, files in val_classes.items() for path in files], source.reader()
+    return [(path, label_of[name]) for name, files in val_classes.items() for path in files], source
 
 
 LINE_BREAKS = ("\n", "\r")
@@ -85,18 +143,23 @@ def _unlistable_names(items: list[Item]) -> dict[int, str]:
             for it in items if any(c in it.path for c in LINE_BREAKS)}
 
 
-def _ordered(name: str, reader: Reader, pairs: Pairs, s: Settings) -> Split:
+def _ordered(name: str, source: Source, pairs: Pairs, s: Settings) -> Split:
     if s.shuffle:
         order = _rng(s.seed, name).permutation(len(pairs))  # type: ignore[arg-type]
         pairs = [pairs[i] for i in order]
-    items = [Item(i, path, label) for i, (path, label) in enumerate(pairs)]
-    return Split(name, reader, items, _unlistable_names(items))
+    locate = source.locate
+    items = [Item(i, path, label, *locate(path)) for i, (path, label) in enumerate(pairs)]
+    return Split(name, source.reader(), items, _unlistable_names(items))
 
 
-def plan(s: Settings) -> Plan:
-    """Scan the inputs and decide every database's content and order."""
+def source_name(source: Source) -> str:
+    return getattr(source, "path", None) or getattr(source, "root", "")
+
+
+def plan(s: Settings, progress: bool = False) -> Plan:
+    """Scan the inputs and decide every database's content and order; progress: show the archive scans."""
     notes: list[str] = []
-    source = open_source(s.train_dir)
+    source = open_source(s.train_dir, progress)
     found = source.classes()
     _refuse_line_breaks(found, s.train_dir)
     notes.extend(source.notes())
@@ -109,11 +172,11 @@ def plan(s: Settings) -> Plan:
     labels = list(classes)
     if s.val_dir is not None:
         train = [(path, label) for label, files in enumerate(classes.values()) for path in files]
-        val, val_reader = _val_source(s.val_dir, labels, set(found) - set(classes), notes)
+        val, val_source = _val_source(s, labels, list(found), notes, progress)
     else:
         train, val = _split_by_pct(classes, s)
-        val_reader = source.reader()
-    splits = [_ordered("train", source.reader(), train, s)]
+        val_source = source
+    splits = [_ordered("train", source, train, s)]
     if val:
-        splits.append(_ordered("val", val_reader, val, s))
+        splits.append(_ordered("val", val_source, val, s))
     return Plan(labels, splits, notes)

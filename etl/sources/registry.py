@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Protocol
 
 from etl.errors import UsageError
+from etl.sources.archive import ArchiveSource, TarFolderSource
 from etl.sources.base import Source
 from etl.sources.folder import FolderSource
 
 
 class SourceKind(Protocol):
-    def __call__(self, path: str) -> Source: ...
+    def __call__(self, path: str, progress: bool = False) -> Source: ...
 
     @staticmethod
     def accepts(path: str) -> bool: ...
@@ -18,6 +19,8 @@ class SourceKind(Protocol):
 
 # A new input kind is a module in etl/sources/ and one line here; the first that accepts a path takes it.
 SOURCES: list[SourceKind] = [
+    ArchiveSource,
+    TarFolderSource,
     FolderSource,
 ]
 
@@ -27,8 +30,9 @@ def find_kind(path: str) -> SourceKind | None:
     return next((kind for kind in SOURCES if kind.accepts(path)), None)
 
 
-def open_source(path: str) -> Source:
+def open_source(path: str, progress: bool = False) -> Source:
+    """progress: show a bar while the input is scanned (an archive's index)."""
     kind = find_kind(path)
     if kind is None:
         raise UsageError(f"not an input etl can read: {path}")
-    return kind(path)
+    return kind(path, progress)
