@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import os
 import posixpath
-from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 from tqdm import tqdm
 
 from etl.errors import UsageError
 from etl.messages import Item
 from etl.pagecache import InputSize, resident_share
+from etl.sources import tarindex
 from etl.sources.base import Unreadable, byte_order
 from etl.sources.folder import is_image_name
+from etl.sources.tarindex import ArchiveIndex, Identity, identity
 from etl.sources.tarscan import BLOCK, DIRECTORY, LINKS, REGULAR, Header, looks_like_tar, scan_tar
 from etl.throttle import block_device
 from etl.words import plural
@@ -54,35 +56,6 @@ def refuse_compressed(path: str) -> None:
                          f"first ({command} {path}) and give the plain .tar")
 
 
-@dataclass
-class ArchiveIndex:
-    """Every image member found: its path as train.txt names it (relative to the input), and where its
-    bytes lie. Paths in a list, places in two int64 arrays, a dict from path to position: ~100-200 bytes
-    an image, where 1.28 M TarInfo objects would take ~1 GB."""
-
-    paths: list[str] = field(default_factory=list)
-    offsets: array = field(default_factory=lambda: array("q"))
-    sizes: array = field(default_factory=lambda: array("q"))
-    position: dict[str, int] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, path: str, offset: int, size: int) -> bool:
-        """False when the path is there already (a duplicate member: the later one wins, as tar extracts)."""
-        at = self.position.get(path)
-        if at is not None:
-            self.offsets[at], self.sizes[at] = offset, size
-            return False
-        self.position[path] = len(self.paths)
-        self.paths.append(path)
-        self.offsets.append(offset)
-        self.sizes.append(size)
-        return True
-
-    def span(self, path: str) -> tuple[int, int]:
-        at = self.position[path]
-        return self.offsets[at], self.sizes[at]
-
-
 class Tally:
     """What a scan left out, and why, as counted notes with an example each."""
 
@@ -103,15 +76,13 @@ def unsafe(name: str) -> bool:
 
 
 class TarIndexer:
-    """Walks one tar file (and the tars inside it) into an ArchiveIndex: by_tar holds each inner tar's
-    images, loose the images outside any inner tar."""
+    """Walks one tar file (and the tars inside it) into an ArchiveIndex, each image in the group of the
+    inner tar that holds it (or in `group`, for all of them: one class tar of a folder of them)."""
 
-    def __init__(self, path: str, index: ArchiveIndex, progress: ProgressFn | None = None) -> None:
-        self.path, self.index, self.progress = path, index, progress or (lambda done: None)
+    def __init__(self, path: str, index: ArchiveIndex, progress: ProgressFn | None = None, group: int = 0) -> None:
+        self.path, self.index, self.progress, self.group = path, index, progress or (lambda done: None), group
         self.tally = Tally()
         self.duplicates: list[str] = []
-        self.by_tar: dict[str, list[str]] = {}
-        self.loose: list[str] = []
 
     def run(self, prefix: str = "") -> ArchiveIndex:
         """prefix: what goes before every member's path (a folder of tars: the tar's own name)."""
@@ -145,14 +116,14 @@ class TarIndexer:
         if entry.offset + entry.size > end:
             return  # the cut-off member: reported by _cut
         if is_image_name(name):
-            return self._add(prefix + name, entry, self.loose)
+            return self._add(prefix + name, entry, self.group)
         if entry.size >= BLOCK and looks_like_tar(fd, entry.offset):
             return self._inner(fd, entry, prefix, end)
         self.tally.add("not images", name)
 
     def _inner(self, fd: int, tar: Header, prefix: str, end: int) -> None:
         """A tar inside the tar: a class. Its members' places are its place plus theirs."""
-        found = self.by_tar.setdefault(prefix + tar.name, [])
+        group = self.group or self.index.new_group(prefix + tar.name)
         inner = scan_tar(fd, tar.offset, min(tar.offset + tar.size, end))
         if inner.damage:
             self._cut(prefix + tar.name, inner.entries, inner.damage, end)
@@ -167,12 +138,10 @@ class TarIndexer:
             elif not is_image_name(name):
                 self.tally.add("not images", f"{tar.name}/{name}")
             elif entry.offset + entry.size <= end:
-                self._add(f"{prefix}{tar.name}/{name}", entry, found)
+                self._add(f"{prefix}{tar.name}/{name}", entry, group)
 
-    def _add(self, path: str, entry: Header, found: list[str]) -> None:
-        if self.index.add(path, entry.offset, entry.size):
-            found.append(path)
-        else:
+    def _add(self, path: str, entry: Header, group: int) -> None:
+        if not self.index.add(path, entry.offset, entry.size, group):
             self.duplicates.append(path)
 
     def _cut(self, what: str, entries: list[Header], damage: str, end: int) -> None:
@@ -268,34 +237,50 @@ def _class_folders(paths: list[str], notes: list[str]) -> dict[str, list[str]]:
 
 
 class ArchiveSource:
-    """One plain tar: of class tars (ILSVRC2012_img_train.tar), of class folders, or flat (val, with labels)."""
+    """One plain tar: of class tars (ILSVRC2012_img_train.tar), of class folders, or flat (val, with labels).
 
-    def __init__(self, path: str, progress: bool = False) -> None:
-        self.path, self.show = path, progress
-        self.index = ArchiveIndex()
-        self._scan: TarIndexer | None = None
+    saved: the checkpoint folder of the run being resumed, where the first run saved the index."""
+
+    def __init__(self, path: str, progress: bool = False, saved: Path | None = None) -> None:
+        self.path, self.show, self.saved = path, progress, saved
+        self._index: ArchiveIndex | None = None
+        self._files: Identity = {}
 
     @staticmethod
     def accepts(path: str) -> bool:
         return os.path.isfile(path) and (compression(path) is not None or is_tar(path))
 
-    def scan(self) -> TarIndexer:
-        if self._scan is None:
+    def tar_files(self) -> list[str]:
+        return [self.path]
+
+    @property
+    def index(self) -> ArchiveIndex:
+        if self._index is None:
             refuse_compressed(self.path)
-            with _scan_progress(os.path.getsize(self.path), self.show) as bar:
-                self._scan = TarIndexer(self.path, self.index, lambda done: bar.update(done - bar.n))
-                self._scan.run()
-        return self._scan
+            files = self.tar_files()
+            self._files = identity(files)
+            loaded = tarindex.load(self.saved, self.path, self._files) if self.saved else None
+            self._index = loaded or self._walk(files)
+        return self._index
+
+    def _walk(self, files: list[str]) -> ArchiveIndex:
+        index = ArchiveIndex()
+        with _scan_progress(os.path.getsize(self.path), self.show) as bar:
+            TarIndexer(self.path, index, lambda done: bar.update(done - bar.n)).run()
+        return index
+
+    def save(self, folder: Path) -> None:
+        """Keep the index with the checkpoint: a resumed run reads it instead of rescanning."""
+        tarindex.save(self.index, folder, self.path, self._files)
 
     def classes(self) -> dict[str, list[str]]:
-        scan = self.scan()
-        if scan.by_tar:
-            return _class_tars(scan.by_tar, scan.loose, self.index.notes)
-        return _class_folders(scan.loose, self.index.notes)
+        by_tar, loose = self.index.grouped()
+        if by_tar:
+            return _class_tars(by_tar, loose, self.index.notes)
+        return _class_folders(loose, self.index.notes)
 
     def images(self) -> list[str]:
         """Every image, class folders or not (a flat val set, labelled by a separate file)."""
-        self.scan()
         return byte_order(list(self.index.paths))
 
     def locate(self, path: str) -> tuple[int, int]:
@@ -324,30 +309,24 @@ class TarFolderSource(ArchiveSource):
             return False
         return any(e.is_file() and not is_image_name(e.name) and is_tar(e.path) for e in found)
 
-    def scan(self) -> TarIndexer:
-        if self._scan is None:
-            self._scan = self._scan_files()
-        return self._scan
-
-    def _scan_files(self) -> TarIndexer:
-        files = byte_order([e.name for e in os.scandir(self.path) if e.is_file()])
-        tars = [name for name in files if is_tar(os.path.join(self.path, name))]
-        for name in files:
-            if name not in tars and not is_image_name(name):
+    def tar_files(self) -> list[str]:
+        names = byte_order([e.name for e in os.scandir(self.path) if e.is_file()])
+        for name in names:
+            if not is_image_name(name):
                 refuse_compressed(os.path.join(self.path, name))
-        others = [name for name in files if name not in tars]
+        return [os.path.join(self.path, name) for name in names if is_tar(os.path.join(self.path, name))]
+
+    def _walk(self, files: list[str]) -> ArchiveIndex:
+        index = ArchiveIndex()
+        others = len(os.listdir(self.path)) - len(files)
         if others:
-            self.index.notes.append(f"{plural(len(others), 'file')} that are not tars left out (e.g. {others[0]!r})")
-        total = sum(os.path.getsize(os.path.join(self.path, name)) for name in tars)
-        whole = TarIndexer(self.path, self.index)
-        with _scan_progress(total, self.show) as bar:
-            for name in tars:
-                one = TarIndexer(os.path.join(self.path, name), self.index,
-                                 lambda at, done=bar.n: bar.update(done + at - bar.n))
-                one.run(prefix=f"{name}/")
-                whole.by_tar[name] = [p for paths in (one.loose, *one.by_tar.values()) for p in paths]
-                whole.duplicates += one.duplicates
-        return whole
+            index.notes.append(f"{plural(others, 'file')} that are not tars left out")
+        with _scan_progress(sum(os.path.getsize(f) for f in files), self.show) as bar:
+            for path in files:
+                name = os.path.basename(path)
+                TarIndexer(path, index, lambda at, done=bar.n: bar.update(done + at - bar.n),
+                           index.new_group(name)).run(prefix=f"{name}/")
+        return index
 
     def reader(self) -> ArchiveReader:
         return ArchiveReader(self.path, folder=True)
