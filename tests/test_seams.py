@@ -29,6 +29,14 @@ class TarReader:
             charge(member.size)
             return tf.extractfile(member).read()
 
+    def stamp(self, path: str) -> int:
+        with tarfile.open(self.tar) as tf:
+            try:
+                member = tf.getmember(path)
+            except KeyError:
+                return 0
+            return member.offset_data << 64 | member.size
+
     def where(self, path: str) -> str:
         return f"{self.tar}/{path}"
 

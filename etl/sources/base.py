@@ -23,6 +23,12 @@ class Reader(Protocol):
         drop_cache: leave nothing of a read-once item in the page cache."""
         ...
 
+    def stamp(self, path: str) -> int:
+        """A cheap fingerprint of the item's content identity, without reading its bytes (a file's size, time
+        and inode; an archive member's offset and size): a resume compares the committed items' stamps with
+        those recorded when they were converted. An item that cannot be looked at has one fixed stamp."""
+        ...
+
     def where(self, path: str) -> str:
         """The item's full location, as a user would name it (and as test faults match it)."""
         ...

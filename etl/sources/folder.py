@@ -120,6 +120,16 @@ class FileReader:
     def where(self, path: str) -> str:
         return os.path.join(self.root, path)
 
+    def stamp(self, path: str) -> int:
+        """Size, modification time and inode (the link's target), each in its own bits: replacing a file, or
+        writing into it, changes at least one. Not the change time: a chmod -R to fix one unreadable file
+        would then refuse a resume. 0 for a file that cannot be looked at, which no real file's stamp is."""
+        try:
+            st = os.stat(self.where(path))
+        except (OSError, ValueError):
+            return 0
+        return st.st_size << 128 | (st.st_mtime_ns % (1 << 64)) << 64 | st.st_ino
+
     def read(self, path: str, charge: Callable[[int], None], drop_cache: bool) -> bytes:
         full = self.where(path)
         try:
