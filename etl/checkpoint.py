@@ -69,6 +69,18 @@ def stamp_sum(reader: Reader, items: Iterable[Item], tick: Callable[[int], None]
     return total % STAMP_MOD
 
 
+def check_unchanged(split: str, reader: Reader, items: list[Item], recorded: int | None,
+                    tick: Callable[[int], None] | None = None) -> None:
+    """Refuse to resume when the items already committed are not the files they were converted from (same
+    names, other content): the dataset would silently keep the old records. recorded None: an older etl's
+    checkpoint, which has no stamp to compare with."""
+    if recorded is None or not items:
+        return
+    if stamp_sum(reader, items, tick) != recorded:
+        raise UsageError(f"--resume: {split} images already converted have changed since they were converted "
+                         "(replaced or modified under the same name); convert again with --overwrite")
+
+
 def _release(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
 
