@@ -106,8 +106,8 @@ class SplitState:
     per_label: dict[str, int] = field(default_factory=dict)
     bytes_read: int = 0
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    # The stamps of the items of chunks 0..chunks-1 (etl.checkpoint.stamp_sum); None: not recorded (a checkpoint
-    # of etl 0.4.0 or before, and every later commit of a run it started), so a resume cannot check them.
+    # The stamps of the items of chunks 0..chunks-1 (etl.checkpoint.stamp_sum); None: not recorded (an older
+    # etl's checkpoint, and every later commit of a run it started), so a resume cannot check them.
     input_stamp: int | None = 0
 
     @classmethod

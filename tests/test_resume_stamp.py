@@ -80,7 +80,7 @@ def test_a_worker_stamps_every_item_of_its_chunk_the_bad_and_given_up_ones_too(t
 
 def test_a_state_without_a_stamp_is_one_not_recorded_and_a_state_with_one_reads_back():
     old = {"chunks": 3, "records": 12, "complete": False, "per_label": {"0": 12}, "bytes_read": 100,
-           "stage_seconds": {"read": 0.1}}  # as etl 0.4.0 wrote it
+           "stage_seconds": {"read": 0.1}}  # as an older etl wrote it
     assert SplitState.from_json(old).input_stamp is None
     assert SplitState().input_stamp == 0  # a fresh run records from its first commit
     state = SplitState(chunks=3, records=12, input_stamp=STAMP_MOD - 1)
@@ -154,7 +154,7 @@ def test_an_image_written_back_as_it_was_resumes(tree, tmp_path):
 
 
 def test_a_checkpoint_without_stamps_resumes_without_the_check(tree, tmp_path):
-    """etl 0.4.0 and before recorded no stamp: such a run resumes (unchecked), as it did."""
+    """An older etl recorded no stamp: such a run resumes (unchecked), as it did."""
     root, out, victim, original, committed = interrupted(tree, tmp_path)
     for name in ("train.state.json", "train.pending.json"):
         path = out / ".etl" / name
