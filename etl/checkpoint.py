@@ -12,9 +12,10 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +24,10 @@ from etl.layout import CHECKPOINT_DIR, JOB
 from etl.messages import Item, SplitState
 from etl.settings import UsageError
 
+if TYPE_CHECKING:
+    from etl.sources.base import Reader
+
+STAMP_MOD = 1 << 64
 
 def fsync_write(path: Path, data: bytes) -> None:
     """Write to a temporary name, fsync, rename: the file is either old or new, never half."""
@@ -40,6 +45,40 @@ def plan_digest(items: list[Item]) -> str:
     for item in items:
         h.update(f"{item.index}\0{item.path}\0{item.label}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
+
+
+def item_stamp(index: int, stamp: int) -> int:
+    """One item's share of an input stamp: its place in the write order and its reader's stamp, hashed to 64
+    bits (blake2b is the same in every process, which hash() is not), so that one changed item moves the sum."""
+    return int.from_bytes(hashlib.blake2b(b"%d:%d" % (index, stamp), digest_size=8).digest(), "little")
+
+
+def add_stamps(a: int, b: int) -> int:
+    return (a + b) % STAMP_MOD
+
+
+def stamp_sum(reader: Reader, items: Iterable[Item], tick: Callable[[int], None] | None = None) -> int:
+    """The items' stamps summed mod 2**64: the same in any order and however the items are cut into chunks, so
+    workers sum their chunks, the writer its commits, and a resume the committed items in one go.
+    tick(n): n more items stamped (a progress bar), every 4,096."""
+    total = 0
+    for n, item in enumerate(items, 1):
+        total += item_stamp(item.index, reader.stamp(item))
+        if tick is not None and n % 4096 == 0:
+            tick(4096)
+    return total % STAMP_MOD
+
+
+def check_unchanged(split: str, reader: Reader, items: list[Item], recorded: int | None,
+                    tick: Callable[[int], None] | None = None) -> None:
+    """Refuse to resume when the items already committed are not the files they were converted from (same
+    names, other content): the dataset would silently keep the old records. recorded None: an older etl's
+    checkpoint, which has no stamp to compare with."""
+    if recorded is None or not items:
+        return
+    if stamp_sum(reader, items, tick) != recorded:
+        raise UsageError(f"--resume: {split} images already converted have changed since they were converted "
+                         "(replaced or modified under the same name); convert again with --overwrite")
 
 
 def _release(version: str) -> tuple[int, ...]:

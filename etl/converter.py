@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from etl.checkpoint import add_stamps, item_stamp
 from etl.codec import BadImage, Codec, Decoded, decode_budget
 from etl.datum import encode_datum
 from etl.meansum import SumLayout
@@ -81,10 +82,16 @@ class ImageConverter:
         if self.spec.sum_pixels:
             result.pixel_sum = self.sums.zeros(self.sums.chunk_dtype(len(task.items)))
         for item in task.items:
-            if item.index in task.give_up:
+            given_up = item.index in task.give_up
+            if not given_up:
+                self.hold(item.index)  # before the stat: one hangs where a read would (a dead network mount)
+            # Every item, given up or not, so that the chunk's stamp covers exactly its items; before the
+            # read, so that a file replaced in between reads as changed on resume, never the reverse.
+            result.input_stamp = add_stamps(result.input_stamp,
+                                            item_stamp(item.index, self.gate.reader.stamp(item)))
+            if given_up:
                 result.failures.append(Failure(item.path, task.give_up[item.index]))
                 continue
-            self.hold(item.index)
             try:
                 self._convert(item, result)
             except (BadImage, Unreadable) as exc:

@@ -67,6 +67,7 @@ class ChunkResult:
     max_rss_kb: int = 0  # the worker's peak resident memory so far
     cpu_seconds: float = 0.0  # the worker's CPU time (user + system) spent on this chunk
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    input_stamp: int = 0  # etl.checkpoint.stamp_sum of the task's items, every one of them: what resume checks
 
 
 class ResultsLink(NamedTuple):
@@ -108,10 +109,13 @@ class SplitState:
     per_label: dict[str, int] = field(default_factory=dict)
     bytes_read: int = 0
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    # The stamps of the items of chunks 0..chunks-1 (etl.checkpoint.stamp_sum); None: not recorded (an older
+    # etl's checkpoint, and every later commit of a run it started), so a resume cannot check them.
+    input_stamp: int | None = 0
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> SplitState:
-        return cls(**raw)
+        return cls(**{"input_stamp": None, **raw})
 
 
 class Done(NamedTuple):

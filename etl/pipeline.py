@@ -106,6 +106,8 @@ def start_job(s: Settings, job: Plan, out: Path) -> None:
         checkpoint.check_resume(s.output_settings(), digests)
     else:
         checkpoint.start_job(s.output_settings(), digests)
+    for source in job.sources:
+        source.save(checkpoint.dir)
     (out / LABELS).write_text("".join(f"{name}\n" for name in job.labels), encoding="utf-8",
                               errors="surrogateescape")
 

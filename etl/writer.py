@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Listener
 from typing import Any
 
-from etl.checkpoint import Checkpoint
+from etl.checkpoint import Checkpoint, add_stamps
 from etl.door import accept_workers, receive_closing_word
 from etl.errors import UsageError, describe_write_error
 from etl.layout import db_path, list_path, skip_log_name
@@ -76,6 +76,8 @@ class SplitWriter:
         if self.mean is not None:
             self.mean.add(result)
         self.state.chunks = result.chunk_id + 1
+        if self.state.input_stamp is not None:  # with chunks: each commit's stamp covers exactly its chunks
+            self.state.input_stamp = add_stamps(self.state.input_stamp, result.input_stamp)
         self.state.bytes_read += result.bytes_read
         for stage, seconds in result.stage_seconds.items():
             self.state.stage_seconds[stage] += seconds

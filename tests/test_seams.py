@@ -2,9 +2,10 @@
 
 import subprocess
 import sys
-import tarfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from etl.messages import Item
 from etl.pagecache import InputSize
@@ -16,25 +17,32 @@ from .test_end_to_end import all_records
 
 
 @dataclass(frozen=True)
-class TarReader:
-    """Items are members of an uncompressed tar."""
+class ZipReader:
+    """Items are members of a zip file."""
 
-    tar: str
+    zip: str
 
     def read(self, item: Item, charge: Callable[[int], None], drop_cache: bool) -> bytes:
-        with tarfile.open(self.tar) as tf:
+        with zipfile.ZipFile(self.zip) as zf:
             try:
-                member = tf.getmember(item.path)
+                info = zf.getinfo(item.path)
             except KeyError:
                 raise Unreadable("cannot read: not in the archive") from None
-            charge(member.size)
-            return tf.extractfile(member).read()
+            charge(info.file_size)
+            return zf.read(info)
+
+    def stamp(self, item: Item) -> int:
+        with zipfile.ZipFile(self.zip) as zf:
+            try:
+                return zf.getinfo(item.path).CRC
+            except KeyError:
+                return 0
 
     def where(self, path: str) -> str:
-        return f"{self.tar}/{path}"
+        return f"{self.zip}/{path}"
 
     def list_prefix(self, relative: bool) -> str:
-        return "" if relative else self.tar + "/"
+        return "" if relative else self.zip + "/"
 
     def input_size(self, sample: list[Item], count: int) -> InputSize:
         return InputSize(0, 0)
@@ -43,44 +51,53 @@ class TarReader:
         return None
 
 
-class TarSource:
-    """A tar holding class folders: `<class>/<image>`."""
+class ZipSource:
+    """A zip holding class folders: `<class>/<image>`."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, progress: bool = False, saved: Path | None = None) -> None:
         self.path = path
 
     @staticmethod
     def accepts(path: str) -> bool:
-        return path.endswith(".tar") and tarfile.is_tarfile(path)
+        return zipfile.is_zipfile(path)
 
     def classes(self) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
-        with tarfile.open(self.path) as tf:
-            for m in tf.getmembers():
-                if m.isfile() and "/" in m.name:
-                    found.setdefault(m.name.split("/", 1)[0], []).append(m.name)
+        with zipfile.ZipFile(self.path) as zf:
+            for name in zf.namelist():
+                if not name.endswith("/") and "/" in name:
+                    found.setdefault(name.split("/", 1)[0], []).append(name)
         return {name: byte_order(found[name]) for name in byte_order(list(found))}
 
-    def reader(self) -> TarReader:
-        return TarReader(self.path)
+    def images(self) -> list[str]:
+        return [path for paths in self.classes().values() for path in paths]
+
+    def locate(self, path: str) -> tuple[int, int]:
+        return -1, -1
+
+    def reader(self) -> ZipReader:
+        return ZipReader(self.path)
 
     def notes(self) -> list[str]:
         return []
 
+    def save(self, folder: Path) -> None:
+        pass
+
 
 def test_a_new_source_is_one_class_and_one_registration_line(small_tree, tmp_path, monkeypatch):
-    tar = tmp_path / "train.tar"
-    with tarfile.open(tar, "w") as tf:
+    packed = tmp_path / "train.zip"
+    with zipfile.ZipFile(packed, "w") as zf:
         for path in sorted((small_tree / "train").rglob("*")):
             if path.is_file():
-                tf.add(path, arcname=str(path.relative_to(small_tree / "train")))
-    monkeypatch.setattr(registry, "SOURCES", [TarSource, *registry.SOURCES])  # the registration line
+                zf.write(path, arcname=str(path.relative_to(small_tree / "train")))
+    monkeypatch.setattr(registry, "SOURCES", [ZipSource, *registry.SOURCES])  # the registration line
     common = {"val_pct": 20.0, "workers": 2, "relative_paths": True}
-    from_tar = convert(build_settings({"train_dir": str(tar), "out_dir": str(tmp_path / "a"), **common}),
+    from_zip = convert(build_settings({"train_dir": str(packed), "out_dir": str(tmp_path / "a"), **common}),
                        progress=False)
     from_dir = convert(build_settings({"train_dir": str(small_tree / "train"), "out_dir": str(tmp_path / "b"),
                                        **common}), progress=False)
-    assert from_tar["splits"]["train"]["written"] == from_dir["splits"]["train"]["written"] > 0
+    assert from_zip["splits"]["train"]["written"] == from_dir["splits"]["train"]["written"] > 0
     for name in ("train_db", "val_db"):
         assert all_records(tmp_path / "a" / name) == all_records(tmp_path / "b" / name)
     for name in ("labels.txt", "train.txt", "mean.binaryproto"):

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from etl.checkpoint import check_unchanged
 from etl.converter import WorkSpec
-from etl.errors import Interrupted, PipelineError
+from etl.errors import Interrupted, PipelineError, UsageError
 from etl.layout import db_name
 from etl.meansum import mean_layout
 from etl.memory import check_memory, commit_records, window_chunks
@@ -26,6 +27,8 @@ from etl.stats import SplitStats
 from etl.throttle import MB, AdaptiveIO, Budgets, Caps, block_device
 from etl.workers import WorkerHandle, WorkerPool
 from etl.writer import WriterSpec
+
+BIG_CHECK = 50_000  # committed items above which the resume's check of them shows a bar of its own
 
 
 class QuietTqdm(tqdm):
@@ -73,7 +76,7 @@ class SplitRun:
 
     def __init__(self, split: Split, s: Settings, out: Path, progress: bool, cache: CacheChoice,
                  max_workers: int | None = None) -> None:
-        self.split, self.s, self.out, self.cache = split, s, out, cache
+        self.split, self.s, self.out, self.cache, self.progress = split, s, out, cache, progress
         self.tasks = chunks(split.items, s.chunk_size, split.give_up)
         self.workers = max(1, min(s.worker_count, max_workers or s.worker_count, len(self.tasks)))
         self.stats = SplitStats(split.name, len(split.items), worker_count=self.workers)
@@ -94,6 +97,7 @@ class SplitRun:
                                     budgets.write)
         try:
             ready = self.writer.ready()
+            self._check_committed(ready)
             self._take_ready(ready)
             self.ledger.start_at(ready.start_chunk)
             spec = WorkSpec.for_split(self.s, self.split.name, self.split.reader, not self.cache.drop_input)
@@ -125,6 +129,22 @@ class SplitRun:
             "write": AdaptiveIO(budgets.write, block_device(str(self.out)), budgets.write.rate.value,
                                 self.s.io_target),
         }
+
+    def _check_committed(self, ready: Ready) -> None:
+        """--resume: the items of the committed chunks must be the files they were converted from; one stat
+        each (1.28 M take seconds), before any new work. Chunks are cut as the first run cut them: the chunk
+        size is part of a resumed run's identity, so the writer's chunk count names the same items here."""
+        done = [item for task in self.tasks[:ready.start_chunk] for item in task.items]
+        if ready.state.input_stamp is None or not done:
+            return
+        # Position 0: the split's own bar, made already, shows only once this one is gone.
+        with QuietTqdm(total=len(done), desc=f"{self.split.name}: checking converted images", unit="img",
+                       position=0, leave=False, disable=not self.progress or len(done) <= BIG_CHECK) as bar:
+            try:
+                check_unchanged(self.split.name, self.split.reader, done, ready.state.input_stamp, bar.update)
+            except UsageError:
+                self._stop_early()  # the writer commits nothing: it has taken no chunk
+                raise
 
     def _take_ready(self, ready: Ready) -> None:
         st = self.stats

@@ -198,6 +198,10 @@ class ArchiveReader:
                              "(it changed since the scan)")
         return data
 
+    def stamp(self, item: Item) -> int:
+        """Where the member lies: the archive's own size and time are checked as a whole at resume."""
+        return item.offset << 64 | item.size
+
     def list_prefix(self, relative: bool) -> str:
         return "" if relative else os.path.join(os.path.abspath(self.root), "")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from etl.messages import Item
@@ -21,6 +22,12 @@ class Reader(Protocol):
     def read(self, item: Item, charge: Callable[[int], None], drop_cache: bool) -> bytes:
         """The item's bytes; charge(size) before reading them (the throttle); Unreadable with the reason;
         drop_cache: leave nothing of a read-once item in the page cache."""
+        ...
+
+    def stamp(self, item: Item) -> int:
+        """A cheap fingerprint of the item's content identity, without reading its bytes (a file's size, time
+        and inode; an archive member's offset and size): a resume compares the committed items' stamps with
+        those recorded when they were converted. An item that cannot be looked at has one fixed stamp."""
         ...
 
     def where(self, path: str) -> str:
@@ -56,6 +63,10 @@ class Source(Protocol):
         ...
 
     def reader(self) -> Reader:
+        ...
+
+    def save(self, folder: Path) -> None:
+        """Keep in the checkpoint folder what a resumed run needs to skip the scan (an archive's index)."""
         ...
 
     def notes(self) -> list[str]:
@@ -94,3 +105,4 @@ class Plan:
     labels: list[str]
     splits: list[Split]
     notes: list[str] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)

@@ -121,6 +121,16 @@ class FileReader:
     def where(self, path: str) -> str:
         return os.path.join(self.root, path)
 
+    def stamp(self, item: Item) -> int:
+        """Size, modification time and inode (the link's target), each in its own bits: replacing a file, or
+        writing into it, changes at least one. Not the change time: a chmod -R to fix one unreadable file
+        would then refuse a resume. 0 for a file that cannot be looked at, which no real file's stamp is."""
+        try:
+            st = os.stat(self.where(item.path))
+        except (OSError, ValueError):
+            return 0
+        return st.st_size << 128 | (st.st_mtime_ns % (1 << 64)) << 64 | st.st_ino
+
     def read(self, item: Item, charge: Callable[[int], None], drop_cache: bool) -> bytes:
         full = self.where(item.path)
         try:
@@ -159,7 +169,7 @@ class FileReader:
 class FolderSource:
     """A class-folder tree: classes are its sub-folders in byte order."""
 
-    def __init__(self, root: str, progress: bool = False) -> None:
+    def __init__(self, root: str, progress: bool = False, saved: Path | None = None) -> None:
         self.root = root
 
     @staticmethod
@@ -186,6 +196,9 @@ class FolderSource:
 
     def locate(self, path: str) -> tuple[int, int]:
         return -1, -1
+
+    def save(self, folder: Path) -> None:
+        """Nothing to keep: a resumed run rescans the folder (and its stamps tell a changed file)."""
 
     def reader(self) -> FileReader:
         return FileReader(self.root)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from etl.layout import CHECKPOINT_DIR
 from etl.messages import Item
 from etl.settings import Settings, UsageError
 from etl.sources.base import Plan, Source, Split, byte_order
@@ -110,7 +113,7 @@ def _label_notes(notes: list[str], labels_file: str, unlabelled: list[str], fore
 def _val_source(s: Settings, labels: list[str], train: list[str], notes: list[str],
                 progress: bool) -> tuple[Pairs, Source]:
     assert s.val_dir is not None
-    source = open_source(s.val_dir, progress)
+    source = open_source(s.val_dir, progress, _saved(s))
     val_classes = _val_classes(s, source, train, notes)
     notes.extend(f"val: {note}" for note in source.notes())
     dropped = set(train) - set(labels)
@@ -159,7 +162,7 @@ def source_name(source: Source) -> str:
 def plan(s: Settings, progress: bool = False) -> Plan:
     """Scan the inputs and decide every database's content and order; progress: show the archive scans."""
     notes: list[str] = []
-    source = open_source(s.train_dir, progress)
+    source = open_source(s.train_dir, progress, _saved(s))
     found = source.classes()
     _refuse_line_breaks(found, s.train_dir)
     notes.extend(source.notes())
@@ -179,4 +182,9 @@ def plan(s: Settings, progress: bool = False) -> Plan:
     splits = [_ordered("train", source, train, s)]
     if val:
         splits.append(_ordered("val", val_source, val, s))
-    return Plan(labels, splits, notes)
+    return Plan(labels, splits, notes, [source] if val_source is source else [source, val_source])
+
+
+def _saved(s: Settings) -> Path | None:
+    """Where the run being resumed kept its scans."""
+    return Path(s.out_dir) / CHECKPOINT_DIR if s.resume else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from etl.errors import UsageError
@@ -11,7 +12,7 @@ from etl.sources.folder import FolderSource
 
 
 class SourceKind(Protocol):
-    def __call__(self, path: str, progress: bool = False) -> Source: ...
+    def __call__(self, path: str, progress: bool = False, saved: Path | None = None) -> Source: ...
 
     @staticmethod
     def accepts(path: str) -> bool: ...
@@ -30,9 +31,10 @@ def find_kind(path: str) -> SourceKind | None:
     return next((kind for kind in SOURCES if kind.accepts(path)), None)
 
 
-def open_source(path: str, progress: bool = False) -> Source:
-    """progress: show a bar while the input is scanned (an archive's index)."""
+def open_source(path: str, progress: bool = False, saved: Path | None = None) -> Source:
+    """progress: show a bar while the input is scanned (an archive's index); saved: the checkpoint folder
+    of the run being resumed, where it kept what its scan found."""
     kind = find_kind(path)
     if kind is None:
         raise UsageError(f"not an input etl can read: {path}")
-    return kind(path, progress)
+    return kind(path, progress, saved)

@@ -100,8 +100,9 @@ def load(folder: Path, input_path: str, files: Identity) -> ArchiveIndex | None:
     except (OSError, ValueError, KeyError) as exc:
         raise damaged(path, exc) from None
     if meta.get("format") != FORMAT or meta["files"] != files:
-        changed = next((name for name in files if meta["files"].get(name) != files[name]), input_path)
-        raise UsageError(f"--resume: {input_path} changed since the first run ({changed}: other size or "
+        changed = next((name for name in files if meta["files"].get(name) != files[name]), "")
+        which = f"{changed} has" if changed and changed != os.path.basename(input_path) else "it has"
+        raise UsageError(f"--resume: {input_path} changed since the first run ({which} another size or "
                          "modification time); convert again with --overwrite")
     paths = blob.tobytes().decode("utf-8", "surrogateescape").split("\0") if blob.size else []
     return ArchiveIndex(paths, array("q", offsets.tobytes()), array("q", sizes.tobytes()),
