@@ -73,7 +73,7 @@ def verify(out_dir: str, progress: bool = True) -> Checker:
         _check_mean(check, out, report["settings"])
     if unsummed:
         check.notes.append(f"records could not be checked against checksums: no {', '.join(unsummed)} "
-                           "(a dataset written by etl 0.4.0 or earlier)")
+                           "(a dataset written by etl 0.3.0 or earlier)")
     check.finish()
     return check
 

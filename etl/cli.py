@@ -121,7 +121,8 @@ def make_parser() -> argparse.ArgumentParser:
                        ("tune", "sweep worker counts and chunk sizes; recommend a setting and plot the curve")):
         b = sub.add_parser(name, help=text, description=text)
         src = b.add_mutually_exclusive_group()
-        src.add_argument("--src", help="a folder of real images (class folders, or flat ImageNet <wnid>_*.JPEG)")
+        src.add_argument("--src", help="real images: a class folder, a flat folder of ImageNet <wnid>_*.JPEG, or an "
+                                       "archive (a tar of class tars or class folders, or a folder of class tars)")
         src.add_argument("--generate", type=int,
                          help=f"images of a generated ImageNet-like corpus (--generate 3000: {BENCH_TIME[name]})")
         b.add_argument("--repeat", type=int, default=1, help="copies of the --src files, under new names")
@@ -163,7 +164,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.out:
         code = _demo(Path(args.out), args.workers)
-        print(f"demo: kept in {args.out} (the tree in train/ and val/, the dataset in out/)")
+        print(f"demo: kept in {args.out} (the tree in train/ and val/, the dataset in out/, the archives in ilsvrc/)")
         return code
     with tempfile.TemporaryDirectory(prefix="etl-demo-") as tmp:  # removed at the end, also after an error
         code = _demo(Path(tmp), args.workers)
@@ -186,7 +187,32 @@ def _demo(base: Path, workers: int | None) -> int:
     convert(build_settings(values))
     check = verify(str(base / "out"))
     print(render(check))
-    return 1 if check.problems else 0
+    return 1 if check.problems else _demo_archives(base / "ilsvrc", workers)
+
+
+def _demo_archives(base: Path, workers: int | None) -> int:
+    """The downloads path: the three ILSVRC2012 files as users get them, converted in place, and checked
+    against the folders the usual recipe would extract from them."""
+    from etl.check import render, verify
+    from etl.pipeline import convert
+    from etl.reader import LmdbDataset
+    from etl.synthilsvrc import IlsvrcSpec, make_ilsvrc
+
+    print(f"\ndemo: the archives path: writing ILSVRC2012-like downloads in {base} ...")
+    made = make_ilsvrc(base, IlsvrcSpec(classes=6, per_class=20, val_per_class=5, seed=3, small=False))
+    devkit = made.labels["devkit tar.gz"]
+    print(f"demo: etl convert {made.train_tar.name} out/ --val {made.val_tar.name} --val-labels {devkit.name}")
+    common = {"workers": workers, "overwrite": True}
+    convert(build_settings({"train_dir": str(made.train_tar), "out_dir": str(base / "out"),
+                            "val_dir": str(made.val_tar), "val_labels": str(devkit), **common}))
+    check = verify(str(base / "out"))
+    print(render(check))
+    convert(build_settings({"train_dir": str(made.train_dir), "out_dir": str(base / "out_extracted"),
+                            "val_dir": str(made.val_dir), **common}), progress=False)
+    same = all(list(LmdbDataset(base / "out" / db).raw_items()) ==
+               list(LmdbDataset(base / "out_extracted" / db).raw_items()) for db in ("train_db", "val_db"))
+    print(f"demo: the same records as converting the extracted folders: {'yes' if same else 'NO'}")
+    return 1 if check.problems or not same else 0
 
 
 def _bench_source(args: argparse.Namespace) -> None:
@@ -195,7 +221,12 @@ def _bench_source(args: argparse.Namespace) -> None:
         raise UsageError(f"etl {args.command} needs --src FOLDER (real images: the figures that matter) or "
                          f"--generate N (a generated corpus; --generate 3000 takes {BENCH_TIME[args.command]})")
     if args.src is not None and not Path(args.src).is_dir():
-        raise UsageError(f"--src folder not found: {args.src}")
+        from etl.bench.corpus import is_archive  # the bench's imports (OpenCV) only for the bench
+
+        if not Path(args.src).is_file():
+            raise UsageError(f"--src folder not found: {args.src}")
+        if not is_archive(args.src):
+            raise UsageError(f"--src {args.src} is a file but not a tar: give a folder of images or a tar of them")
     if (args.generate is not None and args.generate < 1) or args.repeat < 1:
         raise UsageError("--generate and --repeat must be at least 1")
 

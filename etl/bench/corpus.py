@@ -6,6 +6,9 @@ import os
 import shutil
 from pathlib import Path
 
+from etl.messages import Item
+from etl.sources.archive import ArchiveSource, TarFolderSource
+from etl.sources.registry import find_kind, open_source
 from etl.synth import TreeSpec, make_tree
 
 
@@ -15,6 +18,8 @@ def build_corpus(work: Path, src: str | None, generate: int, repeat: int = 1) ->
     A flat folder of ImageNet files named <wnid>_*.JPEG is sorted into class folders by wnid.
     """
     tree = work / "tree"
+    if src is not None and is_archive(src):
+        return _from_archive(src, tree, repeat)
     if src is None:
         classes = max(1, min(100, generate // 30))
         per_class = -(-generate // classes)
@@ -29,6 +34,25 @@ def build_corpus(work: Path, src: str | None, generate: int, repeat: int = 1) ->
             dest = tree / cls / (p.name if repeat == 1 else f"{p.stem}_r{k}{p.suffix}")
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(p, dest)
+    return tree
+
+
+def is_archive(src: str) -> bool:
+    """A tar (or a folder of class tars) rather than a folder of image files."""
+    return find_kind(src) in (ArchiveSource, TarFolderSource)
+
+
+def _from_archive(src: str, tree: Path, repeat: int) -> Path:
+    """The archive's images written out as a class tree (the kernels and the baselines read files)."""
+    source = open_source(src)
+    reader = source.reader()
+    for name, paths in source.classes().items():
+        (tree / name).mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            data = reader.read(Item(0, path, 0, *source.locate(path)), lambda size: None, False)
+            p = Path(path)
+            for k in range(repeat):
+                (tree / name / (p.name if repeat == 1 else f"{p.stem}_r{k}{p.suffix}")).write_bytes(data)
     return tree
 
 

@@ -16,9 +16,11 @@ from etl.bench.engine import labelled_files
 REPO = Path(__file__).resolve().parents[2]  # where `python -m etl` runs from
 
 
-def end_to_end(tree: Path, work: Path, workers: int, rounds: int = 2) -> dict[str, dict[str, Any]]:
+def end_to_end(tree: Path, work: Path, workers: int, rounds: int = 2,
+               archive: Path | None = None) -> dict[str, dict[str, Any]]:
     """Each contender `rounds` times, interleaved, page cache warmed before every run; the best run counts
-    (these shared machines drift by 10-20% from run to run)."""
+    (these shared machines drift by 10-20% from run to run). archive: the --src archive the tree was
+    written from; `etl convert` also runs on it."""
     items = labelled_files(tree)
     files = [Path(p) for p, _ in items]
     contenders: dict[str, Callable[[Path], dict[str, Any]]] = {
@@ -26,14 +28,21 @@ def end_to_end(tree: Path, work: Path, workers: int, rounds: int = 2) -> dict[st
         "Pool + OpenCV (Caffe kernel)": lambda db: run_pool_baseline(opencv_kernel, items, workers, db),
         "etl convert": lambda db: run_etl(tree, db, workers),
     }
+    if archive is not None:
+        contenders["etl convert (from the archive)"] = lambda db: run_etl(archive, db, workers)
     best: dict[str, dict[str, Any]] = {}
     for r in range(rounds):
         for k, (name, run) in enumerate(contenders.items()):
-            warm(files)
+            warm(files if "archive" not in name else _tar_files(archive))
             result = run(work / f"e2e_{k}_{r}")
             if name not in best or result["images_per_second"] > best[name]["images_per_second"]:
                 best[name] = result
     return best
+
+
+def _tar_files(archive: Path | None) -> list[Path]:
+    assert archive is not None
+    return sorted(archive.iterdir()) if archive.is_dir() else [archive]
 
 
 def run_etl(tree: Path, out: Path, workers: int, chunk_size: int = 64, queue_depth: int = 2) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 import cv2
 
 from etl.bench.ceiling import writer_ceiling
-from etl.bench.corpus import build_corpus, corpus_files
+from etl.bench.corpus import build_corpus, corpus_files, is_archive
 from etl.bench.endtoend import end_to_end
 from etl.bench.engine import usable_cores
 from etl.bench.kernels import kernels, limit
@@ -43,7 +43,8 @@ def run_bench(src: str | None, generate: int, repeat: int, workers: int, out: Pa
         gc.collect()
         res["limit_images_per_second"] = limit(blobs, workers)
         del blobs
-        res["end_to_end"] = end_to_end(tree, work, workers)
+        res["end_to_end"] = end_to_end(tree, work, workers,
+                                       archive=Path(src).resolve() if src is not None and is_archive(src) else None)
         res["ceiling"] = writer_ceiling(work, total=ceiling_records)
         res["serial"] = serial_figures(res["end_to_end"]["etl convert"], res["ceiling"])
         res["memory"] = {**listing_memory(work, list_counts),
