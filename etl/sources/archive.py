@@ -72,7 +72,7 @@ class Tally:
 
 def unsafe(name: str) -> bool:
     """A name tar itself would not extract as given: absolute, or climbing out with '..'."""
-    return name.startswith("/") or ".." in name.split("/")
+    return name.startswith("/") or (".." in name and ".." in name.split("/"))
 
 
 class TarIndexer:

@@ -19,7 +19,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm"})
 
 
 def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    dot = name.rfind(".")  # os.path.splitext, less its generality: this runs once per image of a scan
+    return dot > name.rfind("/") + 1 and name[dot:].lower() in IMAGE_EXTENSIONS
 
 
 def _unlistable(exc: OSError) -> None:

@@ -36,11 +36,10 @@ class ArchiveIndex:
 
     def add(self, path: str, offset: int, size: int, group: int = 0) -> bool:
         """False when the path is there already (a duplicate member: the later one wins, as tar extracts)."""
-        at = self.position.get(path)
-        if at is not None:
+        at = self.position.setdefault(path, len(self.paths))
+        if at < len(self.paths):
             self.offsets[at], self.sizes[at], self.group[at] = offset, size, group
             return False
-        self.position[path] = len(self.paths)
         self.paths.append(path)
         self.offsets.append(offset)
         self.sizes.append(size)

@@ -41,7 +41,7 @@ def _octal(field_bytes: bytes) -> int:
 
 def _name(header: bytes) -> bytes:
     name = header[:100].split(b"\0", 1)[0]
-    if header[257:263] == b"ustar\x00" and header[345]:  # POSIX ustar: a prefix before the name
+    if header[345] and header[257:263] == b"ustar\x00":  # POSIX ustar: a prefix before the name
         name = header[345:500].split(b"\0", 1)[0] + b"/" + name
     return name
 
@@ -90,10 +90,11 @@ class _Walk:
 
     def run(self) -> TarScan:
         long_name, pax = b"", {}
-        fd, end, entries, headers, marks = self.fd, self.end, self.entries, self.headers, self.marks
-        while not self.damage and self.pos + BLOCK <= end:
-            pos = self.pos
-            header = os.pread(fd, BLOCK, pos)
+        fd, end, entries, pread = self.fd, self.end, self.entries, os.pread
+        add_header, add_mark = self.headers.append, self.marks.append
+        pos = self.pos
+        while pos + BLOCK <= end:  # the loop runs once per member of ImageNet's 1.28 M: kept lean
+            header = pread(fd, BLOCK, pos)
             if len(header) < BLOCK:
                 self.damage = f"the file ends inside the tar header at byte {pos}"
                 break
@@ -102,23 +103,27 @@ class _Walk:
             try:
                 size = int(header[124:135], 8)  # the common form: 11 octal digits, then NUL or space
             except ValueError:
+                self.pos = pos
                 size = self._odd_size(header)
-            headers.append(header)
-            marks.append((pos, len(entries)))
+                if self.damage:
+                    break
+            add_header(header)
+            add_mark((pos, len(entries)))
             kind, data = header[156:157], pos + BLOCK
             if kind == LONG_NAME:
-                long_name = os.pread(fd, size, data).split(b"\0", 1)[0]
+                long_name = pread(fd, size, data).split(b"\0", 1)[0]
             elif kind == PAX:
-                pax = _pax_fields(os.pread(fd, size, data))
+                pax = _pax_fields(pread(fd, size, data))
             elif kind != PAX_GLOBAL:
                 name = pax.get(b"path") or long_name or _name(header)
-                size = int(pax[b"size"]) if b"size" in pax else size
-                entries.append(Header(os.fsdecode(name), kind, data, size))
+                size = int(pax[b"size"]) if pax and b"size" in pax else size
+                entries.append(Header(name.decode("utf-8", "surrogateescape"), kind, data, size))  # = os.fsdecode
                 long_name, pax = b"", {}
             if data + size > end:
                 self.damage = f"the file ends inside the data of {os.fsdecode(_name(header))!r}"
-            self.pos = data + (size + BLOCK - 1) // BLOCK * BLOCK
-            if len(headers) >= CHECK_EVERY:
+                break
+            pos = data + (size + BLOCK - 1) // BLOCK * BLOCK
+            if len(self.headers) >= CHECK_EVERY:
                 self._verify()
         self._verify()
         return TarScan(entries, self.damage)
