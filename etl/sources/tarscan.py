@@ -93,7 +93,11 @@ class _Walk:
         fd, end, entries, pread = self.fd, self.end, self.entries, os.pread
         add_header, add_mark = self.headers.append, self.marks.append
         pos = self.pos
-        while pos + BLOCK <= end:  # the loop runs once per member of ImageNet's 1.28 M: kept lean
+        while True:  # the loop runs once per member of ImageNet's 1.28 M: kept lean
+            if pos + BLOCK > end:
+                self.damage = (f"the file ends inside the tar header at byte {pos}" if pos < end else
+                               "the tar has no end-of-archive marker: it may be cut short")
+                break
             header = pread(fd, BLOCK, pos)
             if len(header) < BLOCK:
                 self.damage = f"the file ends inside the tar header at byte {pos}"
