@@ -486,3 +486,18 @@ def test_a_cut_class_tar_in_a_folder_of_class_tars_is_named(tmp_path):
     assert sorted(listed(out)) == [f"n00000001.tar/n00000001_{k}.JPEG" for k in range(3)] + \
         ["n00000002.tar/n00000002_10.JPEG"]
     assert "incomplete archive: n00000002.tar stops early" in notes(out), notes(out)
+
+
+def test_a_cut_val_tar_is_noted_and_stops_the_run_with_on_error_fail(tmp_path):
+    train, val = two_class_train(tmp_path), flat_val(tmp_path, 4)
+    whole = val.read_bytes()
+    val.write_bytes(whole[:data_offsets(whole)["ILSVRC2012_val_00000004.JPEG"] + 50])
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"ILSVRC2012_val_0000000{i} n0000000{1 + i % 2}\n" for i in range(1, 5)))
+    out = tmp_path / "out"
+    convert(train, out, "--val", val, "--val-labels", labels)
+    assert sorted(listed(out, "val")) == [f"{val}/ILSVRC2012_val_0000000{i}.JPEG" for i in (1, 2, 3)]
+    assert "val: incomplete archive: val.tar stops early" in notes(out), notes(out)
+    line = refused(train, tmp_path / "out2", "--val", val, "--val-labels", labels, "--on-error", "fail")
+    assert line.startswith("etl: error: --on-error fail stops at a damaged archive: val: incomplete archive: "
+                           "val.tar stops early"), line

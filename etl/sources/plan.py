@@ -158,8 +158,8 @@ def _stop_at_damage(notes: list[str], s: Settings) -> None:
     written, rather than make a dataset that silently lacks the rest of the archive."""
     damaged = [n for n in notes if n.removeprefix("val: ").startswith(INCOMPLETE)]
     if damaged and s.on_error == "fail":
-        raise UsageError(f"{damaged[0]} (--on-error fail stops at a damaged archive: download it again, or "
-                         "give --on-error skip to convert what it holds)")
+        raise UsageError(f"--on-error fail stops at a damaged archive: {damaged[0]}. Download it again, or give "
+                         "--on-error skip to convert what it holds")
 
 
 def source_name(source: Source) -> str:
