@@ -356,7 +356,6 @@ def test_a_train_input_that_is_neither_a_folder_nor_a_tar_stops_the_run(tmp_path
     assert str(train) in line, line
 
 
-@pytest.mark.quick
 def test_a_compressed_train_tar_is_refused_with_how_to_decompress_it(ilsvrc, tmp_path):
     packed = tmp_path / "train.tar.gz"
     packed.write_bytes(gzip.compress(ilsvrc.train_tar.read_bytes()))
