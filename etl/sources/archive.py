@@ -25,6 +25,8 @@ from etl.words import plural
 COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip -k"), b"BZh": ("bzip2", "bunzip2 -k"),
               b"\xfd7zXZ\x00": ("xz", "unxz -k"), b"\x28\xb5\x2f\xfd": ("zstd", "unzstd")}
 ProgressFn = Callable[[int], None]  # bytes of the input walked so far
+LINK_NOTE = "links (etl reads no links inside archives)"
+INCOMPLETE = "incomplete archive"  # how a note about a cut or damaged tar starts (--on-error fail stops at it)
 
 
 def compression(path: str) -> tuple[str, str] | None:
@@ -70,6 +72,13 @@ class Tally:
                 for why, names in self.seen.items()]
 
 
+def plain(name: str) -> str:
+    """A member name without the leading './' that `tar cf x.tar .` writes (it would show in the list files)."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
 def unsafe(name: str) -> bool:
     """A name tar itself would not extract as given: absolute, or climbing out with '..'."""
     return name.startswith("/") or (".." in name and ".." in name.split("/"))
@@ -91,7 +100,8 @@ class TarIndexer:
             end = os.fstat(fd).st_size
             outer = scan_tar(fd, 0, end)
             if outer.damage:
-                self._cut(prefix or os.path.basename(self.path), outer.entries, outer.damage, end)
+                what = prefix.rstrip("/") or os.path.basename(self.path)  # a folder's tar: prefix is its name
+                self._cut(what, outer.damage, "usable: what lies before that point")
             for entry in outer.entries:
                 self._member(fd, entry, prefix, end)
                 self.progress(entry.offset + entry.size)
@@ -104,50 +114,54 @@ class TarIndexer:
         return self.index
 
     def _member(self, fd: int, entry: Header, prefix: str, end: int) -> None:
-        name = entry.name
+        name = plain(entry.name)
         if entry.kind == DIRECTORY:
             return
         if entry.kind in LINKS:
-            return self.tally.add("links (etl reads no links inside archives)", name)
+            return self.tally.add(LINK_NOTE, name)
         if entry.kind not in REGULAR:
             return self.tally.add("not regular files", name)
         if unsafe(name):
             return self.tally.add("unsafe names (absolute, or with '..')", name)
-        if entry.offset + entry.size > end:
-            return  # the cut-off member: reported by _cut
+        whole = entry.offset + entry.size <= end  # else the member the file ends in: reported by _cut
         if is_image_name(name):
-            return self._add(prefix + name, entry, self.group)
+            return self._add(prefix + name, entry, self.group) if whole else None
         if entry.size >= BLOCK and looks_like_tar(fd, entry.offset):
-            return self._inner(fd, entry, prefix, end)
-        self.tally.add("not images", name)
+            # even cut off: the images before the cut are whole
+            return self._inner(fd, entry._replace(name=name), prefix, end)
+        if whole:
+            self.tally.add("not images", name)
 
     def _inner(self, fd: int, tar: Header, prefix: str, end: int) -> None:
         """A tar inside the tar: a class. Its members' places are its place plus theirs."""
         group = self.group or self.index.new_group(prefix + tar.name)
+        used = 0
         inner = scan_tar(fd, tar.offset, min(tar.offset + tar.size, end))
-        if inner.damage:
-            self._cut(prefix + tar.name, inner.entries, inner.damage, end)
         for entry in inner.entries:
-            name = entry.name
+            name = plain(entry.name)
             if entry.kind == DIRECTORY:
                 continue
-            if entry.kind not in REGULAR:
-                self.tally.add("links or special files", f"{tar.name}/{name}")
+            if entry.kind in LINKS:  # the same reasons as outside an inner tar: one note counts both
+                self.tally.add(LINK_NOTE, f"{tar.name}/{name}")
+            elif entry.kind not in REGULAR:
+                self.tally.add("not regular files", f"{tar.name}/{name}")
             elif unsafe(name):
                 self.tally.add("unsafe names (absolute, or with '..')", f"{tar.name}/{name}")
             elif not is_image_name(name):
                 self.tally.add("not images", f"{tar.name}/{name}")
             elif entry.offset + entry.size <= end:
                 self._add(f"{prefix}{tar.name}/{name}", entry, group)
+                used += 1
+        damage = inner.damage or ("the file ends inside it" if tar.offset + tar.size > end else "")
+        if damage:  # after the loop: the note says how many of its images are used
+            self._cut(prefix + tar.name, damage, f"usable: its {plural(used, 'image')} before that point")
 
     def _add(self, path: str, entry: Header, group: int) -> None:
         if not self.index.add(path, entry.offset, entry.size, group):
             self.duplicates.append(path)
 
-    def _cut(self, what: str, entries: list[Header], damage: str, end: int) -> None:
-        whole = sum(1 for e in entries if e.offset + e.size <= end and is_image_name(e.name))
-        self.index.notes.append(f"incomplete archive: {what} stops early ({damage}); {plural(whole, 'member')} "
-                                "before that point are used")
+    def _cut(self, what: str, damage: str, used: str) -> None:
+        self.index.notes.append(f"{INCOMPLETE}: {what} stops early ({damage}); {used}")
 
 
 def members(paths: list[str]) -> Iterator[tuple[str, str]]:

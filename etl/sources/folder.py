@@ -172,6 +172,7 @@ class FolderSource:
 
     def __init__(self, root: str, progress: bool = False, saved: Path | None = None) -> None:
         self.root = root
+        self.scan: TreeScan | None = None  # set by classes(); a flat val set (images()) has none
 
     @staticmethod
     def accepts(path: str) -> bool:
@@ -183,7 +184,7 @@ class FolderSource:
 
     def notes(self) -> list[str]:
         """What the scan found worth telling: images that links put under two labels."""
-        return self.scan.duplicates()
+        return self.scan.duplicates() if self.scan else []
 
     def images(self) -> list[str]:
         """Every image under the folder, at its top or in sub-folders (a flat val set)."""

@@ -9,6 +9,7 @@ import numpy as np
 from etl.layout import CHECKPOINT_DIR
 from etl.messages import Item
 from etl.settings import Settings, UsageError
+from etl.sources.archive import INCOMPLETE
 from etl.sources.base import Plan, Source, Split, byte_order
 from etl.sources.registry import open_source
 from etl.sources.vallabels import load_val_labels, stem
@@ -155,6 +156,15 @@ def _ordered(name: str, source: Source, pairs: Pairs, s: Settings) -> Split:
     return Split(name, source.reader(), items, _unlistable_names(items))
 
 
+def _stop_at_damage(notes: list[str], s: Settings) -> None:
+    """--on-error fail stops at a cut or damaged archive as it would at a bad image: before anything is
+    written, rather than make a dataset that silently lacks the rest of the archive."""
+    damaged = [n for n in notes if n.removeprefix("val: ").startswith(INCOMPLETE)]
+    if damaged and s.on_error == "fail":
+        raise UsageError(f"--on-error fail stops at a damaged archive: {damaged[0]}. Download it again, or give "
+                         "--on-error skip to convert what it holds")
+
+
 def source_name(source: Source) -> str:
     return getattr(source, "path", None) or getattr(source, "root", "")
 
@@ -179,6 +189,7 @@ def plan(s: Settings, progress: bool = False) -> Plan:
     else:
         train, val = _split_by_pct(classes, s)
         val_source = source
+    _stop_at_damage(notes, s)
     splits = [_ordered("train", source, train, s)]
     if val:
         splits.append(_ordered("val", val_source, val, s))
