@@ -126,35 +126,42 @@ class TarIndexer:
         whole = entry.offset + entry.size <= end  # else the member the file ends in: reported by _cut
         if is_image_name(name):
             return self._add(prefix + name, entry, self.group) if whole else None
-        if entry.size >= BLOCK and looks_like_tar(fd, entry.offset):
-            # even cut off: the images before the cut are whole
-            return self._inner(fd, entry._replace(name=name), prefix, end)
+        if entry.size >= BLOCK and looks_like_tar(fd, entry.offset):  # even cut off: its whole images count
+            return self._inner(fd, Header((name, *entry[1:])), prefix, end)
         if whole:
             self.tally.add("not images", name)
 
     def _inner(self, fd: int, tar: Header, prefix: str, end: int) -> None:
         """A tar inside the tar: a class. Its members' places are its place plus theirs."""
         group = self.group or self.index.new_group(prefix + tar.name)
-        used = 0
         inner = scan_tar(fd, tar.offset, min(tar.offset + tar.size, end))
-        for entry in inner.entries:
-            name = plain(entry.name)
-            if entry.kind == DIRECTORY:
-                continue
-            if entry.kind in LINKS:  # the same reasons as outside an inner tar: one note counts both
-                self.tally.add(LINK_NOTE, f"{tar.name}/{name}")
-            elif entry.kind not in REGULAR:
-                self.tally.add("not regular files", f"{tar.name}/{name}")
-            elif unsafe(name):
-                self.tally.add("unsafe names (absolute, or with '..')", f"{tar.name}/{name}")
-            elif not is_image_name(name):
-                self.tally.add("not images", f"{tar.name}/{name}")
-            elif entry.offset + entry.size <= end:
-                self._add(f"{prefix}{tar.name}/{name}", entry, group)
-                used += 1
+        base = f"{prefix}{tar.name}/"
+        paths, offsets, sizes = [], [], []
+        for name, kind, offset, size in inner.entries:  # once per image of ImageNet: kept lean
+            if name[:2] == "./":
+                name = plain(name)
+            if kind in REGULAR and is_image_name(name) and not unsafe(name):
+                if offset + size <= end:
+                    paths.append(base + name)
+                    offsets.append(offset)
+                    sizes.append(size)
+            elif kind != DIRECTORY:
+                self._left_out(kind, f"{tar.name}/{name}", name)
+        self.duplicates += self.index.add_many(paths, offsets, sizes, group)
         damage = inner.damage or ("the file ends inside it" if tar.offset + tar.size > end else "")
         if damage:  # after the loop: the note says how many of its images are used
-            self._cut(prefix + tar.name, damage, f"usable: its {plural(used, 'image')} before that point")
+            self._cut(prefix + tar.name, damage, f"usable: its {plural(len(paths), 'image')} before that point")
+
+    def _left_out(self, kind: bytes, shown: str, name: str) -> None:
+        """A member of an inner tar that is no image to read, counted under its reason."""
+        if kind in LINKS:  # the same reasons as outside an inner tar: one note counts both
+            self.tally.add(LINK_NOTE, shown)
+        elif kind not in REGULAR:
+            self.tally.add("not regular files", shown)
+        elif unsafe(name):
+            self.tally.add("unsafe names (absolute, or with '..')", shown)
+        else:
+            self.tally.add("not images", shown)
 
     def _add(self, path: str, entry: Header, group: int) -> None:
         if not self.index.add(path, entry.offset, entry.size, group):

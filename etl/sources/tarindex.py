@@ -46,6 +46,19 @@ class ArchiveIndex:
         self.group.append(group)
         return True
 
+    def add_many(self, paths: list[str], offsets: list[int], sizes: list[int], group: int) -> list[str]:
+        """add() for many (one inner tar's images); returns the paths that were there already. In bulk where
+        no path repeats, which is every time but for odd archives: the index of ImageNet in seconds."""
+        if self.position.keys().isdisjoint(paths) and len(set(paths)) == len(paths):
+            n = len(self.paths)
+            self.position.update(zip(paths, range(n, n + len(paths)), strict=True))
+            self.paths.extend(paths)
+            self.offsets.extend(offsets)
+            self.sizes.extend(sizes)
+            self.group.extend([group] * len(paths))
+            return []
+        return [p for p, o, s in zip(paths, offsets, sizes, strict=True) if not self.add(p, o, s, group)]
+
     def new_group(self, name: str) -> int:
         self.groups.append(name)
         return len(self.groups) - 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from operator import itemgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -16,13 +17,15 @@ DIRECTORY = b"5"
 CHECK_EVERY = 4096  # headers whose checksums are verified together
 
 
-class Header(NamedTuple):
-    """One tar entry: its name, type flag, and where its data lies in the file."""
+class Header(tuple):
+    """One tar entry: (name, type flag, offset of its data in the file, size). A tuple with named fields
+    made by tuple's own constructor: a NamedTuple's costs 0.5 us more, once per image of a scan."""
 
-    name: str
-    kind: bytes
-    offset: int
-    size: int
+    __slots__ = ()
+    name: str = property(itemgetter(0))  # type: ignore[assignment]
+    kind: bytes = property(itemgetter(1))  # type: ignore[assignment]
+    offset: int = property(itemgetter(2))  # type: ignore[assignment]
+    size: int = property(itemgetter(3))  # type: ignore[assignment]
 
 
 class TarScan(NamedTuple):
@@ -133,7 +136,7 @@ class _Walk:
             elif kind not in (PAX_GLOBAL, LONG_LINK):
                 name = pax.get(b"path") or long_name or _name(header)
                 size = int(pax[b"size"]) if pax and b"size" in pax else size
-                entries.append(Header(name.decode("utf-8", "surrogateescape"), kind, data, size))  # = os.fsdecode
+                entries.append(Header((name.decode("utf-8", "surrogateescape"), kind, data, size)))  # = os.fsdecode
                 long_name, pax = b"", {}
             if data + size > end:
                 self.damage = f"the file ends inside the data of {os.fsdecode(_name(header))!r}"
