@@ -388,6 +388,73 @@ def test_a_corrupt_jpeg_member_is_skipped_like_a_bad_file(tmp_path):
     assert f"{archive}/a.tar/bad.JPEG" not in listed(out)
 
 
+# ---------------------------------------------------------------------------------------------------- resume
+
+def test_resume_reads_the_saved_index_instead_of_scanning_again(ilsvrc, tmp_path, monkeypatch):
+    from etl.pipeline import convert as convert_in_process
+    from etl.settings import build_settings
+    from etl.sources import archive
+
+    values = {"train_dir": str(ilsvrc.train_tar), "out_dir": str(tmp_path / "out"), "val_dir": str(ilsvrc.val_tar),
+              "val_labels": str(ilsvrc.labels[VALPREP]), "workers": 1, "width": 24, "height": 24}
+    first = convert_in_process(build_settings(values), progress=False)
+    assert len(list((tmp_path / "out" / ".etl").glob("index.*.npz"))) == 2  # train's and val's
+
+    def no_scan(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the archive was scanned again")
+
+    monkeypatch.setattr(archive.TarIndexer, "run", no_scan)
+    again = convert_in_process(build_settings({**values, "resume": True}), progress=False)
+    assert again["splits"]["train"]["written"] == first["splits"]["train"]["written"] > 0
+
+
+def test_resume_refuses_an_archive_changed_since_the_first_run(ilsvrc, tmp_path):
+    train = tmp_path / "train.tar"
+    train.write_bytes(ilsvrc.train_tar.read_bytes())
+    out = tmp_path / "out"
+    convert(train, out, "--val-pct", "20")
+    st = train.stat()
+    os.utime(train, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as a new download of the same size would be
+    proc = run_cli("convert", str(train), str(out), "--val-pct", "20", "--resume", *SMALL)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"etl: error: --resume: {train} changed since the first run (it has another size "
+                                   "or modification time); convert again with --overwrite")
+
+
+def test_on_error_fail_at_a_bad_member_gives_advice_that_works(tmp_path):
+    inner = tar_bytes([("x.JPEG", image(1)), ("y.JPEG", image(2)), ("bad.JPEG", b"\xff\xd8" + b"\x13" * 300)])
+    archive = write_tar(tmp_path / "train.tar", [("a.tar", inner), class_tar("b", 2)])
+    out = tmp_path / "out"
+    args = ("convert", str(archive), str(out), "--val-pct", "0", "--workers", "1", "--chunk-size", "1", *SMALL)
+    proc = run_cli(*args, "--on-error", "fail")
+    assert proc.returncode == 1 and "a.tar/bad.JPEG" in proc.stderr
+    advice = "run the same command with --resume --on-error skip"
+    assert advice in proc.stderr
+    proc = run_cli(*args, "--on-error", "fail", "--resume", "--on-error", "skip")  # the advice, literally
+    assert proc.returncode == 0, proc.stderr
+    split = report(out)["splits"]["train"]
+    assert split["written"] == 4 and [f["path"] for f in split["skipped_files"]] == ["a.tar/bad.JPEG"]
+
+
+@pytest.mark.quick
+def test_a_member_read_is_charged_its_size_and_a_cut_archive_says_so(tmp_path):
+    from etl.messages import Item
+    from etl.sources.archive import ArchiveReader, ArchiveSource
+    from etl.sources.base import Unreadable
+
+    archive = write_tar(tmp_path / "train.tar", [class_tar("a", 2)])
+    source = ArchiveSource(str(archive))
+    path = source.classes()["a"][1]
+    item = Item(0, path, 0, *source.locate(path))
+    charged: list[int] = []
+    data = ArchiveReader(str(archive), folder=False).read(item, charged.append, drop_cache=True)
+    assert data == image(1) and charged == [len(data)]
+    with open(archive, "r+b") as fh:
+        fh.truncate(item.offset + 10)
+    with pytest.raises(Unreadable, match="the archive ends"):
+        ArchiveReader(str(archive), folder=False).read(item, charged.append, drop_cache=False)
+
+
 # ---------------------------------------------------------------------------------------------------- scan_tar
 
 def scanned(path: Path) -> tuple[list[tuple[str, int, int]], str]:

@@ -41,6 +41,9 @@ class ZipReader:
     def where(self, path: str) -> str:
         return f"{self.zip}/{path}"
 
+    def fixable(self) -> bool:
+        return False
+
     def list_prefix(self, relative: bool) -> str:
         return "" if relative else self.zip + "/"
 

@@ -245,8 +245,14 @@ class SplitRun:
         if msg.failures and self.s.on_error == "fail":
             bad = msg.failures[0]
             raise Interrupted(f"stopped at the first bad file (--on-error fail): {bad.path}: {bad.reason}; "
-                              "fix or replace that file, then run the same command with --resume (to leave it "
-                              "out instead, remove it and convert again with --overwrite)", 1)
+                              + self._bad_file_advice(), 1)
+
+    def _bad_file_advice(self) -> str:
+        if not self.split.reader.fixable():
+            return ("it is inside an archive, which cannot be fixed in place: to skip it and report it, run the "
+                    "same command with --resume --on-error skip")
+        return ("fix or replace that file, then run the same command with --resume (to leave it out instead, "
+                "remove it and convert again with --overwrite)")
 
     def _finish(self, complete: bool) -> WriterSummary:
         if self.pool is not None:

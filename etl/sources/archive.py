@@ -223,6 +223,9 @@ class ArchiveReader:
         """Where the member lies: the archive's own size and time are checked as a whole at resume."""
         return item.offset << 64 | item.size
 
+    def fixable(self) -> bool:
+        return False
+
     def list_prefix(self, relative: bool) -> str:
         return "" if relative else os.path.join(os.path.abspath(self.root), "")
 

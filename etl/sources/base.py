@@ -34,6 +34,10 @@ class Reader(Protocol):
         """The item's full location, as a user would name it (and as test faults match it)."""
         ...
 
+    def fixable(self) -> bool:
+        """Whether a bad item can be fixed where it is (a file), or not (a member of an archive)."""
+        ...
+
     def list_prefix(self, relative: bool) -> str:
         """What goes before an item's path in train.txt/val.txt."""
         ...

@@ -157,6 +157,9 @@ class FileReader:
         except OSError as exc:
             raise Unreadable(f"cannot read: {exc.strerror or exc}") from None
 
+    def fixable(self) -> bool:
+        return True
+
     def list_prefix(self, relative: bool) -> str:
         return "" if relative else os.path.join(os.path.abspath(self.root), "")
 
