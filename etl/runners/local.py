@@ -22,7 +22,7 @@ from etl.procs import NO_WRITER_EXIT, exit_reason, mp_context
 from etl.runners.ledger import ChunkLedger, TooManyLosses, chunks
 from etl.runners.writer_process import POLL_SECONDS, WriterProcess
 from etl.settings import Settings
-from etl.sources.base import Split
+from etl.sources.base import Reader, Split
 from etl.stats import SplitStats
 from etl.throttle import MB, AdaptiveIO, Budgets, Caps, block_device
 from etl.workers import WorkerHandle, WorkerPool
@@ -245,14 +245,7 @@ class SplitRun:
         if msg.failures and self.s.on_error == "fail":
             bad = msg.failures[0]
             raise Interrupted(f"stopped at the first bad file (--on-error fail): {bad.path}: {bad.reason}; "
-                              + self._bad_file_advice(), 1)
-
-    def _bad_file_advice(self) -> str:
-        if not self.split.reader.fixable():
-            return ("it is inside an archive, which cannot be fixed in place: to skip it and report it, run the "
-                    "same command with --resume --on-error skip")
-        return ("fix or replace that file, then run the same command with --resume (to leave it out instead, "
-                "remove it and convert again with --overwrite)")
+                              + bad_file_advice(self.split.reader), 1)
 
     def _finish(self, complete: bool) -> WriterSummary:
         if self.pool is not None:
@@ -276,3 +269,12 @@ class SplitRun:
             return f"{what}: {db_name(name)} holds its last commit; run the same command with --resume to continue"
         return (f"{what}: {name} has {self.stats.writer.written:,d} of {len(self.split.items):,d} "
                 "images written and committed; run the same command with --resume to continue")
+
+
+def bad_file_advice(reader: Reader) -> str:
+    """What to do after --on-error fail stopped at a bad image: advice that works when followed literally."""
+    if not reader.fixable():
+        return ("it is inside an archive, which cannot be fixed in place: to skip it and report it, run the "
+                "same command with --resume --on-error skip")
+    return ("fix or replace that file, then run the same command with --resume (to leave it out instead, "
+            "remove it and convert again with --overwrite)")
