@@ -15,6 +15,7 @@ from etl.datum import encode_datum
 from etl.meansum import SumLayout
 from etl.messages import ChunkResult, Failure, Item, Record, Task
 from etl.procs import peak_rss_kb
+from etl.readahead import ReadAhead
 from etl.settings import Settings
 from etl.sources.base import Reader, Unreadable
 from etl.throttle import ReadGate
@@ -42,6 +43,7 @@ class WorkSpec:
     seed: int
     max_pixels: int
     strict: bool  # refuse images that decode only with a warning
+    read_ahead: int = 0  # images read ahead of the one in hand (etl.readahead)
 
     @property
     def decode_pixels(self) -> int:
@@ -74,30 +76,28 @@ class ImageConverter:
         self.hold = hold or (lambda index: None)
         self.fault = fault
         self.sums = SumLayout(spec.width, spec.height, spec.channels)
+        self.ahead = ReadAhead(gate, spec.read_ahead) if gate is not None else None
 
     def run_chunk(self, task: Task) -> ChunkResult:
-        assert self.gate is not None, "run_chunk reads items: give the converter a ReadGate"
+        assert self.gate is not None and self.ahead is not None, "run_chunk reads items: give it a ReadGate"
         result = ChunkResult(task.chunk_id)
         waited_before, cpu_before = self.gate.waited, time.process_time()
         if self.spec.sum_pixels:
             result.pixel_sum = self.sums.zeros(self.sums.chunk_dtype(len(task.items)))
+        self._stamp(task, result)
+        self.ahead.plan(item for item in task.items if item.index not in task.give_up)
         for item in task.items:
-            given_up = item.index in task.give_up
-            if not given_up:
-                self.hold(item.index)  # before the stat: one hangs where a read would (a dead network mount)
-            # Every item, given up or not, so that the chunk's stamp covers exactly its items; before the
-            # read, so that a file replaced in between reads as changed on resume, never the reverse.
-            result.input_stamp = add_stamps(result.input_stamp,
-                                            item_stamp(item.index, self.gate.reader.stamp(item)))
-            if given_up:
+            if item.index in task.give_up:
                 result.failures.append(Failure(item.path, task.give_up[item.index]))
                 continue
+            self.hold(item.index)
             try:
                 self._convert(item, result)
             except (BadImage, Unreadable) as exc:
                 result.failures.append(Failure(item.path, str(exc)))
             except Exception as exc:  # a defect or an exotic file must cost this image only
                 result.failures.append(Failure(item.path, f"unexpected error: {type(exc).__name__}: {exc}"))
+        self.ahead.clear()
         self.hold(-1)
         if result.pixel_sum is not None:
             result.pixel_sum, result.sum_offset = self.sums.trim(result.pixel_sum)
@@ -106,15 +106,26 @@ class ImageConverter:
         result.cpu_seconds = time.process_time() - cpu_before
         return result
 
-    def _convert(self, item: Item, result: ChunkResult) -> None:
+    def _stamp(self, task: Task, result: ChunkResult) -> None:
+        """Every item's stamp, given up or not, so that the chunk's covers exactly its items; all before the
+        first read (and so before any read ahead), so that a file replaced in between reads as changed on
+        resume, never the reverse."""
         assert self.gate is not None
+        for item in task.items:
+            if item.index not in task.give_up:
+                self.hold(item.index)  # before the stat: one hangs where a read would (a dead network mount)
+            result.input_stamp = add_stamps(result.input_stamp,
+                                            item_stamp(item.index, self.gate.reader.stamp(item)))
+
+    def _convert(self, item: Item, result: ChunkResult) -> None:
+        assert self.gate is not None and self.ahead is not None
         t0 = time.thread_time()
         if self.fault:
             self.fault(self.gate.reader.where(item.path))
-        data = self.gate.read(item)
+        data, read_elsewhere = self.ahead.take(item)
         self.hold(item.index)  # the time limit is for work: a throttled read is not a hang
         result.bytes_read += len(data)
-        result.stage_seconds["read"] += time.thread_time() - t0
+        result.stage_seconds["read"] += time.thread_time() - t0 + read_elsewhere
         value, warning = self.convert_bytes(data, item, result.stage_seconds, result.pixel_sum)
         result.records.append(Record(item.index, item.label, item.path, value, zlib.crc32(value)))
         if warning:
