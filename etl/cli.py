@@ -127,6 +127,10 @@ def make_parser() -> argparse.ArgumentParser:
                          help=f"images of a generated ImageNet-like corpus (--generate 3000: {BENCH_TIME[name]})")
         b.add_argument("--repeat", type=int, default=1, help="copies of the --src files, under new names")
         b.add_argument("--out", default="bench-out", help="where bench.json / tune.json and sweep.png go")
+        b.add_argument("--cold", action="store_true",
+                       help="empty the page cache of the corpus before each run, as a real conversion finds it (as "
+                            "root: drop_caches; otherwise posix_fadvise per file, checked with mincore)" +
+                            (": cold and warm figures side by side" if name == "bench" else ""))
         if name == "bench":
             b.add_argument("--workers", type=int, help="worker processes (default: every usable core)")
             b.add_argument("--list-counts", default="10000,200000",
@@ -248,7 +252,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.ceiling_records < 64:
         raise UsageError("--ceiling-records must be at least 64")
     res = run_bench(args.src, args.generate or 0, args.repeat, workers, Path(args.out), counts,  # type: ignore[arg-type]
-                    ceiling_records=args.ceiling_records)
+                    ceiling_records=args.ceiling_records, cold=args.cold)
     print(render_bench(res))
     print(f"\nfigures: {Path(args.out) / 'bench.json'}")
     return 0
@@ -262,7 +266,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     max_workers = args.max_workers or 2 * usable_cores()
     if max_workers < 1:
         raise UsageError("--max-workers must be at least 1")
-    res = run_tune(args.src, args.generate or 0, args.repeat, max_workers, Path(args.out))
+    res = run_tune(args.src, args.generate or 0, args.repeat, max_workers, Path(args.out), cold=args.cold)
     print(render_tune(res, Path(args.out)))
     return 0
 

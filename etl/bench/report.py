@@ -29,6 +29,8 @@ def render_bench(res: dict[str, Any]) -> str:
     for name, r in e2e.items():
         ips = r["images_per_second"]
         lines.append(f"| {name} | {ips:.0f} | {ips / pil:.2f} | {ips / ocv:.2f} | {ips / lim:.2f} |")
+    if "end_to_end_cold" in res:
+        lines += ["", _cold_table(res["end_to_end_cold"], e2e)]
     lines += ["", _serial_text(res)]
     mem = res["memory"]
     lines += ["", f"Memory: coordinator list growth {mem['bytes_per_listed_image']:.0f} bytes per listed image "
@@ -36,6 +38,17 @@ def render_bench(res: dict[str, Any]) -> str:
               f"{mem['traced_bytes'][1]:,d} B at {mem['listed'][1]:,d}); peak RSS in the "
               f"run: coordinator {mem['peak_rss_mb']['coordinator']:.0f} MB, each worker <= "
               f"{mem['peak_rss_mb']['worker_max']:.0f} MB, writer {mem['peak_rss_mb']['writer']:.0f} MB"]
+    return "\n".join(lines)
+
+
+def _cold_table(cold: dict[str, Any], warm: dict[str, Any]) -> str:
+    """The same runs from an emptied page cache, beside the warm figures."""
+    ocv = cold["Pool + OpenCV (Caffe kernel)"]["images_per_second"]
+    lines = ["End to end, page cache emptied of the corpus before each run (cold), and warm:",
+             "| pipeline | cold images/s | warm images/s | cold / warm | cold x OpenCV cold |", "|---|---|---|---|---|"]
+    for name, r in cold.items():
+        c, w = r["images_per_second"], warm[name]["images_per_second"]
+        lines.append(f"| {name} | {c:.0f} | {w:.0f} | {c / w:.2f} | {c / ocv:.2f} |")
     return "\n".join(lines)
 
 
@@ -61,16 +74,18 @@ def serial_figures(etl_run: dict[str, Any], ceiling: dict[str, float]) -> dict[s
 
 
 def render_tune(res: dict[str, Any], out: Path) -> str:
-    lines = ["| workers | chunk size | queue depth | images/s | CPU % of all cores | peak RSS MB (all processes) |",
-             "|---|---|---|---|---|---|"]
+    regime = res.get("page_cache", "warm")
+    lines = [f"Every run with the page cache {'emptied of the corpus (cold)' if regime == 'cold' else 'warm'}:", "",
+             "| workers | chunk size | queue depth | read-ahead | images/s | CPU % of all cores | peak RSS MB (all "
+             "processes) |", "|---|---|---|---|---|---|---|"]
     for p in res["points"]:
-        lines.append(f"| {p['workers']} | {p['chunk_size']} | {p['queue_depth']} | {p['images_per_second']:.0f} | "
-                     f"{p['cpu_percent']:.0f} | {p['peak_rss_mb']:.0f} |")
+        lines.append(f"| {p['workers']} | {p['chunk_size']} | {p['queue_depth']} | {p.get('read_ahead', 4)} | "
+                     f"{p['images_per_second']:.0f} | {p['cpu_percent']:.0f} | {p['peak_rss_mb']:.0f} |")
     best = res["recommended"]
     chart = f"plot: {out / 'sweep.png'}" if res.get("plotted", True) else PLOT_HINT
-    lines += ["", chart, "", "Recommended (paste into your preset):",
+    lines += ["", chart, "", f"Recommended, measured {regime} (paste into your preset):",
               f"workers = {best['workers']}", f"chunk_size = {best['chunk_size']}",
-              f"queue_depth = {best['queue_depth']}"]
+              f"queue_depth = {best['queue_depth']}", f"read_ahead = {best['read_ahead']}"]
     return "\n".join(lines)
 
 

@@ -28,7 +28,8 @@ def _no_opencv_threads() -> None:
 
 def run_bench(src: str | None, generate: int, repeat: int, workers: int, out: Path,
               list_counts: tuple[int, int] = (10_000, 200_000), kernel_sample: int = 300,
-              ceiling_records: int = 40_000) -> dict[str, Any]:
+              ceiling_records: int = 40_000, cold: bool = False) -> dict[str, Any]:
+    """cold: the end-to-end runs also from an emptied page cache, beside the warm ones."""
     _no_opencv_threads()
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
@@ -43,8 +44,10 @@ def run_bench(src: str | None, generate: int, repeat: int, workers: int, out: Pa
         gc.collect()
         res["limit_images_per_second"] = limit(blobs, workers)
         del blobs
-        res["end_to_end"] = end_to_end(tree, work, workers,
-                                       archive=Path(src).resolve() if src is not None and is_archive(src) else None)
+        archive = Path(src).resolve() if src is not None and is_archive(src) else None
+        res["end_to_end"] = end_to_end(tree, work, workers, archive=archive)
+        if cold:
+            res["end_to_end_cold"] = end_to_end(tree, work, workers, archive=archive, cold=True)
         res["ceiling"] = writer_ceiling(work, total=ceiling_records)
         res["serial"] = serial_figures(res["end_to_end"]["etl convert"], res["ceiling"])
         res["memory"] = {**listing_memory(work, list_counts),
@@ -53,15 +56,18 @@ def run_bench(src: str | None, generate: int, repeat: int, workers: int, out: Pa
     return res
 
 
-def run_tune(src: str | None, generate: int, repeat: int, max_workers: int, out: Path) -> dict[str, Any]:
+def run_tune(src: str | None, generate: int, repeat: int, max_workers: int, out: Path,
+             cold: bool = False) -> dict[str, Any]:
+    """cold: every run from an emptied page cache (the regime of a real conversion)."""
     _no_opencv_threads()
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="etl-tune-") as tmp:
         work = Path(tmp)
         tree = build_corpus(work, src, generate, repeat)
-        points = sweep(tree, work, list(range(1, max_workers + 1)), [16, 64, 256], [1, 2, 4])
+        points = sweep(tree, work, list(range(1, max_workers + 1)), [16, 64, 256], [1, 2, 4], [0, 2, 8], cold)
     best = recommend(points)
     plotted = plot(points, out / "sweep.png")
-    res = {"points": [p.__dict__ for p in points], "recommended": best.__dict__}
+    res = {"points": [p.__dict__ for p in points], "recommended": best.__dict__,
+           "page_cache": "cold" if cold else "warm"}
     write_json(out / "tune.json", res)
     return {**res, "plotted": plotted}

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etl.bench.corpus import corpus_files, warm
+from etl.bench.cold import prepare
+from etl.bench.corpus import corpus_files
 from etl.bench.endtoend import run_etl
 from etl.bench.engine import usable_cores
 
-DEFAULTS = (64, 2)  # chunk size, queue depth: etl convert's defaults, the sweep's main line
-_OTHERS = {"chunk": ("^", "tab:orange", -1), "queue depth": ("s", "tab:green", 1)}  # marker, colour, side
+DEFAULTS = (64, 2, 4)  # chunk size, queue depth, read-ahead: etl convert's defaults, the sweep's main line
+_OTHERS = {"chunk": ("^", "tab:orange", -1), "queue depth": ("s", "tab:green", 1),
+           "read-ahead": ("D", "tab:purple", 0)}  # marker, colour, side
 DODGE = 6  # points: the other settings' markers sit this far beside the default's, chunk left, queue depth right
 
 
@@ -23,25 +25,33 @@ class SweepPoint:
     cpu_percent: float  # of all usable cores
     peak_rss_mb: float  # coordinator + writer + workers x the largest worker
     queue_depth: int = 2
+    read_ahead: int = 4
+
+    @property
+    def settings(self) -> tuple[int, int, int]:
+        return self.chunk_size, self.queue_depth, self.read_ahead
 
 
-def sweep(tree: Path, work: Path, worker_counts: list[int], chunk_sizes: list[int],
-          queue_depths: list[int]) -> list[SweepPoint]:
-    """Worker counts at the default chunk size and queue depth, then the others at the best count."""
-    points = [_sweep_point(tree, work, w, 64, 2) for w in worker_counts]
+def sweep(tree: Path, work: Path, worker_counts: list[int], chunk_sizes: list[int], queue_depths: list[int],
+          read_aheads: list[int], cold: bool = False) -> list[SweepPoint]:
+    """Worker counts at the default settings, then the other chunk sizes, queue depths and read-ahead depths
+    at the best count; cold: each run from an emptied page cache."""
+    chunk, depth, ahead = DEFAULTS
+    points = [_sweep_point(tree, work, w, DEFAULTS, cold) for w in worker_counts]
     best = recommend(points)
-    points += [_sweep_point(tree, work, best.workers, c, 2) for c in chunk_sizes if c != 64]
-    points += [_sweep_point(tree, work, best.workers, 64, d) for d in queue_depths if d != 2]
+    points += [_sweep_point(tree, work, best.workers, (c, depth, ahead), cold) for c in chunk_sizes if c != chunk]
+    points += [_sweep_point(tree, work, best.workers, (chunk, d, ahead), cold) for d in queue_depths if d != depth]
+    points += [_sweep_point(tree, work, best.workers, (chunk, depth, a), cold) for a in read_aheads if a != ahead]
     return points
 
 
-def _sweep_point(tree: Path, work: Path, workers: int, chunk_size: int, queue_depth: int) -> SweepPoint:
-    warm(corpus_files(tree))
-    r = run_etl(tree, work / "sweep", workers, chunk_size, queue_depth)
+def _sweep_point(tree: Path, work: Path, workers: int, settings: tuple[int, int, int], cold: bool) -> SweepPoint:
+    prepare(corpus_files(tree), cold)
+    r = run_etl(tree, work / "sweep", workers, *settings)
     rss = r["report"]["peak_rss_mb"]
-    return SweepPoint(workers, chunk_size, r["images_per_second"],
-                      100 * r["cpu_seconds"] / r["seconds"] / usable_cores(),
-                      rss["coordinator"] + rss["writer"] + workers * rss["worker_max"], queue_depth)
+    chunk, depth, ahead = settings
+    return SweepPoint(workers, chunk, r["images_per_second"], 100 * r["cpu_seconds"] / r["seconds"] / usable_cores(),
+                      rss["coordinator"] + rss["writer"] + workers * rss["worker_max"], depth, ahead)
 
 
 def recommend(points: list[SweepPoint]) -> SweepPoint:
@@ -49,7 +59,7 @@ def recommend(points: list[SweepPoint]) -> SweepPoint:
     default chunk size and queue depth unless only another setting comes that close."""
     best = max(p.images_per_second for p in points)
     near = [p for p in points if p.images_per_second >= 0.97 * best]
-    return min(near, key=lambda p: (p.workers, (p.chunk_size, p.queue_depth) != DEFAULTS, -p.images_per_second))
+    return min(near, key=lambda p: (p.workers, p.settings != DEFAULTS, -p.images_per_second))
 
 
 def plot(points: list[SweepPoint], path: Path) -> bool:
@@ -64,7 +74,7 @@ def plot(points: list[SweepPoint], path: Path) -> bool:
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
-    main = sorted((p for p in points if (p.chunk_size, p.queue_depth) == DEFAULTS), key=lambda p: p.workers)
+    main = sorted((p for p in points if p.settings == DEFAULTS), key=lambda p: p.workers)
     per_worker = main[0].images_per_second / main[0].workers  # the 1-worker images/s
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 7.5), height_ratios=(3, 2))
     _throughput_panel(top, points, main, per_worker)
@@ -100,10 +110,17 @@ def _workers(n: int) -> str:
 
 
 def _kind(p: SweepPoint) -> str | None:
-    """Which setting a point varies from the defaults: 'chunk', 'queue depth', or None (the main line)."""
+    """Which setting a point varies from the defaults: 'chunk', 'queue depth', 'read-ahead', or None (the main
+    line)."""
     if p.chunk_size != DEFAULTS[0]:
         return "chunk"
-    return "queue depth" if p.queue_depth != DEFAULTS[1] else None
+    if p.queue_depth != DEFAULTS[1]:
+        return "queue depth"
+    return "read-ahead" if p.read_ahead != DEFAULTS[2] else None
+
+
+def _value(p: SweepPoint, kind: str) -> int:
+    return {"chunk": p.chunk_size, "queue depth": p.queue_depth, "read-ahead": p.read_ahead}[kind]
 
 
 def _throughput_panel(ax: Any, points: list[SweepPoint], main: list[SweepPoint], per_worker: float) -> None:
@@ -111,7 +128,7 @@ def _throughput_panel(ax: Any, points: list[SweepPoint], main: list[SweepPoint],
     xs = [p.workers for p in main]
     ax.plot(xs, [per_worker * w for w in xs], linestyle="--", color="grey", label="ideal: 1-worker images/s x workers")
     ax.plot(xs, [p.images_per_second for p in main], "o-", color="tab:blue", linewidth=2,
-            label=f"chunk size {DEFAULTS[0]}, queue depth {DEFAULTS[1]} (defaults)")
+            label=f"chunk size {DEFAULTS[0]}, queue depth {DEFAULTS[1]}, read-ahead {DEFAULTS[2]} (defaults)")
     for kind, (marker, colour, side) in _OTHERS.items():
         pts = [p for p in points if _kind(p) == kind]
         if pts:
@@ -138,7 +155,7 @@ def _label_others(ax: Any, others: list[SweepPoint]) -> None:
             kind = _kind(p)
             assert kind is not None
             _, colour, side = _OTHERS[kind]
-            ax.annotate(f"{kind} {p.chunk_size if kind == 'chunk' else p.queue_depth}", (w, p.images_per_second),
+            ax.annotate(f"{kind} {_value(p, kind)}", (w, p.images_per_second),
                         xycoords=_beside(ax, side), xytext=(-2 * DODGE - 24, 12 * (k - (len(pts) - 1) / 2)),
                         textcoords="offset points", ha="right", va="center", fontsize=8, color=colour,
                         bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.75},
