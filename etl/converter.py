@@ -18,6 +18,7 @@ from etl.procs import peak_rss_kb
 from etl.readahead import ReadAhead
 from etl.settings import Settings
 from etl.sources.base import Reader, Unreadable
+from etl.testing import FaultHook
 from etl.throttle import ReadGate
 from etl.transform import Geometry, apply_geometry, dct_scale, fit_planes, noise_rng, plan_geometry
 
@@ -69,14 +70,14 @@ class ImageConverter:
     suite's fault hook (etl.testing)."""
 
     def __init__(self, spec: WorkSpec, gate: ReadGate | None = None, hold: Callable[[int], None] | None = None,
-                 fault: Callable[[str], None] | None = None) -> None:
+                 fault: FaultHook | None = None) -> None:
         self.spec = spec
         self.codec = Codec(spec.channels, spec.max_pixels, spec.decode_pixels)
         self.gate = gate
         self.hold = hold or (lambda index: None)
         self.fault = fault
         self.sums = SumLayout(spec.width, spec.height, spec.channels)
-        self.ahead = ReadAhead(gate, spec.read_ahead) if gate is not None else None
+        self.ahead = ReadAhead(self._read, spec.read_ahead) if gate is not None else None
 
     def run_chunk(self, task: Task) -> ChunkResult:
         assert self.gate is not None and self.ahead is not None, "run_chunk reads items: give it a ReadGate"
@@ -105,6 +106,13 @@ class ImageConverter:
         result.max_rss_kb = peak_rss_kb()
         result.cpu_seconds = time.process_time() - cpu_before
         return result
+
+    def _read(self, item: Item) -> bytes:
+        """One item's bytes through the gate (in the read-ahead thread, or in place)."""
+        assert self.gate is not None
+        if self.fault:
+            self.fault.at_read(self.gate.reader.where(item.path))
+        return self.gate.read(item)
 
     def _stamp(self, task: Task, result: ChunkResult) -> None:
         """Every item's stamp, given up or not, so that the chunk's covers exactly its items; all before the

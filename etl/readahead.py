@@ -4,30 +4,32 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from etl.messages import Item
-from etl.throttle import ReadGate
 
 Read = tuple[bytes, float]  # an item's bytes, and the CPU seconds its read cost in another thread
 
 
-def timed_read(gate: ReadGate, item: Item) -> Read:
+ReadFn = Callable[[Item], bytes]  # an item's bytes (a ReadGate's read), Unreadable with the reason
+
+
+def timed_read(read: ReadFn, item: Item) -> Read:
     t0 = time.thread_time()
-    data = gate.read(item)
+    data = read(item)
     return data, time.thread_time() - t0
 
 
 class ReadAhead:
-    """Reads the items a worker announces (plan) through its gate, at most `depth` ahead of the one it asks
-    for (take). From a cold disk each read is a wait; a thread makes it while the decoder works (reads
+    """Reads the items a worker announces (plan) with `read` (through its gate), at most `depth` ahead of
+    the one it asks for (take). From a cold disk each read is a wait; a thread makes it while the decoder works (reads
     release the GIL). The gate charges the throttle's budgets when a read is made, ahead or not, and drops
     the pages once read; a read that fails raises its Unreadable at take(), as a read in place would.
     depth 0: every read in place, when asked for. At most `depth` images are held in memory."""
 
-    def __init__(self, gate: ReadGate, depth: int) -> None:
-        self.gate, self.depth = gate, depth
+    def __init__(self, read: ReadFn, depth: int) -> None:
+        self.read, self.depth = read, depth
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="etl-read") if depth > 0 else None
         self.waiting: deque[Item] = deque()  # announced, not yet started
         self.started: deque[tuple[int, Future[Read]]] = deque()  # (item index, its read), in order
@@ -42,13 +44,13 @@ class ReadAhead:
         assert self.pool is not None
         while self.waiting and len(self.started) < self.depth:
             item = self.waiting.popleft()
-            self.started.append((item.index, self.pool.submit(timed_read, self.gate, item)))
+            self.started.append((item.index, self.pool.submit(timed_read, self.read, item)))
 
     def take(self, item: Item) -> Read:
         """The item's bytes and the read's CPU seconds; items announced before it and never taken (their
         conversion stopped before the read) are dropped."""
         if self.pool is None:
-            return self.gate.read(item), 0.0
+            return self.read(item), 0.0
         while self.started and self.started[0][0] != item.index:
             self.started.popleft()[1].cancel()
             self._start()
@@ -58,7 +60,7 @@ class ReadAhead:
             else:
                 self.waiting.popleft()
         if not self.started:
-            return self.gate.read(item), 0.0  # never announced
+            return self.read(item), 0.0  # never announced
         _, read = self.started.popleft()
         self._start()
         return read.result()
@@ -69,7 +71,7 @@ class ReadAhead:
         while self.started:
             _, read = self.started.popleft()
             if not read.cancel():
-                read.exception()  # wait for it: the gate must not be read from two threads at once
+                read.exception()  # wait for it: no read of this chunk may outlive it
 
     def close(self) -> None:
         self.clear()

@@ -25,20 +25,28 @@ class FaultHook:
         return bool(self.rules)
 
     def __call__(self, path: str) -> None:
-        action = self.rules.get(os.path.basename(path))
-        if action is None:
-            return
-        if action.endswith("_once"):
-            marker = os.path.join(self.marker_dir, os.path.basename(path) + ".fired")
-            if os.path.exists(marker):
-                return
-            open(marker, "w").close()
-            action = action[: -len("_once")]
+        """The faults of a worker's own thread, as it takes the image up (vanish waits for the read)."""
+        action = self._fired(path)
         if action == "crash":
             os.kill(os.getpid(), signal.SIGSEGV)
         elif action == "exit":
             os._exit(3)
         elif action == "hang":
             time.sleep(3600)
-        elif action == "vanish":
+
+    def at_read(self, path: str) -> None:
+        """The faults of the read itself, wherever it runs (read ahead in a thread, or in place)."""
+        if self._fired(path, reading=True) == "vanish":
             os.unlink(path)
+
+    def _fired(self, path: str, reading: bool = False) -> str | None:
+        action = self.rules.get(os.path.basename(path))
+        if action is None or (action.removesuffix("_once") == "vanish") != reading:
+            return None
+        if action.endswith("_once"):
+            marker = os.path.join(self.marker_dir, os.path.basename(path) + ".fired")
+            if os.path.exists(marker):
+                return None
+            open(marker, "w").close()
+            action = action[: -len("_once")]
+        return action

@@ -46,7 +46,7 @@ def items(n: int) -> list[Item]:
 @pytest.mark.parametrize("depth", [0, 1, 3, 8])
 def test_items_come_back_in_order_and_no_more_than_depth_are_read_ahead(depth):
     gate = Gate(slow=0.002)
-    ahead = ReadAhead(gate, depth)  # type: ignore[arg-type]
+    ahead = ReadAhead(gate.read, depth)
     chunk = items(20)
     ahead.plan(chunk)
     for item in chunk:
@@ -61,7 +61,7 @@ def test_items_come_back_in_order_and_no_more_than_depth_are_read_ahead(depth):
 @pytest.mark.quick
 def test_a_failed_read_raises_when_its_item_is_taken_and_the_rest_go_on():
     gate = Gate(bad={2})
-    ahead = ReadAhead(gate, 4)  # type: ignore[arg-type]
+    ahead = ReadAhead(gate.read, 4)
     chunk = items(5)
     ahead.plan(chunk)
     got: list[bytes | str] = []
@@ -77,7 +77,7 @@ def test_a_failed_read_raises_when_its_item_is_taken_and_the_rest_go_on():
 @pytest.mark.quick
 def test_items_never_taken_are_dropped_and_the_next_chunk_starts_clean():
     gate = Gate()
-    ahead = ReadAhead(gate, 3)  # type: ignore[arg-type]
+    ahead = ReadAhead(gate.read, 3)
     chunk = items(6)
     ahead.plan(chunk)
     assert ahead.take(chunk[0])[0] == b"0"
