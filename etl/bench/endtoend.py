@@ -46,7 +46,7 @@ def _tar_files(archive: Path | None) -> list[Path]:
 
 
 def run_etl(tree: Path, out: Path, workers: int, chunk_size: int = 64, queue_depth: int = 2,
-            read_ahead: int = 4) -> dict[str, Any]:
+            read_ahead: int = 8) -> dict[str, Any]:
     """`etl convert` in its own process, as a user runs it, so its memory and CPU are its own."""
     subprocess.run([sys.executable, "-m", "etl", "convert", str(tree), str(out), "--val-pct", "0", "--quiet",
                     "--overwrite", "--workers", str(workers), "--chunk-size", str(chunk_size),

@@ -79,7 +79,7 @@ def render_tune(res: dict[str, Any], out: Path) -> str:
              "| workers | chunk size | queue depth | read-ahead | images/s | CPU % of all cores | peak RSS MB (all "
              "processes) |", "|---|---|---|---|---|---|---|"]
     for p in res["points"]:
-        lines.append(f"| {p['workers']} | {p['chunk_size']} | {p['queue_depth']} | {p.get('read_ahead', 4)} | "
+        lines.append(f"| {p['workers']} | {p['chunk_size']} | {p['queue_depth']} | {p.get('read_ahead', 8)} | "
                      f"{p['images_per_second']:.0f} | {p['cpu_percent']:.0f} | {p['peak_rss_mb']:.0f} |")
     best = res["recommended"]
     chart = f"plot: {out / 'sweep.png'}" if res.get("plotted", True) else PLOT_HINT

@@ -64,7 +64,7 @@ def run_tune(src: str | None, generate: int, repeat: int, max_workers: int, out:
     with tempfile.TemporaryDirectory(prefix="etl-tune-") as tmp:
         work = Path(tmp)
         tree = build_corpus(work, src, generate, repeat)
-        points = sweep(tree, work, list(range(1, max_workers + 1)), [16, 64, 256], [1, 2, 4], [0, 2, 8], cold)
+        points = sweep(tree, work, list(range(1, max_workers + 1)), [16, 64, 256], [1, 2, 4], [0, 2, 4], cold)
     best = recommend(points)
     plotted = plot(points, out / "sweep.png")
     res = {"points": [p.__dict__ for p in points], "recommended": best.__dict__,

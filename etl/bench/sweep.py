@@ -11,7 +11,7 @@ from etl.bench.corpus import corpus_files
 from etl.bench.endtoend import run_etl
 from etl.bench.engine import usable_cores
 
-DEFAULTS = (64, 2, 4)  # chunk size, queue depth, read-ahead: etl convert's defaults, the sweep's main line
+DEFAULTS = (64, 2, 8)  # chunk size, queue depth, read-ahead: etl convert's defaults, the sweep's main line
 _OTHERS = {"chunk": ("^", "tab:orange", -1), "queue depth": ("s", "tab:green", 1),
            "read-ahead": ("D", "tab:purple", 0)}  # marker, colour, side
 DODGE = 6  # points: the other settings' markers sit this far beside the default's, chunk left, queue depth right
@@ -25,7 +25,7 @@ class SweepPoint:
     cpu_percent: float  # of all usable cores
     peak_rss_mb: float  # coordinator + writer + workers x the largest worker
     queue_depth: int = 2
-    read_ahead: int = 4
+    read_ahead: int = 8
 
     @property
     def settings(self) -> tuple[int, int, int]:
