@@ -23,7 +23,6 @@ with the page cache warm and dropped, and the index's memory per image (tracemal
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -36,12 +35,13 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import lmdb
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.revision_bench import records  # noqa: E402
 from etl.sources.archive import ArchiveSource  # noqa: E402
+from etl.synthilsvrc import add_member, tar_bytes  # noqa: E402
 from etl.synthlabels import write_label_forms  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,20 +56,6 @@ cd {d}/val && bash {valprep} > /dev/null
 """
 
 
-def _tar_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, data in members.items():
-            _add(tar, name, data)
-    return buf.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 1336000000, 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 def build(work: Path, src: Path, images: int, val: int, classes: int) -> dict[str, Path]:
     """The downloads and the extracted folders, from the real JPEGs in src."""
     blobs = [p.read_bytes() for p in sorted(src.rglob("*")) if p.suffix.lower() in (".jpeg", ".jpg")]
@@ -81,12 +67,12 @@ def build(work: Path, src: Path, images: int, val: int, classes: int) -> dict[st
         train[w][f"{w}_{i}.JPEG"] = blobs[i % len(blobs)]
     with tarfile.open(work / "ILSVRC2012_img_train.tar", "w", format=tarfile.GNU_FORMAT) as tar:
         for w in rng.permutation(wnids):
-            _add(tar, f"{w}.tar", _tar_bytes(train[str(w)]))
+            add_member(tar, f"{w}.tar", tar_bytes(train[str(w)]))
     wnid_of = {f"ILSVRC2012_val_{i:08d}": wnids[int(rng.integers(classes))] for i in range(1, val + 1)}
     val_files = {f"{s}.JPEG": blobs[(k * 7 + 3) % len(blobs)] for k, s in enumerate(wnid_of)}
     with tarfile.open(work / "ILSVRC2012_img_val.tar", "w", format=tarfile.GNU_FORMAT) as tar:
         for name in rng.permutation(list(val_files)):
-            _add(tar, str(name), val_files[str(name)])
+            add_member(tar, str(name), val_files[str(name)])
     labels = write_label_forms(work / "labels", wnid_of, wnids)
     for w, files in train.items():
         (work / "train" / w).mkdir(parents=True)
@@ -137,14 +123,6 @@ def run_recipe(f: dict[str, Path], out: Path, workers: int) -> None:
 CONTENDERS = {"archives": run_archives, "folders": run_folders, "recipe": run_recipe}
 INPUTS = {"archives": ("train_tar", "val_tar", "devkit"), "folders": ("train", "val"),
           "recipe": ("train_tar", "val_tar", "valprep")}
-
-
-def records(db: Path) -> list[tuple[bytes, bytes]]:
-    env = lmdb.open(str(db), readonly=True, lock=False)
-    with env.begin() as txn:
-        found = list(txn.cursor())
-    env.close()
-    return found
 
 
 def same_dataset(a: Path, b: Path) -> bool:

@@ -50,15 +50,17 @@ def _images(rng: np.random.Generator, count: int, small: bool) -> Iterator[bytes
         yield jpeg_bytes(rng, photo_like(rng, w, h))
 
 
-def _tar_bytes(members: dict[str, bytes]) -> bytes:
+def tar_bytes(members: dict[str, bytes]) -> bytes:
+    """A GNU tar of (name, data) members, in memory (a class tar)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for name, data in members.items():
-            _add(tar, name, data)
+            add_member(tar, name, data)
     return buf.getvalue()
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """One file member, dated as the ILSVRC2012 files are."""
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), 1336000000, 0o644
     tar.addfile(info, io.BytesIO(data))
@@ -89,10 +91,10 @@ def make_ilsvrc(root: str | Path, spec: IlsvrcSpec = IlsvrcSpec()) -> IlsvrcSet:
     val = dict(zip([f"{s}.JPEG" for s in wnid_of], _images(rng, len(wnid_of), spec.small), strict=True))
     with tarfile.open(root / TRAIN_TAR, "w", format=tarfile.GNU_FORMAT) as tar:
         for wnid in rng.permutation(wnids):  # the member order is not the class order
-            _add(tar, f"{wnid}.tar", _tar_bytes(train[str(wnid)]))
+            add_member(tar, f"{wnid}.tar", tar_bytes(train[str(wnid)]))
     with tarfile.open(root / VAL_TAR, "w", format=tarfile.GNU_FORMAT) as tar:
         for name in rng.permutation(list(val)):
-            _add(tar, str(name), val[str(name)])
+            add_member(tar, str(name), val[str(name)])
     labels = write_label_forms(root / "labels", wnid_of, wnids)
     extracted = root / "extracted"
     if spec.extracted:

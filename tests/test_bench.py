@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from etl.bench import SweepPoint, recommend
+from etl.errors import UsageError
 
 from .conftest import run_cli
 
@@ -39,6 +40,8 @@ def test_tune_sweeps_plots_and_recommends(tmp_path):
     assert [(p["workers"], p["chunk_size"]) for p in res["points"]][:2] == [(1, 64), (2, 64)]
     assert {p["chunk_size"] for p in res["points"]} == {16, 64, 256}
     assert {p["queue_depth"] for p in res["points"]} == {1, 2, 4}
+    assert {p["read_ahead"] for p in res["points"]} == {0, 2, 4, 8}
+    assert res["page_cache"] == "warm" and "Recommended, measured warm" in proc.stdout
     assert all(p["images_per_second"] > 0 and p["peak_rss_mb"] > 0 for p in res["points"])
     assert 1 <= res["recommended"]["workers"] <= 2
     with Image.open(tmp_path / "sweep.png") as png:
@@ -48,7 +51,25 @@ def test_tune_sweeps_plots_and_recommends(tmp_path):
     assert f"workers = {res['recommended']['workers']}" in proc.stdout
     assert f"queue_depth = {res['recommended']['queue_depth']}" in proc.stdout
     assert "| queue depth |" in proc.stdout
+    assert f"read_ahead = {res['recommended']['read_ahead']}" in proc.stdout
 
+
+def test_cold_empties_the_page_cache_of_the_corpus_without_root_too(tmp_path, monkeypatch):
+    """The fadvise path, as a user who is not root takes it; mincore says whether it worked."""
+    from etl.bench import cold
+
+    files = []
+    for i in range(20):
+        files.append(tmp_path / f"{i}.jpg")
+        files[-1].write_bytes(os.urandom(64 * 1024))
+    assert cold.cached_share(files) > 0.9  # just written: in the page cache
+    monkeypatch.setattr(cold, "DROP_CACHES", tmp_path / "no" / "drop_caches")  # cannot be written
+    try:
+        how = cold.evict(files)
+    except UsageError as exc:  # tmpfs (or another cache-only filesystem) keeps its pages: nothing to drop
+        pytest.skip(f"this filesystem cannot evict its files: {exc}")
+    assert how == "posix_fadvise(DONTNEED) per file"
+    assert cold.cached_share(files) < 0.01
 
 def test_tune_without_matplotlib_prints_its_table_and_the_hint(tmp_path):
     shim = tmp_path / "shim"

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from etl.bench.corpus import warm
+from etl.errors import UsageError
 from etl.pagecache import resident_share
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
@@ -13,8 +14,8 @@ DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 def evict(files: list[Path]) -> str:
     """Empty the page cache of these files: as root, drop the whole cache (the database and everything else
-    too, as after a reboot); otherwise advise the kernel to drop each file's pages. Returns how, and raises
-    RuntimeError if mincore still finds more than 1% of the corpus cached (its pages pinned or dirty)."""
+    too, as after a reboot); otherwise advise the kernel to drop each file's pages. Returns how; UsageError
+    if mincore still finds more than 1% of the corpus cached (a tmpfs, whose pages are the files)."""
     os.sync()  # dirty pages cannot be dropped
     how = "posix_fadvise(DONTNEED) per file"
     try:
@@ -29,8 +30,8 @@ def evict(files: list[Path]) -> str:
                 os.close(fd)
     left = cached_share(files)
     if left > 0.01:
-        raise RuntimeError(f"the corpus is still {100 * left:.0f}% in the page cache after {how}: cold figures "
-                           "cannot be measured here")
+        raise UsageError(f"--cold: the corpus is still {100 * left:.0f}% in the page cache after {how} (a tmpfs "
+                         "keeps its files there): set TMPDIR to a folder on a disk")
     return how
 
 
