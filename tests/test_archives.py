@@ -417,8 +417,8 @@ def test_resume_refuses_an_archive_changed_since_the_first_run(ilsvrc, tmp_path)
     os.utime(train, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as a new download of the same size would be
     proc = run_cli("convert", str(train), str(out), "--val-pct", "20", "--resume", *SMALL)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"etl: error: --resume: {train} changed since the first run (it has another size "
-                                   "or modification time); convert again with --overwrite")
+    assert proc.stderr.strip() == (f"etl: error: --resume: {train} changed since the first run (it: added, removed, "
+                                   "or another size or modification time); convert again with --overwrite")
 
 
 def test_on_error_fail_at_a_bad_member_gives_advice_that_works(tmp_path):
@@ -584,3 +584,66 @@ def test_a_tar_made_from_its_own_folder_names_members_without_the_leading_dot(tm
         info.size = len(inner.getvalue())
         tar.addfile(info, io.BytesIO(inner.getvalue()))
     assert ArchiveSource(str(tmp_path / "train.tar")).classes() == {"n1": ["n1.tar/n1_1.JPEG"]}
+
+
+# ---------------------------------------------------------------------------------------------------- review finds
+
+@pytest.mark.quick
+def test_a_stray_image_beside_the_class_folders_does_not_merge_the_classes(tmp_path):
+    from etl.sources.archive import ArchiveSource
+
+    members = [(f"train/n{c}/{k}.JPEG", image(k)) for c in range(3) for k in range(2)]
+    members.append(("train/readme.jpg", image(9)))
+    source = ArchiveSource(str(write_tar(tmp_path / "train.tar", members)))
+    assert list(source.classes()) == ["n0", "n1", "n2"]
+    assert "1 image outside class folders left out (e.g. 'train/readme.jpg')" in source.notes()
+
+
+@pytest.mark.quick
+def test_a_stray_tar_inside_a_class_folder_is_left_out_not_taken_for_the_classes(tmp_path):
+    from etl.sources.archive import ArchiveSource
+
+    members = [(f"train/n{c}/{k}.JPEG", image(k)) for c in range(3) for k in range(2)]
+    members.append(("train/n1/backup.tar", tar_bytes([("old.JPEG", image(7))])))
+    source = ArchiveSource(str(write_tar(tmp_path / "train.tar", members)))
+    assert {name: len(paths) for name, paths in source.classes().items()} == {"n0": 2, "n1": 2, "n2": 2}
+    assert any("inside tars within class folders left out" in note for note in source.notes())
+
+
+@pytest.mark.quick
+def test_a_flat_folder_with_a_tar_beside_its_images_is_a_folder_not_a_folder_of_class_tars(tmp_path):
+    from etl.sources.folder import FolderSource
+    from etl.sources.registry import find_kind
+
+    val = tmp_path / "val"
+    val.mkdir()
+    (val / "ILSVRC2012_val_00000001.JPEG").write_bytes(image(1))
+    write_tar(val / "extra.tar", [class_tar("a", 1)])
+    assert find_kind(str(val)) is FolderSource
+
+
+def test_an_image_cut_inside_its_class_tar_is_not_read_with_the_next_tars_bytes(tmp_path):
+    inner = tar_bytes([(f"a{k}.JPEG", image(k)) for k in range(3)])
+    last = tarfile.open(fileobj=io.BytesIO(inner)).getmembers()[-1]
+    cut = inner[: last.offset_data + last.size // 2]
+    cut += b"\0" * (-len(cut) % 512)  # a whole number of blocks, still inside a2's data
+    archive = write_tar(tmp_path / "train.tar", [("n1.tar", cut), class_tar("n2", 2)])
+    out = tmp_path / "out"
+    convert(archive, out, "--val-pct", "0")
+    assert report(out)["splits"]["train"]["written"] == 4  # a0, a1 and n2's two; not a2
+    assert "usable: its 2 images before that point" in notes(out)
+
+
+def test_a_damaged_saved_index_stops_a_resume_with_one_line_and_notes_do_not_pile_up(tmp_path):
+    train = tmp_path / "train.tar"
+    write_tar(train, [class_tar("a", 2), class_tar("b", 2), ("loose.JPEG", image(5))])
+    out = tmp_path / "out"
+    convert(train, out, "--val-pct", "0")
+    for _ in range(2):
+        assert run_cli("convert", str(train), str(out), "--val-pct", "0", "--resume", *SMALL).returncode == 0
+    assert report(out)["notes"] == ["1 image outside the class tars left out (e.g. 'loose.JPEG')"]
+    saved = next((out / ".etl").glob("index.*.npz"))
+    saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
+    proc = run_cli("convert", str(train), str(out), "--val-pct", "0", "--resume", *SMALL)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert f"the checkpoint file {saved} is damaged" in proc.stderr and "--overwrite" in proc.stderr

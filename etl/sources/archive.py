@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from etl.words import plural
 COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip -k"), b"BZh": ("bzip2", "bunzip2 -k"),
               b"\xfd7zXZ\x00": ("xz", "unxz -k"), b"\x28\xb5\x2f\xfd": ("zstd", "unzstd")}
 ProgressFn = Callable[[int], None]  # bytes of the input walked so far
+TAR_NAME = re.compile(r"\.(tar(\.\w+)?|tgz|tbz2?|txz)$", re.IGNORECASE)
 LINK_NOTE = "links (etl reads no links inside archives)"
 INCOMPLETE = "incomplete archive"  # how a note about a cut or damaged tar starts (--on-error fail stops at it)
 
@@ -134,14 +136,15 @@ class TarIndexer:
     def _inner(self, fd: int, tar: Header, prefix: str, end: int) -> None:
         """A tar inside the tar: a class. Its members' places are its place plus theirs."""
         group = self.group or self.index.new_group(prefix + tar.name)
-        inner = scan_tar(fd, tar.offset, min(tar.offset + tar.size, end))
+        inner_end = min(tar.offset + tar.size, end)  # a member past it would read the next member's bytes
+        inner = scan_tar(fd, tar.offset, inner_end)
         base = f"{prefix}{tar.name}/"
         paths, offsets, sizes = [], [], []
         for name, kind, offset, size in inner.entries:  # once per image of ImageNet: kept lean
             if name[:2] == "./":
                 name = plain(name)
             if kind in REGULAR and is_image_name(name) and not unsafe(name):
-                if offset + size <= end:
+                if offset + size <= inner_end:
                     paths.append(base + name)
                     offsets.append(offset)
                     sizes.append(size)
@@ -176,7 +179,10 @@ def members(paths: list[str]) -> Iterator[tuple[str, str]]:
     folder all images share (train/n01440764/x.JPEG: 'n01440764'); images outside a class folder: class ''."""
     parts = [p.split("/") for p in paths]
     depth = 0
-    while all(len(p) > depth + 2 for p in parts) and len({p[depth] for p in parts}) == 1:
+    while True:  # go down while every image in a folder here is in the same one, and some sit deeper still
+        inside = [p for p in parts if len(p) > depth + 1]
+        if not any(len(p) > depth + 2 for p in inside) or len({p[depth] for p in inside}) != 1:
+            break
         depth += 1
     for path, p in zip(paths, parts, strict=True):
         yield (p[depth] if len(p) > depth + 1 else ""), path
@@ -185,6 +191,18 @@ def members(paths: list[str]) -> Iterator[tuple[str, str]]:
 def class_of_tar(name: str) -> str:
     """A class tar's class: its file name without the extension (n01440764.tar: n01440764)."""
     return posixpath.splitext(posixpath.basename(name))[0]
+
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    """size bytes from offset, or fewer where the file ends (one pread returns at most ~2 GiB on Linux)."""
+    parts, done = [], 0
+    while done < size:
+        part = os.pread(fd, size - done, offset + done)
+        if not part:
+            break
+        parts.append(part)
+        done += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -207,7 +225,7 @@ class ArchiveReader:
             raise Unreadable(f"cannot read the archive: {exc.strerror or exc}") from None
         try:
             charge(item.size)
-            data = os.pread(fd, item.size, item.offset)
+            data = _pread_all(fd, item.size, item.offset)
             if drop_cache:  # read once: let these pages go, not other programs' working set
                 os.posix_fadvise(fd, item.offset, item.size, os.POSIX_FADV_DONTNEED)
         except OSError as exc:
@@ -273,6 +291,7 @@ class ArchiveSource:
         self.path, self.show, self.saved = path, progress, saved
         self._index: ArchiveIndex | None = None
         self._files: Identity = {}
+        self.class_notes: list[str] = []  # what choosing the classes left out (not kept with the index)
 
     @staticmethod
     def accepts(path: str) -> bool:
@@ -302,10 +321,17 @@ class ArchiveSource:
         tarindex.save(self.index, folder, self.path, self._files)
 
     def classes(self) -> dict[str, list[str]]:
+        """Class tars when there are some and no images outside them, or they sit at the top; otherwise
+        class folders (a stray tar inside a class folder is left out, as extraction would leave it)."""
         by_tar, loose = self.index.grouped()
-        if by_tar:
-            return _class_tars(by_tar, loose, self.index.notes)
-        return _class_folders(loose, self.index.notes)
+        self.class_notes = []
+        if by_tar and (not loose or any("/" not in tar for tar in by_tar)):
+            return _class_tars(by_tar, loose, self.class_notes)
+        nested = [path for paths in by_tar.values() for path in paths]
+        if nested:
+            self.class_notes.append(f"{plural(len(nested), 'image')} inside tars within class folders left out "
+                                    f"(e.g. {nested[0]!r})")
+        return _class_folders(loose, self.class_notes)
 
     def images(self) -> list[str]:
         """Every image, class folders or not (a flat val set, labelled by a separate file)."""
@@ -315,7 +341,8 @@ class ArchiveSource:
         return self.index.span(path)
 
     def notes(self) -> list[str]:
-        return self.index.notes
+        """The scan's notes (kept with the index), then those of the classes' choice."""
+        return self.index.notes + self.class_notes
 
     def reader(self) -> ArchiveReader:
         return ArchiveReader(self.path, folder=False)
@@ -333,14 +360,14 @@ class TarFolderSource(ArchiveSource):
                 found = list(entries)
         except OSError:
             return False
-        if any(e.is_dir() for e in found):
-            return False
-        return any(e.is_file() and not is_image_name(e.name) and is_tar(e.path) for e in found)
+        if any(e.is_dir() or is_image_name(e.name) for e in found):
+            return False  # images of its own: a flat folder (a val set), whatever else lies beside them
+        return any(e.is_file() and is_tar(e.path) for e in found)
 
     def tar_files(self) -> list[str]:
         names = byte_order([e.name for e in os.scandir(self.path) if e.is_file()])
         for name in names:
-            if not is_image_name(name):
+            if TAR_NAME.search(name):  # a compressed class tar; other compressed files are only left out
                 refuse_compressed(os.path.join(self.path, name))
         return [os.path.join(self.path, name) for name in names if is_tar(os.path.join(self.path, name))]
 

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,14 +110,14 @@ def load(folder: Path, input_path: str, files: Identity) -> ArchiveIndex | None:
         with np.load(path, allow_pickle=False) as saved:
             meta = json.loads(saved["meta"].tobytes().decode("utf-8", "surrogateescape"))
             blob, offsets, sizes, group = (saved[k] for k in ("paths", "offsets", "sizes", "group"))
-    except (OSError, ValueError, KeyError) as exc:
+        saved_files, groups, notes = meta["files"], meta["groups"], meta["notes"]
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         raise damaged(path, exc) from None
-    if meta.get("format") != FORMAT or meta["files"] != files:
-        changed = next((name for name in files if meta["files"].get(name) != files[name]), "")
-        which = f"{changed} has" if changed and changed != os.path.basename(input_path) else "it has"
-        raise UsageError(f"--resume: {input_path} changed since the first run ({which} another size or "
-                         "modification time); convert again with --overwrite")
+    if meta.get("format") != FORMAT or saved_files != files:
+        changed = next((n for n in sorted(set(files) | set(saved_files)) if saved_files.get(n) != files.get(n)), "")
+        which = "it" if not changed or changed == os.path.basename(input_path) else changed
+        raise UsageError(f"--resume: {input_path} changed since the first run ({which}: added, removed, or another "
+                         "size or modification time); convert again with --overwrite")
     paths = blob.tobytes().decode("utf-8", "surrogateescape").split("\0") if blob.size else []
     return ArchiveIndex(paths, array("q", offsets.tobytes()), array("q", sizes.tobytes()),
-                        array("i", group.tobytes()), meta["groups"], {p: i for i, p in enumerate(paths)},
-                        meta["notes"])
+                        array("i", group.tobytes()), groups, {p: i for i, p in enumerate(paths)}, notes)
