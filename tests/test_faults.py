@@ -27,10 +27,17 @@ def etl(*args, env=None, **kw) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL, timeout=300, env={**os.environ, **(env or {})}, **kw)
 
 
+def _ctrl_c_as_a_terminal_gives_it() -> None:
+    # A shell that starts the suite in the background (`make test &`) makes it ignore SIGINT, and the
+    # children inherit that; etl's coordinator must get Ctrl-C as a user's terminal delivers it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args, env=None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "etl", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+                            env={**os.environ, **(env or {})}, start_new_session=True,
+                            preexec_fn=_ctrl_c_as_a_terminal_gives_it)
 
 
 def report(out: Path) -> dict:
