@@ -119,19 +119,15 @@ class TarIndexer:
         name = plain(entry.name)
         if entry.kind == DIRECTORY:
             return
-        if entry.kind in LINKS:
-            return self.tally.add(LINK_NOTE, name)
-        if entry.kind not in REGULAR:
-            return self.tally.add("not regular files", name)
-        if unsafe(name):
-            return self.tally.add("unsafe names (absolute, or with '..')", name)
-        whole = entry.offset + entry.size <= end  # else the member the file ends in: reported by _cut
-        if is_image_name(name):
-            return self._add(prefix + name, entry, self.group) if whole else None
-        if entry.size >= BLOCK and looks_like_tar(fd, entry.offset):  # even cut off: its whole images count
-            return self._inner(fd, Header((name, *entry[1:])), prefix, end)
-        if whole:
-            self.tally.add("not images", name)
+        if entry.kind in REGULAR and not unsafe(name):
+            whole = entry.offset + entry.size <= end  # else the member the file ends in: reported by _cut
+            if is_image_name(name):
+                return self._add(prefix + name, entry, self.group) if whole else None
+            if entry.size >= BLOCK and looks_like_tar(fd, entry.offset):  # even cut off: its whole images count
+                return self._inner(fd, Header((name, *entry[1:])), prefix, end)
+            if not whole:
+                return None
+        self._left_out(entry.kind, name, name)
 
     def _inner(self, fd: int, tar: Header, prefix: str, end: int) -> None:
         """A tar inside the tar: a class. Its members' places are its place plus theirs."""
@@ -156,8 +152,8 @@ class TarIndexer:
             self._cut(prefix + tar.name, damage, f"usable: its {plural(len(paths), 'image')} before that point")
 
     def _left_out(self, kind: bytes, shown: str, name: str) -> None:
-        """A member of an inner tar that is no image to read, counted under its reason."""
-        if kind in LINKS:  # the same reasons as outside an inner tar: one note counts both
+        """A member that is no image to read (in the tar, or in an inner tar), counted under its reason."""
+        if kind in LINKS:
             self.tally.add(LINK_NOTE, shown)
         elif kind not in REGULAR:
             self.tally.add("not regular files", shown)
