@@ -56,6 +56,11 @@ def estimate_input(sample: list[str], count: int) -> InputSize:
             continue
         sizes.append(size)
         cached.append(round(size * resident_share(path, size)))
+    return scaled_sample(sizes, cached, count)
+
+
+def scaled_sample(sizes: list[int], cached: list[int], count: int) -> InputSize:
+    """Total and cached bytes of `count` items from a sample's sizes and cached bytes (none: nothing)."""
     if not sizes:
         return InputSize(0, 0)
     return InputSize(round(sum(sizes) / len(sizes) * count), round(sum(cached) / len(sizes) * count))

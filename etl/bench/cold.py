@@ -12,16 +12,24 @@ from etl.pagecache import resident_share
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
+def drop_caches() -> bool:
+    """Sync, then drop the whole page cache (root only); False where it cannot be written (not root, or a
+    container without /proc/sys write access)."""
+    os.sync()  # dirty pages cannot be dropped
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
 def evict(files: list[Path]) -> str:
     """Empty the page cache of these files: as root, drop the whole cache (the database and everything else
     too, as after a reboot); otherwise advise the kernel to drop each file's pages. Returns how; UsageError
     if mincore still finds more than 1% of the corpus cached (a tmpfs, whose pages are the files)."""
-    os.sync()  # dirty pages cannot be dropped
-    how = "posix_fadvise(DONTNEED) per file"
-    try:
-        DROP_CACHES.write_text("3\n")
-        how = "/proc/sys/vm/drop_caches"
-    except OSError:  # not root, or a container without /proc/sys write access
+    how = "/proc/sys/vm/drop_caches"
+    if not drop_caches():
+        how = "posix_fadvise(DONTNEED) per file"
         for path in files:
             fd = os.open(path, os.O_RDONLY)
             try:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from etl.errors import UsageError
 from etl.messages import Item
-from etl.pagecache import InputSize, resident_share
+from etl.pagecache import InputSize, resident_share, scaled_sample
 from etl.sources import tarindex
 from etl.sources.base import Unreadable, byte_order
 from etl.sources.folder import is_image_name
@@ -244,11 +244,8 @@ class ArchiveReader:
         return "" if relative else os.path.join(os.path.abspath(self.root), "")
 
     def input_size(self, sample: list[Item], count: int) -> InputSize:
-        if not sample:
-            return InputSize(0, 0)
-        sizes = [it.size for it in sample]
         cached = [round(it.size * resident_share(self.file_of(it.path), it.size, it.offset)) for it in sample]
-        return InputSize(round(sum(sizes) / len(sample) * count), round(sum(cached) / len(sample) * count))
+        return scaled_sample([it.size for it in sample], cached, count)
 
     def device(self) -> str | None:
         return block_device(self.root)
