@@ -57,6 +57,7 @@ def _positive(flag: str, value: Any) -> float:
     return number
 
 
+LISTS = "list files (TRAIN or --val a file of 'path label' lines)"
 DISK_IO = "disk I/O (each cap is shared by all processes; N or train=N,val=M)"
 
 
@@ -68,7 +69,8 @@ class Settings:
     report.json's settings are all read from these declarations."""
 
     train_dir: str = option("", "folder with one sub-folder per class, or a tar: of class tars (as "
-                                "ILSVRC2012_img_train.tar), of class folders; or a folder of class tars",
+                                "ILSVRC2012_img_train.tar), of class folders; or a folder of class tars; or a list "
+                                "file of 'path label' lines",
                             positional=True, preset=False)
     out_dir: str = option("", "output folder (labels.txt, train_db/, val_db/, mean.binaryproto, ...)",
                           positional=True, preset=False, output=False)
@@ -78,6 +80,14 @@ class Settings:
     val_labels: str | None = option(None, "which class each image of a flat --val set is: the devkit tar.gz, "
                                           "LOC_val_solution.csv, valprep.sh, Caffe val.txt, or name-WNID lines",
                                     after="val_pct")
+    root: str | None = option(None, "the folder a TRAIN list's paths are under (default: the list's folder)",
+                              group=LISTS)
+    val_root: str | None = option(None, "the folder a --val list's paths are under (default: the list's folder)",
+                                  group=LISTS)
+    labels: str | None = option(None, "class names, line number = label: synsets.txt, synset_words.txt or "
+                                      "DIGITS' labels.txt (default: the label numbers)", group=LISTS)
+    strict_list: bool = option(False, "stop before any work at a listed file that is missing (default: skip and "
+                                      "report it)", const=True, group=LISTS, output=False)
     val_pct: float | None = option(None, f"validation share per class, in % (default {DEFAULT_VAL_PCT:g} without "
                                          "--val)", exclusive="val", low=0, high=100, below=True)
     width: int = option(224, "output width (default {default})", low=1, high=16384)
@@ -246,12 +256,36 @@ def _check_folders(s: Settings) -> None:
             raise UsageError("train folder not found: (none given)")
         if path is not None and find_kind(path) is None:
             if os.path.exists(path):
-                raise UsageError(f"{role} folder {path} is not a folder nor a tar archive: give the folder that holds "
-                                 "one sub-folder per class, or a tar of class tars or class folders")
+                raise UsageError(f"{role} folder {path} is not a folder, a tar archive nor a list file: give the "
+                                 "folder that holds one sub-folder per class, a tar of class tars or class folders, "
+                                 "or a file of 'path label' lines")
             raise UsageError(f"{role} folder not found: {path}")
     if not s.out_dir:
         raise UsageError("no output folder given")
+    _check_lists(s)
     _check_nesting(s)
+
+
+def _check_lists(s: Settings) -> None:
+    """The list options go with list inputs, and name what exists."""
+    from etl.sources.listfile import looks_like_list
+
+    for flag, folder, path, role in (("--root", s.root, s.train_dir, "TRAIN"), ("--val-root", s.val_root, s.val_dir,
+                                                                            "--val")):
+        if folder is None:
+            continue
+        if path is None or not looks_like_list(path):
+            raise UsageError(f"{flag} is the folder a list file's paths are under, and {role} is not a list file")
+        if not os.path.isdir(folder):
+            raise UsageError(f"{flag} folder not found: {folder}")
+    if s.labels is not None:
+        if not looks_like_list(s.train_dir):
+            raise UsageError("--labels names the classes of a list file's label numbers, and TRAIN is not a list "
+                             "file (a folder's classes are its sub-folders)")
+        if not os.path.isfile(s.labels):
+            raise UsageError(f"labels file not found: {s.labels}")
+    if s.strict_list and not looks_like_list(s.train_dir):
+        raise UsageError("--strict-list checks the files of a list, and TRAIN is not a list file")
 
 
 def _check_nesting(s: Settings) -> None:

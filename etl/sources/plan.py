@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -11,6 +13,7 @@ from etl.messages import Item
 from etl.settings import Settings, UsageError
 from etl.sources.archive import INCOMPLETE
 from etl.sources.base import Plan, Source, Split, byte_order
+from etl.sources.listfile import Listed, ListSource, check_files, check_range, read_label_names
 from etl.sources.registry import open_source
 from etl.sources.vallabels import load_val_labels, stem
 from etl.words import plural
@@ -18,30 +21,36 @@ from etl.words import plural
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "split": 2}
 
 Pairs = list[tuple[str, int]]  # (item path, label)
+K = TypeVar("K")
+T = TypeVar("T")
 
 
 def _rng(seed: int, purpose: str) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_SEED_OFFSET[purpose]])
 
 
-def _limit_classes(classes: dict[str, list[str]], s: Settings, notes: list[str]) -> dict[str, list[str]]:
-    kept: dict[str, list[str]] = {}
-    for name, files in classes.items():
+def _limit_classes(classes: dict[K, list[T]], s: Settings, notes: list[str],
+                   name: Callable[[K], str] = str) -> dict[K, list[T]]:
+    kept: dict[K, list[T]] = {}
+    for key, files in classes.items():
         if len(files) < s.min_per_class:
-            notes.append(f"class '{name}' dropped: {len(files)} images, fewer than --min-per-class {s.min_per_class}")
+            notes.append(f"class '{name(key)}' dropped: {len(files)} images, fewer than --min-per-class "
+                         f"{s.min_per_class}")
             continue
         if s.max_per_class is not None and len(files) > s.max_per_class:
             picked = _rng(s.seed, "split").permutation(len(files))[: s.max_per_class]
             files = [files[i] for i in sorted(picked)]
-        kept[name] = files
+        kept[key] = files
     return kept
 
 
-def _split_by_pct(classes: dict[str, list[str]], s: Settings) -> tuple[Pairs, Pairs]:
-    train: Pairs = []
-    val: Pairs = []
+def _split_by_pct(groups: Iterable[tuple[int, list[T]]], s: Settings) -> tuple[list[tuple[T, int]],
+                                                                               list[tuple[T, int]]]:
+    """Hold out --val-pct of each class (label, its items), at random but seeded; items keep their order."""
+    train: list[tuple[T, int]] = []
+    val: list[tuple[T, int]] = []
     rng = _rng(s.seed, "split")
-    for label, files in enumerate(classes.values()):
+    for label, files in groups:
         n_val = int(len(files) * s.effective_val_pct / 100 + 0.5)
         n_val = min(n_val, len(files) - 1)
         order = rng.permutation(len(files))
@@ -172,7 +181,9 @@ def source_name(source: Source) -> str:
 def plan(s: Settings, progress: bool = False) -> Plan:
     """Scan the inputs and decide every database's content and order; progress: show the archive scans."""
     notes: list[str] = []
-    source = open_source(s.train_dir, progress, _saved(s))
+    source = open_source(s.train_dir, progress, _saved(s), s.root)
+    if isinstance(source, ListSource):
+        return _plan_list(s, source, progress)
     found = source.classes()
     _refuse_line_breaks(found, s.train_dir)
     notes.extend(source.notes())
@@ -187,7 +198,7 @@ def plan(s: Settings, progress: bool = False) -> Plan:
         train = [(path, label) for label, files in enumerate(classes.values()) for path in files]
         val, val_source = _val_source(s, labels, list(found), notes, progress)
     else:
-        train, val = _split_by_pct(classes, s)
+        train, val = _split_by_pct(enumerate(classes.values()), s)
         val_source = source
     _stop_at_damage(notes, s)
     splits = [_ordered("train", source, train, s)]
@@ -199,3 +210,68 @@ def plan(s: Settings, progress: bool = False) -> Plan:
 def _saved(s: Settings) -> Path | None:
     """Where the run being resumed kept its scans."""
     return Path(s.out_dir) / CHECKPOINT_DIR if s.resume else None
+
+
+def _plan_list(s: Settings, source: ListSource, progress: bool) -> Plan:
+    """A list's job: its labels are the list's numbers (never renumbered), its order the list's order."""
+    notes: list[str] = []
+    lists = [(s.train_dir, source)]
+    if s.val_dir is not None:
+        val_source = open_source(s.val_dir, progress, _saved(s), s.val_root)
+        if not isinstance(val_source, ListSource):
+            raise UsageError(f"with a list file as TRAIN, --val takes a list file too: {s.val_dir} is not one")
+        if s.val_labels is not None:
+            raise UsageError("--val-labels names the classes of a flat val folder; a --val list gives its labels")
+        lists.append((s.val_dir, val_source))
+    labels = _list_labels(s, [(where, src.pairs()) for where, src in lists])
+    if s.strict_list:
+        for where, src in lists:
+            check_files(src.pairs(), where, src.reader())
+    train = _listed_kept(source.pairs(), labels, s, notes)
+    if s.val_dir is not None:
+        dropped = {label for _, label in source.pairs()} - {label for _, label in train}
+        val = [pair for pair in lists[1][1].pairs() if pair[1] not in dropped]
+        _note_dropped_val(len(lists[1][1].pairs()) - len(val), notes)
+    else:
+        train, val = _split_listed(train, s)
+    splits = [_ordered("train", source, train, s)]
+    if val:
+        splits.append(_ordered("val", lists[-1][1], val, s))
+    return Plan(labels, splits, notes, [src for _, src in lists])
+
+
+def _list_labels(s: Settings, lists: list[tuple[str, Listed]]) -> list[str]:
+    """labels.txt: the labels file's names, checked against every listed label, or the numbers themselves."""
+    if s.labels is None:
+        top = max(label for _, listed in lists for _, label in listed)
+        return [str(n) for n in range(top + 1)]
+    names = read_label_names(s.labels)
+    for where, listed in lists:
+        check_range(listed, where, len(names), s.labels)
+    return names
+
+
+def _listed_kept(listed: Listed, labels: list[str], s: Settings, notes: list[str]) -> Pairs:
+    """--min/--max-per-class on a list: classes dropped keep their number (the others are not renumbered)."""
+    by_label: dict[int, list[int]] = {}
+    for position, (_, label) in enumerate(listed):
+        by_label.setdefault(label, []).append(position)
+    kept = _limit_classes(dict(sorted(by_label.items())), s, notes, name=lambda label: labels[label])
+    if not kept:
+        raise UsageError(f"every class of {s.train_dir} has fewer than --min-per-class {s.min_per_class} images: "
+                         "lower --min-per-class")
+    return [listed[p] for p in sorted(p for positions in kept.values() for p in positions)]
+
+
+def _split_listed(pairs: Pairs, s: Settings) -> tuple[Pairs, Pairs]:
+    """--val-pct of each label held out; both parts keep the list's order."""
+    by_label: dict[int, list[int]] = {}
+    for position, (_, label) in enumerate(pairs):
+        by_label.setdefault(label, []).append(position)
+    train, val = _split_by_pct(sorted(by_label.items()), s)
+    return ([pairs[p] for p, _ in sorted(train)], [pairs[p] for p, _ in sorted(val)])
+
+
+def _note_dropped_val(count: int, notes: list[str]) -> None:
+    if count:
+        notes.append(f"val: {plural(count, 'image')} of classes dropped from train left out")

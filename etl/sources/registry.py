@@ -9,6 +9,7 @@ from etl.errors import UsageError
 from etl.sources.archive import ArchiveSource, TarFolderSource
 from etl.sources.base import Source
 from etl.sources.folder import FolderSource
+from etl.sources.listfile import ListSource
 
 
 class SourceKind(Protocol):
@@ -22,6 +23,7 @@ class SourceKind(Protocol):
 SOURCES: list[SourceKind] = [
     ArchiveSource,
     TarFolderSource,
+    ListSource,
     FolderSource,
 ]
 
@@ -31,10 +33,12 @@ def find_kind(path: str) -> SourceKind | None:
     return next((kind for kind in SOURCES if kind.accepts(path)), None)
 
 
-def open_source(path: str, progress: bool = False, saved: Path | None = None) -> Source:
+def open_source(path: str, progress: bool = False, saved: Path | None = None, root: str | None = None) -> Source:
     """progress: show a bar while the input is scanned (an archive's index); saved: the checkpoint folder
-    of the run being resumed, where it kept what its scan found."""
+    of the run being resumed, where it kept what its scan found; root: the folder a list's paths are under."""
     kind = find_kind(path)
     if kind is None:
         raise UsageError(f"not an input etl can read: {path}")
+    if kind is ListSource:
+        return ListSource(path, progress, saved, root)
     return kind(path, progress, saved)

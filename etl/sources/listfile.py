@@ -1,0 +1,162 @@
+"""List source: a text file of `path label` lines (Caffe's train.txt/val.txt, DIGITS' text-file mode)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from etl.errors import UsageError
+from etl.sources.folder import FileReader
+from etl.words import plural
+
+SNIFF_BYTES = 64 * 1024
+LABEL_AT_END = re.compile(r"^(.*?)[ \t]+(\S+)$")  # the label is the last token: paths may hold spaces
+WNID_LINE = re.compile(r"^(n\d{8})\s")  # synset_words.txt: 'n01440764 tench, Tinca tinca'
+
+
+class Listed(list[tuple[str, int]]):
+    """(path as listed, label) pairs in the list's order, with the line number of each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[int] = []
+
+
+def _decode(raw: bytes) -> str:
+    # Paths are file-system bytes, not necessarily UTF-8: keep them as Python keeps file names.
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def parse_line(text: str) -> tuple[str, int] | str:
+    """(path, label), or why the line is not one."""
+    match = LABEL_AT_END.match(text.rstrip())
+    if match is None or not match[1]:
+        return "no label after the path (expected 'path label')"
+    path, label = match[1], match[2]
+    if not re.fullmatch(r"[+-]?\d+", label):
+        return f"the label '{label}' is not a whole number"
+    if int(label) < 0:
+        return f"the label {label} is negative"
+    return path, int(label)
+
+
+def read_list(path: str) -> Listed:
+    """Every `path label` line of a list file; a bad line stops the run with its number."""
+    listed = Listed()
+    try:
+        with open(path, "rb") as fh:
+            lines = fh.read().split(b"\n")
+    except OSError as exc:
+        raise UsageError(f"cannot read the list {path}: {exc.strerror or exc}") from None
+    for number, raw in enumerate(lines, 1):
+        text = _decode(raw).rstrip("\r")
+        if not text.strip():
+            continue
+        parsed = parse_line(text)
+        if isinstance(parsed, str):
+            raise UsageError(f"{path} line {number}: {parsed}: fix or remove the line")
+        listed.append(parsed)
+        listed.lines.append(number)
+    if not listed:
+        raise UsageError(f"the list {path} has no 'path label' lines")
+    return listed
+
+
+def looks_like_list(path: str) -> bool:
+    """A regular file whose first non-blank line is `path label` (a tar, an image or a labels file is not)."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError:
+        return False
+    if b"\0" in head:
+        return False
+    first = next((line for line in _decode(head).split("\n") if line.strip()), "")
+    return not isinstance(parse_line(first.rstrip("\r")), str)
+
+
+def read_label_names(path: str) -> list[str]:
+    """Class names, line number = label: synsets.txt, synset_words.txt (its first token, the WNID), or DIGITS'
+    labels.txt (the whole line, which may hold spaces)."""
+    try:
+        text = _decode(Path(path).read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read the labels file {path}: {exc.strerror or exc}") from None
+    lines = [line.rstrip("\r").strip() for line in text.split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
+        raise UsageError(f"the labels file {path} names no class")
+    blank = next((n for n, line in enumerate(lines, 1) if not line), None)
+    if blank is not None:
+        raise UsageError(f"{path} line {blank} is blank: each line names the class of that label number (line 1 "
+                         "is label 0), so a blank line would shift every later label")
+    return [m[1] if (m := WNID_LINE.match(line + " ")) else line for line in lines]
+
+
+def check_range(listed: Listed, where: str, count: int, labels_file: str) -> None:
+    """A label the labels file has no line for stops the run, naming the line."""
+    for (_, label), number in zip(listed, listed.lines, strict=True):
+        if label >= count:
+            raise UsageError(f"{where} line {number}: label {label} is outside {labels_file}, which names "
+                             f"{plural(count, 'class', 'classes')} (labels 0 to {count - 1})")
+
+
+def check_files(listed: Listed, where: str, reader: FileReader) -> None:
+    """--strict-list: every listed file is there, before any work."""
+    for (path, _), number in zip(listed, listed.lines, strict=True):
+        if not os.path.isfile(reader.where(path)):
+            raise UsageError(f"{where} line {number}: {reader.where(path)} is not a file (--strict-list): fix the "
+                             "line, or leave out --strict-list to skip and report missing files")
+
+
+@dataclass(frozen=True)
+class ListReader(FileReader):
+    """Reads a list's files under its root; absolute paths in the list are read as they are."""
+
+    absolute: bool = False  # some listed paths are absolute: train.txt then keeps paths as listed
+
+    def list_prefix(self, relative: bool) -> str:
+        return "" if self.absolute else super().list_prefix(relative)
+
+
+class ListSource:
+    """A list file as input: its lines are the items in their order, labelled as the list says."""
+
+    def __init__(self, path: str, progress: bool = False, saved: Path | None = None, root: str | None = None) -> None:
+        self.path = path
+        self.root = root if root is not None else os.path.dirname(os.path.abspath(path))
+        self.listed = read_list(path)
+
+    @staticmethod
+    def accepts(path: str) -> bool:
+        return looks_like_list(path)
+
+    def pairs(self) -> Listed:
+        return self.listed
+
+    def classes(self) -> dict[str, list[str]]:
+        """Label number (as text) -> paths, in label order: what a class-folder input would give."""
+        by_label: dict[int, list[str]] = {}
+        for path, label in self.listed:
+            by_label.setdefault(label, []).append(path)
+        return {str(label): by_label[label] for label in sorted(by_label)}
+
+    def images(self) -> list[str]:
+        return [path for path, _ in self.listed]
+
+    def locate(self, path: str) -> tuple[int, int]:
+        return -1, -1
+
+    def notes(self) -> list[str]:
+        return []
+
+    def save(self, folder: Path) -> None:
+        """Nothing to keep: the list is read again, and its content is part of the job's identity."""
+
+    def reader(self) -> ListReader:
+        return ListReader(self.root, absolute=any(os.path.isabs(p) for p, _ in self.listed))
