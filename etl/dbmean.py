@@ -31,8 +31,7 @@ INPROCESS_BELOW = 2_000  # records: below this, starting processes costs more th
 RANGES_PER_WORKER = 8  # several ranges per worker, so that a slow core does not hold the others back
 # Records per range: the bar moves at least every 2,048 records, and Ctrl-C waits for at most one range.
 RANGE_LIMITS = (64, 2_048)
-# Each range sums into uint32 (half the memory traffic of uint64): exact up to this many records.
-UINT32_RECORDS = (1 << 32) // 255
+STAGED = 257  # uint8 images a uint16 sum holds exactly (257 x 255 = 65,535)
 
 
 class Shape(NamedTuple):
@@ -62,7 +61,7 @@ class Stop(NamedTuple):
 
 
 class RangeSum(NamedTuple):
-    """What a task sends back: the exact sum of the records it added (HWC uint32, BGR for colour), and where
+    """What a task sends back: the exact sum of the records it added (HWC uint64, BGR for colour), and where
     it stopped early, if it did."""
 
     first_key: bytes
@@ -70,6 +69,28 @@ class RangeSum(NamedTuple):
     total: np.ndarray | None
     count: int
     stop: Stop | None
+
+
+class PixelSum:
+    """The exact sum of same-sized uint8 images: added into uint16 (a quarter of uint64's memory traffic, about
+    half the time per image) and moved into the uint64 total every STAGED images, before uint16 could overflow."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.total = np.zeros(shape, np.uint64)
+        self.staged = np.zeros(shape, np.uint16)
+        self.pending = 0
+
+    def add(self, pixels: np.ndarray) -> None:
+        np.add(self.staged, pixels, out=self.staged)
+        self.pending += 1
+        if self.pending == STAGED:
+            self.flush()
+
+    def flush(self) -> np.ndarray:
+        np.add(self.total, self.staged, out=self.total)
+        self.staged.fill(0)
+        self.pending = 0
+        return self.total
 
 
 class RecordError(Exception):
@@ -209,7 +230,7 @@ def sum_range(path: str, key_range: KeyRange) -> RangeSum:
     tj = TurboJPEG()
     env = open_db(path)
     shape: Shape | None = None
-    total: np.ndarray | None = None
+    total: PixelSum | None = None
     added = 0
     try:
         with env.begin() as txn:
@@ -221,17 +242,22 @@ def sum_range(path: str, key_range: KeyRange) -> RangeSum:
                 try:
                     pixels = record_pixels(value, tj)
                 except RecordError as exc:
-                    return RangeSum(key_range.first_key, shape, total, added, Stop(key, str(exc)))
+                    return _ended(key_range, shape, total, added, Stop(key, str(exc)))
                 this = Shape(pixels.shape[2], pixels.shape[0], pixels.shape[1])
                 if total is None:
-                    shape, total = this, np.zeros(pixels.shape, np.uint32)
+                    shape, total = this, PixelSum(pixels.shape)
                 elif this != shape:
-                    return RangeSum(key_range.first_key, shape, total, added, Stop(key, shape=this))
-                np.add(total, pixels, out=total)
+                    return _ended(key_range, shape, total, added, Stop(key, shape=this))
+                total.add(pixels)
                 added += 1
     finally:
         env.close()
-    return RangeSum(key_range.first_key, shape, total, added, None)
+    return _ended(key_range, shape, total, added, None)
+
+
+def _ended(key_range: KeyRange, shape: Shape | None, total: PixelSum | None, added: int,
+           stop: Stop | None) -> RangeSum:
+    return RangeSum(key_range.first_key, shape, None if total is None else total.flush(), added, stop)
 
 
 def _take(cursor: lmdb.Cursor, count: int) -> Iterator[tuple[bytes, bytes]]:
@@ -291,8 +317,6 @@ def compute_mean(path: str, workers: int, progress: bool = False, inprocess_belo
     records = sum(r.count for r in ranges)
     if records == 0:
         raise UsageError(f"the database {path} holds no records")
-    if max(r.count for r in ranges) > UINT32_RECORDS:
-        raise UsageError(f"a range of over {UINT32_RECORDS:,d} records would overflow its sum")
     tasks = [(path, r) for r in ranges]
     with tqdm(total=records, desc="mean", unit="rec", disable=not progress, file=sys.stderr) as bar:
         if workers == 1 or records < (INPROCESS_BELOW if inprocess_below is None else inprocess_below):

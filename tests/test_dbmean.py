@@ -322,3 +322,13 @@ def test_a_worker_that_dies_is_an_error_not_a_hang(caffe_db, capsys, monkeypatch
     code, out, err = run_mean(capsys, str(caffe_db), "--workers", "2")
     assert code == 1 and out == "" and err == ("etl: error: a worker process died while taking the mean (out of "
                                                "memory, or a decoder crash on a damaged record?)\n")
+
+
+@pytest.mark.quick
+def test_the_staged_sum_stays_exact_past_what_uint16_holds():
+    rng = np.random.default_rng(RNG_SEED)
+    images = [np.full((2, 3, 1), 255, np.uint8)] * 600 + [rng.integers(0, 256, (2, 3, 1), np.uint8) for _ in range(9)]
+    pixel_sum = dbmean.PixelSum((2, 3, 1))
+    for image in images:
+        pixel_sum.add(image)
+    np.testing.assert_array_equal(pixel_sum.flush(), np.sum(images, axis=0, dtype=np.uint64))
