@@ -332,3 +332,14 @@ def test_the_staged_sum_stays_exact_past_what_uint16_holds():
     for image in images:
         pixel_sum.add(image)
     np.testing.assert_array_equal(pixel_sum.flush(), np.sum(images, axis=0, dtype=np.uint64))
+
+
+def test_the_benchmark_harness_runs_on_a_tiny_corpus(tmp_path, capsys):
+    from benchmarks.mean_bench import main as bench
+
+    args = ["--generate", "12", "--rounds", "1", "--workers", "2", "--out", str(tmp_path / "r.txt")]
+    assert bench(args) == 0
+    lines = (tmp_path / "r.txt").read_text().splitlines()
+    assert lines[0] == "# python benchmarks/mean_bench.py " + " ".join(args)
+    assert [line.split(" | ")[0] for line in lines[4:]] == ["| one process, cv2.imdecode + numpy sum",
+                                                           "| etl mean --workers 1", "| etl mean --workers 2"]
