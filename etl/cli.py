@@ -139,6 +139,13 @@ def make_parser() -> argparse.ArgumentParser:
                            help="~17 KB records pushed through the writer for the serial ceiling")
         else:
             b.add_argument("--max-workers", type=int, help="sweep 1..N workers (default: 2 x cores)")
+    m = sub.add_parser("mean", help="the mean image of any Datum LMDB, as Caffe's compute_image_mean, on every core",
+                       description="Prints each channel's mean; writes the BlobProto to OUTPUT_FILE when given "
+                                   "(and NAME.jpg beside NAME.binaryproto).")
+    m.add_argument("db", metavar="DB", help="an LMDB folder of Datum records (etl, Caffe or DIGITS)")
+    m.add_argument("output", metavar="OUTPUT_FILE", nargs="?", help="where the mean BlobProto goes")
+    m.add_argument("--workers", type=int, help="worker processes (default: every usable core)")
+    m.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     d = sub.add_parser("demo", help="build a small ImageNet-like tree, convert it, verify it")
     d.add_argument("--out", help="keep the demo here (default: a temporary folder, removed at the end)")
     d.add_argument("--workers", type=int)
@@ -163,6 +170,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     check = verify(args.out_dir, progress=not args.quiet)
     print(render(check))
     return 1 if check.problems else 0
+
+
+def cmd_mean(args: argparse.Namespace) -> int:
+    from etl.dbmean import run_mean
+
+    return run_mean(args.db, args.output, args.workers, progress=not args.quiet)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -271,7 +284,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "demo": cmd_demo, "bench": cmd_bench, "tune": cmd_tune}
+COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "demo": cmd_demo, "bench": cmd_bench, "tune": cmd_tune,
+            "mean": cmd_mean}
 
 
 def main(argv: list[str] | None = None) -> int:

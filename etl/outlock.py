@@ -49,8 +49,9 @@ def exclusive(out: str | Path) -> Iterator[None]:
 
 
 @contextmanager
-def shared(out: str | Path) -> Iterator[None]:
-    """Held while a dataset is read whole (etl verify): no conversion may be writing it meanwhile."""
+def shared(out: str | Path, then: str = "verify it") -> Iterator[None]:
+    """Held while a dataset is read whole (etl verify, etl mean): no conversion may be writing it meanwhile.
+    `then`: what to do once that run has ended, in the refusal."""
     path = lock_path(out)
     if not path.parent.is_dir():  # no checkpoint folder (copied without it): nothing writes here through etl
         yield
@@ -61,7 +62,7 @@ def shared(out: str | Path) -> Iterator[None]:
         yield
         return
     try:
-        _lock(fd, fcntl.LOCK_SH, lambda: f"{out} is being written by an etl run ({_holder(path)}): verify it "
+        _lock(fd, fcntl.LOCK_SH, lambda: f"{out} is being written by an etl run ({_holder(path)}): {then} "
                                          "when that run has ended")
         yield
     finally:
