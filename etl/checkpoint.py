@@ -22,7 +22,7 @@ import numpy as np
 from etl import __version__
 from etl.layout import CHECKPOINT_DIR, JOB
 from etl.messages import Item, SplitState
-from etl.settings import UsageError
+from etl.settings import UsageError, default_of
 
 if TYPE_CHECKING:
     from etl.sources.base import Reader
@@ -111,11 +111,13 @@ class Checkpoint:
         if _release(started_by) > _release(__version__):
             raise UsageError(f"--resume: this run was started by etl {started_by}, newer than this etl "
                              f"{__version__}, and its checkpoint may not read here: resume it with etl {started_by}")
-        changed = [k for k in sorted(set(job["settings"]) | set(settings))
-                   if not _same_setting(k, job["settings"].get(k), settings.get(k))]
+        # An option newer than the first run's etl had its default there.
+        before = {**{k: default_of(k) for k in settings}, **job["settings"]}
+        changed = [k for k in sorted(set(before) | set(settings))
+                   if not _same_setting(k, before.get(k), settings.get(k))]
         if changed:
             k = changed[0]
-            raise UsageError(f"--resume needs the first run's settings: {k} was {job['settings'].get(k)!r}, "
+            raise UsageError(f"--resume needs the first run's settings: {k} was {before.get(k)!r}, "
                              f"now {settings.get(k)!r}")
         for split, digest in digests.items():
             if job["splits"].get(split) != digest:
@@ -176,9 +178,12 @@ class Checkpoint:
                          "matches that count; convert again with --overwrite")
 
 
+PATH_SETTINGS = ("train_dir", "val_dir", "val_labels", "root", "val_root", "labels")
+
+
 def _same_setting(name: str, before: Any, now: Any) -> bool:
     """Inputs are the same input however they are spelled (train/, ./train, its absolute path)."""
-    if (name.endswith("_dir") or name == "val_labels") and isinstance(before, str) and isinstance(now, str):
+    if name in PATH_SETTINGS and isinstance(before, str) and isinstance(now, str):
         return os.path.realpath(before) == os.path.realpath(now)
     return before == now
 

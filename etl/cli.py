@@ -80,6 +80,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     boxes: dict[str, Any] = {}
     for f in cli_order(fields(Settings)):
         o = opt_of(f)
+        if o.hidden:
+            continue
         if o.group not in boxes:
             boxes[o.group] = p.add_argument_group(o.group) if o.group else p
         box = boxes[o.group]
@@ -146,6 +148,8 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument("output", metavar="OUTPUT_FILE", nargs="?", help="where the mean BlobProto goes")
     m.add_argument("--workers", type=int, help="worker processes (default: every usable core)")
     m.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+    sub.add_parser("imageset", help="Caffe's convert_imageset, same flags: etl imageset [FLAGS] ROOTFOLDER/ LISTFILE "
+                                    "DB_NAME (etl imageset --help)", add_help=False)
     d = sub.add_parser("demo", help="build a small ImageNet-like tree, convert it, verify it")
     d.add_argument("--out", help="keep the demo here (default: a temporary folder, removed at the end)")
     d.add_argument("--workers", type=int)
@@ -170,6 +174,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     check = verify(args.out_dir, progress=not args.quiet)
     print(render(check))
     return 1 if check.problems else 0
+
+
+def cmd_imageset(argv: list[str]) -> int:
+    from etl.imageset import run_imageset
+
+    # fork, as cmd_convert: this process has run no OpenCV before its workers are forked
+    return run_imageset(argv, start_method="fork")
 
 
 def cmd_mean(args: argparse.Namespace) -> int:
@@ -293,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for stream in (sys.stdout, sys.stderr):  # names that are not UTF-8 print as escapes, never a traceback
         stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    given = sys.argv[1:] if argv is None else argv
     try:
+        if given[:1] == ["imageset"]:  # gflags' spellings, which argparse does not parse (-flag, --noflag)
+            return cmd_imageset(given[1:])
         args = make_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UsageError as exc:

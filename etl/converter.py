@@ -9,9 +9,10 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from etl.caffeimage import CaffeImage
 from etl.checkpoint import add_stamps, item_stamp
 from etl.codec import BadImage, Codec, Decoded, decode_budget
-from etl.datum import encode_datum
+from etl.datum import encode_caffe_datum, encode_datum
 from etl.meansum import SumLayout
 from etl.messages import ChunkResult, Failure, Item, Record, Task
 from etl.procs import peak_rss_kb
@@ -45,22 +46,32 @@ class WorkSpec:
     max_pixels: int
     strict: bool  # refuse images that decode only with a warning
     read_ahead: int = 0  # images read ahead of the one in hand (etl.readahead)
+    caffe_imageset: bool = False  # etl imageset: records as convert_imageset makes them (etl.caffeimage)
+    keep_size: bool = False
+    encode_type: str = ""
 
     @property
     def decode_pixels(self) -> int:
-        """The most pixels one decode may produce (etl.codec.decode_budget)."""
-        return decode_budget(self.width, self.height)
+        """The most pixels one decode may produce (etl.codec.decode_budget); a kept size, --max-pixels."""
+        return self.max_pixels if self.keep_size else decode_budget(self.width, self.height)
 
     @property
     def planar(self) -> bool:
         """Whether JPEGs can go through as YCbCr planes: colour JPEG output, and a mode that never pads."""
-        return self.encoding == "jpg" and self.channels == 3 and self.resize_mode in ("squash", "crop")
+        return (self.encoding == "jpg" and self.channels == 3 and self.resize_mode in ("squash", "crop")
+                and not self.caffe_imageset)
+
+    def caffe_image(self, codec: Codec) -> CaffeImage | None:
+        if not self.caffe_imageset:
+            return None
+        size = None if self.keep_size else (self.width, self.height)
+        return CaffeImage(codec, size, self.encoding != "none", self.encode_type, self.quality)
 
     @classmethod
     def for_split(cls, s: Settings, name: str, reader: Reader | None, keep_page_cache: bool) -> WorkSpec:
         options = {f.name: getattr(s, f.name) for f in fields(cls) if hasattr(s, f.name)}
-        return cls(reader, SPLIT_CODES[name], sum_pixels=(name == "train"), keep_page_cache=keep_page_cache,
-                   **options)
+        return cls(reader, SPLIT_CODES[name], sum_pixels=name == "train" and not s.caffe_imageset,
+                   keep_page_cache=keep_page_cache, **options)
 
 
 class ImageConverter:
@@ -73,6 +84,7 @@ class ImageConverter:
                  fault: FaultHook | None = None) -> None:
         self.spec = spec
         self.codec = Codec(spec.channels, spec.max_pixels, spec.decode_pixels)
+        self.caffe = spec.caffe_image(self.codec)
         self.gate = gate
         self.hold = hold or (lambda index: None)
         self.fault = fault
@@ -146,6 +158,8 @@ class ImageConverter:
 
         CPU time, not wall time: a throttled or slow read, or a worker waiting for a core, is not a
         stage's cost (throttling is reported on its own)."""
+        if self.caffe is not None:
+            return self._caffe_bytes(data, item, times)
         spec, clock = self.spec, time.thread_time
         t1 = clock()
         planes = self.codec.decode_planes(data, self._scale_chooser) if spec.planar else None
@@ -176,6 +190,34 @@ class ImageConverter:
             (self.sums.add_planes if planes is not None else self.sums.add_pixels)(pixel_sum, *out)
         return value, warning
 
+    def _caffe_bytes(self, data: bytes, item: Item, times: dict[str, float]) -> tuple[bytes, str | None]:
+        """convert_imageset's record: the file's own bytes when Caffe would store them, else decoded, resized
+        when asked (etl's squash), encoded or raw."""
+        assert self.caffe is not None
+        clock, t1 = time.thread_time, time.thread_time()
+        through, warning = self.caffe.passes_through(item.path, data)
+        if through:
+            self._refuse_warned(warning)
+            times["datum"] += clock() - t1
+            return encode_caffe_datum(data, item.label, None), warning
+        decoded = self.codec.decode(data, self._scale_chooser)
+        self._refuse_warned(decoded.warning)
+        t2 = clock()
+        pixels = decoded.pixels
+        if not self.spec.keep_size:
+            geo = plan_geometry(decoded.src_w, decoded.src_h, self.spec.width, self.spec.height, "squash")
+            pixels = self._fit(decoded, geo, item)
+        t3 = clock()
+        value = self.caffe.record(pixels, item.path, item.label)
+        times["decode"] += t2 - t1
+        times["resize"] += t3 - t2
+        times["encode"] += clock() - t3
+        return value, decoded.warning
+
+    def _refuse_warned(self, warning: str | None) -> None:
+        if warning and self.spec.strict:
+            raise BadImage(f"decoded only with a warning (--strict): {warning}")
+
     def _fit(self, decoded: Decoded | None, geo: Geometry, item: Item) -> np.ndarray:
         assert decoded is not None
         spec = self.spec
@@ -184,4 +226,6 @@ class ImageConverter:
 
     def _scale_chooser(self, src_w: int, src_h: int) -> int:
         s = self.spec
+        if s.keep_size:
+            return 1
         return dct_scale(src_w, src_h, plan_geometry(src_w, src_h, s.width, s.height, s.resize_mode), s.decode_pixels)

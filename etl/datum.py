@@ -51,6 +51,16 @@ def encode_datum(channels: int, height: int, width: int, data: bytes, label: int
     return b"".join(parts)
 
 
+def encode_caffe_datum(data: bytes, label: int, dims: tuple[int, int, int] | None) -> bytes:
+    """A Datum as Caffe serializes it: encoded (dims None): data, label, encoded=true (ReadFileToDatum and
+    imencode set no size); raw: channels, height, width, data, label and an explicit encoded=false
+    (CVMatToDatum sets it)."""
+    head = b"" if dims is None else b"".join(tag + _varint(n) for tag, n in zip((b"\x08", b"\x10", b"\x18"), dims,
+                                                                                   strict=True))
+    return b"".join((head, b"\x22", _varint(len(data)), data, b"\x28", _varint(label),
+                     b"\x38\x00" if dims is not None else b"\x38\x01"))
+
+
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:

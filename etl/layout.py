@@ -51,3 +51,40 @@ def skip_log_name(split: str) -> str:
 
 DATASET_FILES = (LABELS, *(list_name(s) for s in SPLITS), *(sums_name(s) for s in SPLITS), *MEAN_FILES, REPORT)
 DATASET_DIRS = (*(db_name(s) for s in SPLITS), CHECKPOINT_DIR)
+
+
+LMDB_FILES = ("data.mdb", "lock.mdb")
+
+
+class Layout:
+    """Where one run's outputs go. A DIGITS dataset folder (etl convert); or, for `etl imageset`, the folder
+    is itself the one LMDB environment, as Caffe's convert_imageset writes it, and etl's own files (list,
+    checksums, report) go into its checkpoint folder, where Caffe and DIGITS never look."""
+
+    def __init__(self, out_dir: str | Path, single_db: bool = False) -> None:
+        self.out, self.single_db = Path(out_dir), single_db
+
+    def db(self, split: str) -> Path:
+        return self.out if self.single_db else db_path(self.out, split)
+
+    def _own(self, name: str) -> Path:
+        return self.out / CHECKPOINT_DIR / name if self.single_db else self.out / name
+
+    def list(self, split: str) -> Path:
+        return self._own(list_name(split))
+
+    def sums(self, split: str) -> Path:
+        return self._own(sums_name(split))
+
+    @property
+    def report(self) -> Path:
+        return self._own(REPORT)
+
+    @property
+    def side_files(self) -> bool:
+        """Whether labels.txt, the mean files and an empty val.txt are written (DIGITS reads them)."""
+        return not self.single_db
+
+    def entries(self) -> tuple[str, ...]:
+        """The names in the output folder that make up a dataset (refused unless --overwrite, then cleared)."""
+        return (*LMDB_FILES, CHECKPOINT_DIR) if self.single_db else DATASET_FILES + DATASET_DIRS

@@ -24,9 +24,12 @@ MEAN_IMAGE_BYTES_PER_PIXEL = 160  # the sum loaded back and made into mean.binar
 JPEG_BYTES_PER_PIXEL = ((50, 0.45), (75, 0.65), (90, 0.95), (95, 1.2), (100, 2.0))
 
 
+KEPT_SIZE_PIXELS = 1 << 20  # etl imageset with no resize: images keep their size, budgeted as 1 MP (ImageNet: 0.2)
+
+
 def record_bytes(s: Settings) -> int:
     """One converted image as it crosses to the writer: the encoded image (an upper bound) and its envelope."""
-    pixels = s.width * s.height
+    pixels = KEPT_SIZE_PIXELS if s.keep_size else s.width * s.height
     if s.encoding == "jpg":
         qualities, rates = zip(*JPEG_BYTES_PER_PIXEL, strict=True)
         image = int(pixels * float(np.interp(s.quality, qualities, rates)))

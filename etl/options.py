@@ -31,6 +31,7 @@ class Opt:
     exclusive: str = ""  # options sharing this key are mutually exclusive on the command line
     alias: tuple[str, Any, str] | None = None  # (flag, value, help): another switch that stores a value
     after: str = ""  # list it in --help after this option instead of in field order
+    hidden: bool = False  # not an `etl convert` flag nor a preset key: set by another command (etl imageset)
 
 
 def option(default: Any, help: str, **declaration: Any) -> Any:

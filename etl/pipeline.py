@@ -13,7 +13,7 @@ from typing import Any
 
 from etl.checkpoint import Checkpoint, plan_digest
 from etl.errors import Interrupted, PipelineError, describe_write_error
-from etl.layout import CHECKPOINT_DIR, DATASET_DIRS, DATASET_FILES, JOB, LABELS, LOCK, list_path
+from etl.layout import CHECKPOINT_DIR, JOB, LABELS, LOCK
 from etl.meanimage import mean_image, write_mean
 from etl.meansum import mean_layout
 from etl.outlock import exclusive
@@ -39,7 +39,7 @@ def check_output(s: Settings) -> None:
         if not (out / CHECKPOINT_DIR / JOB).is_file():
             raise UsageError(f"nothing to resume in {out}: no checkpoint from an earlier run")
         return
-    existing = [n for n in DATASET_FILES + DATASET_DIRS if (out / n).exists() and not _only_the_lock(out / n)]
+    existing = [n for n in s.layout.entries() if (out / n).exists() and not _only_the_lock(out / n)]
     if existing and not s.overwrite:
         raise UsageError(f"{out} already holds a dataset ({existing[0]}): pass --resume to continue it "
                          "or --overwrite to replace it")
@@ -63,7 +63,7 @@ def clear_output(s: Settings, out: Path) -> None:
     """Clear an old dataset (only reached with --overwrite, or where there is none); the lock stays."""
     if s.resume:
         return
-    for name in DATASET_FILES + DATASET_DIRS:
+    for name in s.layout.entries():
         path = out / name
         if name == CHECKPOINT_DIR:
             for inner in path.iterdir():
@@ -108,6 +108,8 @@ def start_job(s: Settings, job: Plan, out: Path) -> None:
         checkpoint.start_job(s.output_settings(), digests)
     for source in job.sources:
         source.save(checkpoint.dir)
+    if not s.layout.side_files:
+        return
     (out / LABELS).write_text("".join(f"{name}\n" for name in job.labels), encoding="utf-8",
                               errors="surrogateescape")
 
@@ -144,12 +146,14 @@ def run_job(s: Settings, job: Plan, out: Path, runner: Runner, progress: bool) -
     with sigterm_as_interrupt():
         for split in job.splits:
             done.append(runner.run_split(split, s, out, cache, progress))
-        write_mean_files(s, out, done)
-    if not any(sp.name == "val" for sp in job.splits):
-        list_path(out, "val").write_text("")
-    report = write_report(str(out), s.output_settings(), job.labels, done, job.notes, resumed=s.resume)
+        if s.layout.side_files:
+            write_mean_files(s, out, done)
+    if not any(sp.name == "val" for sp in job.splits) and s.layout.side_files:
+        s.layout.list("val").write_text("")
+    report = write_report(s.layout.report, s.output_settings(), job.labels, done, job.notes, resumed=s.resume)
     if progress:
-        print(printable(summary_text(str(out), job.labels, done, job.notes)))
+        command = "etl imageset" if s.caffe_imageset else "etl convert"
+        print(printable(summary_text(str(out), job.labels, done, job.notes, s.layout.report, command)))
     return report
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.errors import UsageError
-from etl.layout import SPLITS
+from etl.layout import SPLITS, Layout
 from etl.options import kind_of, opt_of, option, problem
 
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
@@ -81,13 +81,15 @@ class Settings:
                                           "LOC_val_solution.csv, valprep.sh, Caffe val.txt, or name-WNID lines",
                                     after="val_pct")
     root: str | None = option(None, "the folder a TRAIN list's paths are under (default: the list's folder)",
-                              group=LISTS)
+                              group=LISTS, after="val_labels")
     val_root: str | None = option(None, "the folder a --val list's paths are under (default: the list's folder)",
-                                  group=LISTS)
+                                  group=LISTS, after="root")
     labels: str | None = option(None, "class names, line number = label: synsets.txt, synset_words.txt or "
-                                      "DIGITS' labels.txt (default: the label numbers)", group=LISTS)
+                                      "DIGITS' labels.txt (default: the label numbers)", group=LISTS,
+                                after="val_root")
     strict_list: bool = option(False, "stop before any work at a listed file that is missing (default: skip and "
-                                      "report it)", const=True, group=LISTS, output=False)
+                                      "report it)", const=True, group=LISTS, output=False,
+                                after="labels")
     val_pct: float | None = option(None, f"validation share per class, in % (default {DEFAULT_VAL_PCT:g} without "
                                          "--val)", exclusive="val", low=0, high=100, below=True)
     width: int = option(224, "output width (default {default})", low=1, high=16384)
@@ -136,6 +138,14 @@ class Settings:
                              "both, or auto (default): keep the input when it fits in half of the free memory, "
                              "drop the database", choices=PAGE_CACHE_MODES, group=DISK_IO, exclusive="page_cache",
                              alias=("--keep-page-cache", "keep", "the same as --page-cache keep"), output=False)
+    # etl imageset's (etl.imageset): convert_imageset's output, and its options that etl convert has no use for
+    caffe_imageset: bool = option(False, "OUT is one LMDB as convert_imageset writes it: its keys, its Datums",
+                                  hidden=True, preset=False)
+    keep_size: bool = option(False, "no resize: each image keeps its size", hidden=True, preset=False)
+    encode_type: str = option("", "the encoding of --encoded records; empty: each file's own extension",
+                              hidden=True, preset=False)
+    check_size: bool = option(False, "stop at a record whose size differs from the first's", hidden=True,
+                              preset=False, output=False)
 
     @property
     def worker_count(self) -> int:
@@ -148,12 +158,21 @@ class Settings:
             return 0.0
         return DEFAULT_VAL_PCT if self.val_pct is None else self.val_pct
 
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.out_dir, single_db=self.caffe_imageset)
+
     def output_settings(self) -> dict[str, Any]:
         """The options that decide the bytes written (not how fast they are written), in field order."""
         return {f.name: getattr(self, f.name) for f in fields(self) if opt_of(f).output}
 
 
 FIELDS = {f.name: f for f in fields(Settings)}
+def default_of(name: str) -> Any:
+    """An option's default (None for a name that is not an option)."""
+    return FIELDS[name].default if name in FIELDS else None
+
+
 PRESET_OPTIONS = frozenset(name for name, f in FIELDS.items() if opt_of(f).preset)
 CAP_OPTIONS = tuple(name for name, f in FIELDS.items() if opt_of(f).parse is parse_cap)
 

@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from etl.layout import REPORT
 from etl.messages import STAGES, Failure, Progress, WriterSummary
 from etl.procs import peak_rss_kb
 from etl.words import before_colon, cut_at_word, plural
@@ -106,7 +105,7 @@ def _writer_json(summary: WriterSummary | None) -> dict[str, Any] | None:
     return {k: v for k, v in asdict(summary).items() if k != "sum_chunks"}  # for the pipeline, not the report
 
 
-def write_report(out_dir: str, settings: dict[str, Any], labels: list[str], splits: list[SplitStats],
+def write_report(path: Path, settings: dict[str, Any], labels: list[str], splits: list[SplitStats],
                  notes: list[str], resumed: bool = False) -> dict[str, Any]:
     report = {
         "tool": "etl",
@@ -116,7 +115,6 @@ def write_report(out_dir: str, settings: dict[str, Any], labels: list[str], spli
         "notes": notes,
         "splits": {s.name: s.to_json(labels) for s in splits},
     }
-    path = Path(out_dir, REPORT)
     tmp = path.with_suffix(".json.tmp")
     # Names are the file system's bytes; bytes that are not UTF-8 arrive as lone surrogates (Python's
     # surrogateescape), which are written as the JSON escapes \udcXX: the file stays UTF-8 JSON, and
@@ -126,9 +124,10 @@ def write_report(out_dir: str, settings: dict[str, Any], labels: list[str], spli
     return report
 
 
-def summary_text(out_dir: str, labels: list[str], splits: list[SplitStats], notes: list[str]) -> str:
+def summary_text(out_dir: str, labels: list[str], splits: list[SplitStats], notes: list[str],
+                 report: Path | None = None, command: str = "etl convert") -> str:
     """The one-screen summary printed at the end of a run."""
-    lines = [f"etl convert: {plural(len(labels), 'class')} -> {out_dir}"]
+    lines = [f"{command}: {plural(len(labels), 'class')} -> {out_dir}"]
     for s in splits:
         lines.append(f"  {s.name:5s} {s.written:>9,d} written  {len(s.failures):>6,d} skipped  "
                      f"{len(s.warnings):>6,d} with warnings  {_pace(s)}")
@@ -140,7 +139,7 @@ def summary_text(out_dir: str, labels: list[str], splits: list[SplitStats], note
                          f"e.g. one {s.worker_losses[0]}")
         lines.extend(_reasons(s))
     lines.extend(f"  note: {n}" for n in notes)
-    lines.append(f"  report: {Path(out_dir, 'report.json')}")
+    lines.append(f"  report: {report or Path(out_dir, 'report.json')}")
     return "\n".join(lines)
 
 

@@ -14,11 +14,12 @@ from multiprocessing.connection import Listener
 from typing import Any
 
 from etl.checkpoint import Checkpoint, add_stamps
+from etl.datum import decode_datum
 from etl.door import accept_workers, receive_closing_word
 from etl.errors import UsageError, describe_write_error
-from etl.layout import db_path, list_path, skip_log_name
+from etl.layout import Layout, skip_log_name
 from etl.meansum import SumLayout
-from etl.messages import ChunkResult, Done, Progress, Ready, ResultsLink, SplitState, WriterError, WriterSummary
+from etl.messages import ChunkResult, Done, Progress, Ready, Record, ResultsLink, SplitState, WriterError, WriterSummary
 from etl.procs import child_signals, peak_rss_kb
 from etl.sinks import ListFiles, MeanSink, open_sink
 from etl.throttle import SharedState, TokenBucket
@@ -36,6 +37,31 @@ class WriterSpec:
     mean: SumLayout | None  # the train split sums its pixels for the mean image
     keep_page_cache: bool = False
     stop_at_failure: bool = False  # --on-error fail: a chunk with a bad file is not written, nor any after it
+    imageset: bool = False  # etl imageset: OUT is the LMDB, keys and layout as convert_imageset's (etl.layout.Layout)
+    check_size: bool = False  # etl imageset --check_size: every record the size of the first
+
+
+class SizeCheck:
+    """convert_imageset's --check_size: every record holds an image of the first one's size; the run stops at
+    the first that does not (Caffe aborts there too)."""
+
+    def __init__(self) -> None:
+        self.first: tuple[int, int, int] | None = None
+
+    def check(self, records: list[Record]) -> None:
+        for rec in records:
+            datum = decode_datum(rec.value)
+            size = (datum.channels, datum.height, datum.width)
+            if self.first is None:
+                self.first = size
+            elif size != self.first:
+                raise UsageError(f"--check_size: {rec.path} is {_size(size)}, the first image written is "
+                                 f"{_size(self.first)}; give --resize_width and --resize_height, or leave out "
+                                 "--check_size")
+
+
+def _size(size: tuple[int, int, int]) -> str:
+    return "{}x{}x{} (channels x height x width)".format(*size)
 
 
 class SplitWriter:
@@ -45,9 +71,12 @@ class SplitWriter:
     def __init__(self, spec: WriterSpec, budget: TokenBucket | None = None) -> None:
         self.spec = spec
         self.checkpoint = Checkpoint(spec.out_dir)
-        self.db = open_sink(db_path(spec.out_dir, spec.split), budget, spec.keep_page_cache)
-        self.lists = ListFiles(list_path(spec.out_dir, spec.split), self.checkpoint.path(skip_log_name(spec.split)),
+        layout = Layout(spec.out_dir, single_db=spec.imageset)
+        self.db = open_sink(layout.db(spec.split), layout.sums(spec.split), budget, spec.keep_page_cache,
+                            caffe_keys=spec.imageset)
+        self.lists = ListFiles(layout.list(spec.split), self.checkpoint.path(skip_log_name(spec.split)),
                                spec.list_prefix)
+        self.sizes = SizeCheck() if spec.check_size else None
         self.mean = MeanSink(spec.mean, self.checkpoint, spec.split) if spec.mean is not None else None
         self.summary = WriterSummary()
         self.state = SplitState()
@@ -67,6 +96,8 @@ class SplitWriter:
 
     def add(self, result: ChunkResult) -> None:
         t0 = time.perf_counter()
+        if self.sizes is not None:
+            self.sizes.check(result.records)
         self.db.add(result.records, self.summary.written)
         self.lists.add(result)
         for rec in result.records:

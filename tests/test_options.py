@@ -11,9 +11,10 @@ from etl.settings import PRESET_OPTIONS, Settings, UsageError, build_settings
 pytestmark = pytest.mark.quick
 
 # report.json's settings and the --resume check: this exact list, in this order
-OUTPUT_KEYS = ["train_dir", "val_dir", "val_labels", "val_pct", "width", "height", "resize_mode", "channels",
+OUTPUT_KEYS = ["train_dir", "val_dir", "val_labels", "root", "val_root", "labels", "val_pct", "width", "height", "resize_mode", "channels",
                "encoding", "quality", "seed", "shuffle", "min_per_class", "max_per_class", "relative_paths",
-               "max_pixels", "strict", "chunk_size"]
+               "max_pixels", "strict", "chunk_size", "caffe_imageset", "keep_size", "encode_type"]
+HIDDEN = {"caffe_imageset", "keep_size", "encode_type", "check_size"}  # etl imageset's, not etl convert's flags
 
 
 @pytest.fixture()
@@ -26,7 +27,8 @@ def test_every_field_is_declared_and_listed_once():
     names = [f.name for f in fields(Settings)]
     assert all(opt_of(f).help for f in fields(Settings))
     assert sorted(f.name for f in cli_order(fields(Settings))) == sorted(names)
-    assert PRESET_OPTIONS == set(names) - {"train_dir", "out_dir"}
+    assert PRESET_OPTIONS == set(names) - {"train_dir", "out_dir"} - HIDDEN
+    assert {f.name for f in fields(Settings) if opt_of(f).hidden} == HIDDEN
 
 
 def test_output_settings_are_the_options_that_change_the_bytes():
@@ -36,7 +38,7 @@ def test_output_settings_are_the_options_that_change_the_bytes():
 def test_parser_gives_every_option_and_no_defaults_of_its_own(folders):
     args = make_parser().parse_args(["convert", folders["train_dir"], folders["out_dir"]])
     values = {k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet")}
-    assert set(values) == {f.name for f in fields(Settings)}
+    assert set(values) == {f.name for f in fields(Settings)} - HIDDEN
     assert {k for k, v in values.items() if v is not None} == {"train_dir", "out_dir"}  # presets can fill the rest
     assert build_settings(values) == Settings(**folders)
 

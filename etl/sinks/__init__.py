@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from etl.layout import SUMS_SUFFIX
 from etl.messages import Record
 from etl.sinks.checksums import ChecksumSink
 from etl.sinks.lists import ListFiles
@@ -47,6 +46,8 @@ class Sink(Protocol):
         ...
 
 
-def open_sink(db_path: Path, budget: TokenBucket | None, keep_page_cache: bool) -> Sink:
-    """The database sink for one split, with its checksum sidecar beside the folder (train_db.sums)."""
-    return ChecksumSink(LmdbSink(db_path, budget, keep_page_cache), db_path.with_name(db_path.name + SUMS_SUFFIX))
+def open_sink(db_path: Path, sums_path: Path, budget: TokenBucket | None, keep_page_cache: bool,
+              caffe_keys: bool = False) -> Sink:
+    """The database sink for one split, with its checksum sidecar (train_db.sums); caffe_keys: keys as
+    convert_imageset makes them (etl.sinks.lmdb.caffe_key)."""
+    return ChecksumSink(LmdbSink(db_path, budget, keep_page_cache, caffe_keys), sums_path)

@@ -62,7 +62,7 @@ class ChecksumSink:
 
     def add(self, records: Sequence[Record], first_index: int) -> None:
         self.db.add(records, first_index)
-        self.lines.extend(b"%08d_%d %s\n" % (first_index + i, rec.label, record_sum(rec.value, rec.crc))
+        self.lines.extend(b"%s %s\n" % (self.db.key(rec, first_index + i), record_sum(rec.value, rec.crc))
                           for i, rec in enumerate(records))
 
     @property

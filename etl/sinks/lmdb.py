@@ -1,8 +1,10 @@
-"""LMDB sink: one environment per split, keys '%08d_%d' % (write index, label), one transaction per commit."""
+"""LMDB sink: one environment per split, keys '%08d_%d' % (write index, label) (or convert_imageset's), one
+transaction per commit."""
 
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +16,17 @@ from etl.throttle import TokenBucket, drop_written_pages
 
 INITIAL_MAP_SIZE = 1 << 30  # grows by doubling; the file is sparse, so this is not disk used
 APPEND_LIMIT = 10**8  # '%08d' keys stay in byte order below this; append mode needs that
+
+
+def digits_key(rec: Record, index: int) -> bytes:
+    """DIGITS' key: the record's place among those written, and its label."""
+    return b"%08d_%d" % (index, rec.label)
+
+
+def caffe_key(rec: Record, index: int) -> bytes:
+    """convert_imageset's key: the item's line in the (shuffled) list, which a skipped image leaves unused, and
+    its path as listed."""
+    return b"%08d_%s" % (rec.index, os.fsencode(rec.path))
 
 
 def _open(path: Path) -> lmdb.Environment:
@@ -36,8 +49,10 @@ class LmdbSink:
     """Puts records under their keys, commits a batch in one transaction, grows the map when it fills,
     and lets the kernel drop what a synced commit wrote."""
 
-    def __init__(self, path: Path, budget: TokenBucket | None = None, keep_page_cache: bool = False) -> None:
+    def __init__(self, path: Path, budget: TokenBucket | None = None, keep_page_cache: bool = False,
+                 caffe_keys: bool = False) -> None:
         self.path, self.budget, self.keep_page_cache = path, budget, keep_page_cache
+        self.key = caffe_key if caffe_keys else digits_key
         path.mkdir(parents=True, exist_ok=True)
         # LMDB's defaults: sync and metasync on, writemap off. Every commit is durable before the
         # checkpoint names it, so not even a power loss can leave the two disagreeing.
@@ -52,10 +67,7 @@ class LmdbSink:
 
     def add(self, records: Sequence[Record], first_index: int) -> None:
         """Queue records for the next commit, keyed by their place in the split's write order."""
-        index = first_index
-        for rec in records:
-            self.batch.append((b"%08d_%d" % (index, rec.label), rec.value))
-            index += 1
+        self.batch.extend((self.key(rec, first_index + i), rec.value) for i, rec in enumerate(records))
 
     @property
     def pending(self) -> int:

@@ -1,0 +1,158 @@
+"""`etl imageset`: Caffe's convert_imageset command line (gflags spellings) run on the etl engine."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from typing import Any, NamedTuple
+
+from etl.errors import UsageError
+from etl.settings import DEFAULT_SEED, Settings, build_settings
+
+USAGE = ("etl imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME: convert a 'path label' list of images under "
+         "ROOTFOLDER into the LMDB DB_NAME, as Caffe's convert_imageset does, on every core")
+
+
+class Flag(NamedTuple):
+    kind: type  # bool, int or str
+    default: Any
+    help: str
+
+
+CAFFE_FLAGS: dict[str, Flag] = {
+    "gray": Flag(bool, False, "treat images as grayscale ones"),
+    "shuffle": Flag(bool, False, "shuffle the order of images and their labels (seeded: --seed)"),
+    "backend": Flag(str, "lmdb", "the backend for storing the result (only lmdb)"),
+    "resize_width": Flag(int, 0, "width images are resized to (with --resize_height; 0: no resize)"),
+    "resize_height": Flag(int, 0, "height images are resized to (with --resize_width; 0: no resize)"),
+    "check_size": Flag(bool, False, "stop at an image whose size differs from the first one's"),
+    "encoded": Flag(bool, False, "store the encoded image (the file itself where no change is asked) in the datum"),
+    "encode_type": Flag(str, "", "the encoding of --encoded images ('png', 'jpg', ...; empty: the file's own)"),
+}
+ETL_FLAGS: dict[str, Flag] = {
+    "quality": Flag(int, 95, "JPEG quality of images --encoded as jpg (95, as OpenCV's default)"),
+    "seed": Flag(int, DEFAULT_SEED, "the seed of --shuffle: the same seed gives the same order"),
+    "workers": Flag(int, 0, "worker processes (0: every usable core)"),
+    "resume": Flag(bool, False, "continue an interrupted run exactly where it stopped"),
+    "overwrite": Flag(bool, False, "replace DB_NAME when it holds a database"),
+    "on_error": Flag(str, "skip", "skip bad images and report them (skip), or stop at the first one (fail)"),
+    "strict": Flag(bool, False, "skip images libjpeg decodes only with a warning"),
+    "max_read_mbps": Flag(str, "", "cap on MB/s the workers read"),
+    "max_write_mbps": Flag(str, "", "cap on MB/s the writer writes"),
+    "max_iops": Flag(str, "", "cap on input files opened per second"),
+    "quiet": Flag(bool, False, "no progress bar or summary"),
+}
+FLAGS = {**CAFFE_FLAGS, **ETL_FLAGS}
+FLAG = re.compile(r"^--?([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$", re.S)
+
+
+def _unknown(name: str) -> UsageError:
+    close = difflib.get_close_matches(name, list(FLAGS), 1)
+    hint = f"; did you mean --{close[0]}?" if close else ""
+    return UsageError(f"etl imageset: unknown flag --{name}{hint}")
+
+
+def _value(name: str, text: str) -> Any:
+    kind = FLAGS[name].kind
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0", "t", "f", "yes", "no", "y", "n"):
+            raise UsageError(f"etl imageset: --{name} takes true or false, got '{text}'")
+        return text.lower() in ("true", "1", "t", "yes", "y")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"etl imageset: --{name} takes a whole number, got '{text}'") from None
+    return text
+
+
+def parse_gflags(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Flags as gflags reads them (-flag, --flag, --flag=value, --flag value, --noflag; anywhere among the
+    arguments; '--' ends them), and the positional arguments."""
+    flags = {name: flag.default for name, flag in FLAGS.items()}
+    positional: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        match = FLAG.match(arg)
+        if arg == "--":
+            positional.extend(args)
+            break
+        if match is None:
+            positional.append(arg)
+            continue
+        name, text = match[1], match[2]
+        if name not in FLAGS and name.startswith("no") and FLAGS.get(name[2:], Flag(str, "", "")).kind is bool \
+                and text is None:
+            flags[name[2:]] = False
+            continue
+        if name not in FLAGS:
+            raise _unknown(name)
+        if text is None and FLAGS[name].kind is not bool:
+            text = next(args, None)
+            if text is None:
+                raise UsageError(f"etl imageset: --{name} needs a value")
+        flags[name] = True if text is None else _value(name, text)
+    return flags, positional
+
+
+def usage_text() -> str:
+    lines = [USAGE, "", "convert_imageset's flags:"]
+    lines += [f"  --{name}  {flag.help} (default: {flag.default!r})" for name, flag in CAFFE_FLAGS.items()]
+    lines += ["", "etl's:"]
+    lines += [f"  --{name}  {flag.help} (default: {flag.default!r})" for name, flag in ETL_FLAGS.items()]
+    return "\n".join(lines)
+
+
+def imageset_settings(flags: dict[str, Any], positional: list[str]) -> Settings:
+    """The etl settings that make convert_imageset's database."""
+    if len(positional) != 3:
+        raise UsageError(f"etl imageset takes ROOTFOLDER/ LISTFILE DB_NAME, got {len(positional)} argument"
+                         f"{'' if len(positional) == 1 else 's'} (etl imageset --help for the flags)")
+    if flags["backend"] != "lmdb":
+        raise UsageError(f"etl imageset writes LMDB only: --backend {flags['backend']} is not supported "
+                         "(Caffe's data layer reads LMDB as well: give --backend lmdb)")
+    width, height = flags["resize_width"], flags["resize_height"]
+    if width < 0 or height < 0:
+        raise UsageError("--resize_width and --resize_height must be 0 (no resize) or more")
+    if flags["check_size"] and flags["encoded"]:
+        raise UsageError("--check_size compares raw images' sizes, and --encoded records hold no size (Caffe's "
+                         "check fails on them): leave out one of the two")
+    root, listfile, db = positional
+    _check_inputs(root, listfile)
+    keep = not (width > 0 and height > 0)  # Caffe resizes only when both are given
+    encoding = ("png" if flags["encode_type"].lower() == "png" else "jpg") if flags["encoded"] else "none"
+    caps = {k: flags[k] for k in ("max_read_mbps", "max_write_mbps", "max_iops") if flags[k]}
+    values = {"train_dir": listfile, "root": root, "out_dir": db, "caffe_imageset": True, "val_pct": 0.0,
+              "keep_size": keep, "width": width if not keep else 256, "height": height if not keep else 256,
+              "channels": 1 if flags["gray"] else 3, "encoding": encoding, "encode_type": flags["encode_type"],
+              "check_size": flags["check_size"], "shuffle": flags["shuffle"],
+              **{k: flags[k] for k in ("quality", "seed", "workers", "resume", "overwrite", "on_error", "strict")},
+              **caps}
+    return build_settings(values)
+
+
+def _check_inputs(root: str, listfile: str) -> None:
+    from etl.sources.listfile import looks_like_list
+
+    if not os.path.isdir(root):
+        raise UsageError(f"ROOTFOLDER not found: {root} (the folder the list's paths are under)")
+    if not os.path.isfile(listfile):
+        raise UsageError(f"LISTFILE not found: {listfile}")
+    if not looks_like_list(listfile):
+        raise UsageError(f"LISTFILE {listfile} does not start with a 'path label' line")
+
+
+HELP = ("-h", "-help", "--help", "-helpfull", "--helpfull")
+
+
+def run_imageset(argv: list[str], start_method: str | None = None) -> int:
+    from etl.pipeline import convert
+
+    if any(arg in HELP for arg in argv):
+        print(usage_text())
+        return 0
+    flags, positional = parse_gflags(argv)
+    settings = imageset_settings(flags, positional)
+    convert(settings, progress=not flags["quiet"], start_method=start_method)
+    return 0
