@@ -1,0 +1,204 @@
+"""`etl imageset`: convert_imageset's flags, keys and Datums, checked with the protobuf runtime on tests/caffe.proto."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from etl.cli import main
+from etl.imageset import imageset_settings, parse_gflags
+from etl.memory import commit_records
+from etl.pipeline import convert
+from etl.settings import UsageError
+
+from .conftest import gradient, jpeg, run_cli
+from .test_end_to_end import all_records
+
+SIZES = [(40, 30), (33, 47), (64, 20), (25, 25), (50, 36)]
+
+
+@pytest.fixture()
+def images(tmp_path) -> tuple[Path, Path]:
+    """ROOTFOLDER with colour JPEGs of several sizes (one with a space in its name), a gray one and a PNG,
+    and Caffe's list of them."""
+    root = tmp_path / "root"
+    (root / "cls a").mkdir(parents=True)
+    (root / "b").mkdir()
+    lines = []
+    for n, (w, h) in enumerate(SIZES):
+        name = f"cls a/im {n}.JPEG" if n % 2 else f"b/im{n}.jpg"
+        (root / name).write_bytes(jpeg(np.roll(gradient(w, h), n * 7, axis=1), quality=92))
+        lines.append(f"{name} {n % 3}")
+    (root / "b/gray.jpg").write_bytes(jpeg(gradient(30, 20)[:, :, 0], quality=90))
+    Image.fromarray(gradient(21, 13)).save(root / "b/pic.png")
+    lines += ["b/gray.jpg 1", "b/pic.png 2"]
+    listed = tmp_path / "train.txt"
+    listed.write_text("\n".join(lines) + "\n")
+    return root, listed
+
+
+def run(root: Path, listed: Path, db: Path, *flags: str) -> dict:
+    """etl imageset in this process (its workers from a forkserver), as the command line would run it."""
+    values, positional = parse_gflags([*flags, f"{root}/", str(listed), str(db)])
+    return convert(imageset_settings({**values, "workers": 2}, positional), progress=False)
+
+
+def datums(db: Path, caffe_pb2) -> list[tuple[str, object]]:
+    out = []
+    for key, value in all_records(db):
+        d = caffe_pb2.Datum()
+        d.ParseFromString(value)
+        out.append((key.decode(), d))
+    return out
+
+
+def listed_pairs(listed: Path) -> list[tuple[str, int]]:
+    return [(p, int(label)) for p, label in (line.rsplit(" ", 1) for line in listed.read_text().splitlines())]
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("argv, expected", [
+    (["-shuffle", "--gray"], {"shuffle": True, "gray": True}),
+    (["--shuffle=false", "--nogray"], {"shuffle": False, "gray": False}),
+    (["--resize_width=256", "-resize_height", "128"], {"resize_width": 256, "resize_height": 128}),
+    (["--encoded", "--encode_type=png", "--backend", "lmdb"], {"encoded": True, "encode_type": "png"}),
+    (["-check_size=true", "--quality=80", "--seed=7"], {"check_size": True, "quality": 80, "seed": 7}),
+])
+def test_flags_as_gflags_spells_them(argv, expected):
+    flags, positional = parse_gflags(["root/", *argv, "list.txt", "db"])
+    assert {k: flags[k] for k in expected} == expected
+    assert positional == ["root/", "list.txt", "db"]
+
+
+@pytest.mark.quick
+def test_bad_flags_and_arguments_stop_with_one_line(images, tmp_path, capsys):
+    root, listed = images
+    cases = [
+        (["--resize_widht=3", str(root), str(listed), "db"],
+         "unknown flag --resize_widht; did you mean --resize_width?"),
+        (["--shuffle=maybe", str(root), str(listed), "db"], "--shuffle takes true or false"),
+        (["--backend", "leveldb", str(root), str(listed), "db"], "--backend leveldb is not supported"),
+        (["--encoded", "--check_size", str(root), str(listed), "db"], "--check_size compares raw images"),
+        ([str(root), str(listed)], "takes ROOTFOLDER/ LISTFILE DB_NAME, got 2 arguments"),
+        ([str(tmp_path / "nope"), str(listed), "db"], "ROOTFOLDER not found"),
+        ([str(root), str(root / "b/pic.png"), "db"], "does not start with a 'path label' line"),
+    ]
+    for argv, message in cases:
+        assert main(["imageset", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert main(["imageset", "--help"]) == 0
+    assert "--resize_width" in capsys.readouterr().out
+
+
+def test_raw_records_are_bgr_pixels_keyed_by_line_and_path(images, tmp_path, caffe_pb2):
+    root, listed = images
+    db = tmp_path / "db"
+    run(root, listed, db)
+    got = datums(db, caffe_pb2)
+    pairs = listed_pairs(listed)
+    assert [k for k, _ in got] == [f"{i:08d}_{p}" for i, (p, _) in enumerate(pairs)]
+    for (key, d), (path, label) in zip(got, pairs, strict=True):
+        bgr = cv2.imread(str(root / path), cv2.IMREAD_COLOR)  # OpenCV, as Caffe reads it
+        assert (d.channels, d.height, d.width) == (3, *bgr.shape[:2]), key
+        assert d.HasField("encoded") and not d.encoded and d.label == label
+        pixels = np.frombuffer(d.data, np.uint8).reshape(3, *bgr.shape[:2]).transpose(1, 2, 0)
+        assert np.abs(pixels.astype(int) - bgr).max() <= 1, key
+    assert sorted(os.listdir(db)) == [".etl", "data.mdb", "lock.mdb"]  # no DIGITS side files
+    assert not (tmp_path / "labels.txt").exists()
+
+
+def test_encoded_without_resize_stores_the_files_own_bytes(images, tmp_path, caffe_pb2):
+    root, listed = images
+    db = tmp_path / "db"
+    run(root, listed, db, "--encoded")
+    for (key, d), (path, label) in zip(datums(db, caffe_pb2), listed_pairs(listed), strict=True):
+        assert d.data == (root / path).read_bytes(), key
+        assert d.encoded and d.label == label
+        assert not d.HasField("channels") and not d.HasField("height") and not d.HasField("width")
+
+
+def test_encoded_with_another_type_or_a_resize_is_encoded_again(images, tmp_path, caffe_pb2):
+    root, listed = images
+    as_png = tmp_path / "png"
+    run(root, listed, as_png, "--encoded", "--encode_type=png")
+    for (key, d), (path, _) in zip(datums(as_png, caffe_pb2), listed_pairs(listed), strict=True):
+        im = Image.open(io.BytesIO(d.data))
+        assert im.format == "PNG" and im.size == Image.open(root / path).size, key
+        assert (d.data == (root / path).read_bytes()) == path.endswith(".png")  # a PNG passes through
+    resized = tmp_path / "resized"
+    run(root, listed, resized, "--encoded", "--resize_width=32", "--resize_height=24")
+    for (key, d), (path, _) in zip(datums(resized, caffe_pb2), listed_pairs(listed), strict=True):
+        im = Image.open(io.BytesIO(d.data))
+        assert im.size == (32, 24) and im.format == ("PNG" if path.endswith(".png") else "JPEG"), key
+
+
+def test_gray_stores_one_channel_and_passes_only_gray_files_through(images, tmp_path, caffe_pb2):
+    root, listed = images
+    raw = tmp_path / "raw"
+    run(root, listed, raw, "--gray", "--resize_width=16", "--resize_height=8")
+    assert all((d.channels, d.height, d.width, len(d.data)) == (1, 8, 16, 128) for _, d in datums(raw, caffe_pb2))
+    enc = tmp_path / "enc"
+    run(root, listed, enc, "--gray", "--encoded")
+    for (key, d), (path, _) in zip(datums(enc, caffe_pb2), listed_pairs(listed), strict=True):
+        assert Image.open(io.BytesIO(d.data)).mode == "L", key
+        assert (d.data == (root / path).read_bytes()) == (path == "b/gray.jpg"), key
+
+
+def test_a_skipped_image_leaves_its_key_index_unused(images, tmp_path, caffe_pb2):
+    root, listed = images
+    (root / "b/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    lines = listed.read_text().splitlines()
+    lines.insert(2, "b/broken.jpg 0")
+    lines.insert(4, "b/missing.jpg 1")
+    listed.write_text("\n".join(lines) + "\n")
+    report = run(root, listed, tmp_path / "db")
+    assert report["splits"]["train"]["skipped"] == 2
+    keys = [k for k, _ in datums(tmp_path / "db", caffe_pb2)]
+    assert [int(k[:8]) for k in keys] == [i for i in range(len(lines)) if i not in (2, 4)]
+
+
+def test_shuffle_is_seeded_and_keys_follow_the_shuffled_order(images, tmp_path, caffe_pb2):
+    root, listed = images
+    orders = []
+    for name, seed in (("a", "1385"), ("b", "1385"), ("c", "7")):
+        run(root, listed, tmp_path / name, "--shuffle", f"--seed={seed}", "--encoded")
+        orders.append([k for k, _ in datums(tmp_path / name, caffe_pb2)])
+    assert orders[0] == orders[1] != orders[2]
+    assert [int(k[:8]) for k in orders[0]] == list(range(len(orders[0])))
+    paths = [k[9:] for k in orders[0]]
+    assert sorted(paths) == sorted(p for p, _ in listed_pairs(listed)) and paths != [p for p, _ in listed_pairs(listed)]
+
+
+def test_check_size_stops_at_an_image_of_another_size(images, tmp_path):
+    root, listed = images
+    with pytest.raises(Exception, match=r"--check_size: .* is 3x47x33 .*the first image written is 3x30x40"):
+        run(root, listed, tmp_path / "odd", "--check_size")
+    run(root, listed, tmp_path / "even", "--check_size", "--resize_width=8", "--resize_height=8")
+
+
+def test_commits_every_1000_records_and_refuses_an_existing_database(images, tmp_path):
+    root, listed = images
+    for flags in (["--encoded"], ["--resize_width=256", "--resize_height=256"]):
+        values, positional = parse_gflags([*flags, str(root), str(listed), str(tmp_path / "db")])
+        assert commit_records(imageset_settings(values, positional)) == 1000, flags
+    run(root, listed, tmp_path / "db")
+    with pytest.raises(UsageError, match="already holds a dataset"):
+        run(root, listed, tmp_path / "db")
+
+
+def test_the_command_line_end_to_end(images, tmp_path):
+    root, listed = images
+    db = tmp_path / "db"
+    done = run_cli("imageset", "-encoded", f"{root}/", str(listed), str(db), "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    assert "etl imageset:" in done.stdout and str(db / ".etl" / "report.json") in done.stdout
+    assert len(all_records(db)) == len(listed_pairs(listed))
+    mean = run_cli("mean", str(db))
+    assert mean.returncode == 2 and "same size" in mean.stderr  # no resize: the sizes differ, as in Caffe
