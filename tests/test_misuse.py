@@ -282,9 +282,10 @@ def test_the_smaller_plan_messages_say_what_is_true(tmp_path):
     flat = tree_of(tmp_path / "flat", {"1.jpg": small_jpeg()})
     out = str(tmp_path / "o")
     cases = [
-        (["convert", str(train / "a" / "1.jpg"), out], f"train folder {train / 'a' / '1.jpg'} is not a folder nor a "
-                                                       "tar archive: give the folder that holds one sub-folder per "
-                                                       "class, or a tar of class tars or class folders"),
+        (["convert", str(train / "a" / "1.jpg"), out], f"train folder {train / 'a' / '1.jpg'} is not a folder, a tar "
+                                                       "archive nor a list file: give the folder that holds one "
+                                                       "sub-folder per class, a tar of class tars or class folders, "
+                                                       "or a file of 'path label' lines"),
         (["convert", str(train), out, "--min-per-class", "5"], "every class has fewer than --min-per-class 5 images "
                                                                "(the largest has 2): lower --min-per-class"),
         (["convert", str(train), out, "--val-dir", str(flat)], f"no images found in class sub-folders of the val "
