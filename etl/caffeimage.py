@@ -49,7 +49,8 @@ class CaffeImage:
 
     def encoding(self, path: str) -> str:
         """The encoding of this image's record ('' for raw): --encode_type, or its extension (Caffe's guess)."""
-        return (self.encode_type or extension(path)) if self.encoded else ""
+        # a name with no extension: PNG, as for any extension other than JPEG's (Caffe's imencode fails there)
+        return (self.encode_type or extension(path) or "png") if self.encoded else ""
 
     def passes_through(self, path: str, data: bytes) -> tuple[bool, str | None]:
         """(whether the file's bytes go in as they are, a warning): Caffe's rule (encoded, no resize, the
@@ -60,6 +61,11 @@ class CaffeImage:
         header = self.header(data)
         if self.codec.channels == 1 and not header.gray:
             return False, None
+        if not data.startswith(JPEG_MAGIC):
+            # Caffe decodes every file it passes through, and skips what does not decode. A JPEG's header
+            # and end marker are checked (a full decode would cost what passing it through saves); other
+            # formats (PNG, BMP: rare, and no end marker to look at) are decoded.
+            self.codec.decode(data, lambda w, h: 1)
         return True, _cut_warning(data)
 
     def header(self, data: bytes) -> Header:

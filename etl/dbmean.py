@@ -21,6 +21,7 @@ from turbojpeg import TJFLAG_STOPONWARNING, TJPF_BGR, TJPF_GRAY, TJSAMP_GRAY, TJ
 from etl.codec import JPEG_MAGIC, libjpeg_warnings
 from etl.datum import Datum, decode_datum, encode_blobproto
 from etl.errors import PipelineError, UsageError
+from etl.layout import CHECKPOINT_DIR
 from etl.outlock import shared
 from etl.procs import child_signals, die_with_parent, mp_context
 from etl.reader import DamagedDatabase, open_checked
@@ -175,7 +176,7 @@ def raw_pixels(datum: Datum) -> np.ndarray:
     shape = Shape(datum.channels, datum.height, datum.width)
     need = shape.channels * shape.height * shape.width
     if need <= 0 or len(datum.data) != need:
-        raise RecordError(f"its data holds {plural(len(datum.data), 'byte')}, its size {shape} needs {need:,d}")
+        raise RecordError(f"holds {plural(len(datum.data), 'byte')} of data, where its size {shape} needs {need:,d}")
     return np.frombuffer(datum.data, np.uint8).reshape(shape).transpose(1, 2, 0)
 
 
@@ -203,9 +204,9 @@ def decode_opencv(data: bytes) -> np.ndarray:
     alpha channel stays, no EXIF rotation); Caffe refuses anything but 8-bit pixels."""
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
-        raise RecordError("its data is not an image OpenCV can decode")
+        raise RecordError("holds data that is not an image OpenCV can decode")
     if pixels.dtype != np.uint8:
-        raise RecordError(f"its image has {pixels.dtype.itemsize * 8}-bit pixels; Caffe's mean takes 8-bit only")
+        raise RecordError(f"holds {pixels.dtype.itemsize * 8}-bit pixels; Caffe's mean takes 8-bit only")
     return pixels
 
 
@@ -382,12 +383,18 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _owner(db: Path) -> Path:
+    """The folder whose lock an etl run writing this database holds: the database itself (etl imageset), or
+    the dataset folder around it (etl convert)."""
+    return db if (db / CHECKPOINT_DIR).is_dir() else db.parent
+
+
 def run_mean(db: str, output: str | None, workers: int | None = None, progress: bool = True) -> int:
     """`etl mean DB [OUTPUT_FILE]`: the means printed; the files written when OUTPUT_FILE is given.
     workers: None for every usable core."""
     if output is not None:
         check_output_path(Path(output))  # before the work, not after it
-    with shared(Path(db).parent, "take the mean"):  # a database etl is writing is not read meanwhile
+    with shared(_owner(Path(db)), "take the mean"):  # a database etl is writing is not read meanwhile
         result = compute_mean(db, usable_cores() if workers is None else workers, progress)
     written = write_outputs(result, Path(output)) if output is not None else []
     print(render_means(result))

@@ -41,6 +41,7 @@ ETL_FLAGS: dict[str, Flag] = {
     "max_read_mbps": Flag(str, "", "cap on MB/s the workers read"),
     "max_write_mbps": Flag(str, "", "cap on MB/s the writer writes"),
     "max_iops": Flag(str, "", "cap on input files opened per second"),
+    "max_buffer_mb": Flag(int, 1024, "MB that converted images in flight and awaiting a commit may hold"),
     "quiet": Flag(bool, False, "no progress bar or summary"),
 }
 FLAGS = {**CAFFE_FLAGS, **ETL_FLAGS}
@@ -115,21 +116,47 @@ def imageset_settings(flags: dict[str, Any], positional: list[str]) -> Settings:
     width, height = flags["resize_width"], flags["resize_height"]
     if width < 0 or height < 0:
         raise UsageError("--resize_width and --resize_height must be 0 (no resize) or more")
-    if flags["check_size"] and flags["encoded"]:
+    if (width > 0) != (height > 0):
+        raise UsageError("give both --resize_width and --resize_height, or neither (Caffe resizes only when both "
+                         "are given, and ignores one alone)")
+    if flags["check_size"] and (flags["encoded"] or flags["encode_type"]):
         raise UsageError("--check_size compares raw images' sizes, and --encoded records hold no size (Caffe's "
                          "check fails on them): leave out one of the two")
     root, listfile, db = positional
+    root = root or "."  # Caffe joins ROOTFOLDER and the path as text: an empty one reads from here
     _check_inputs(root, listfile)
-    keep = not (width > 0 and height > 0)  # Caffe resizes only when both are given
-    encoding = ("png" if flags["encode_type"].lower() == "png" else "jpg") if flags["encoded"] else "none"
+    keep = width == 0
+    encoded = flags["encoded"] or bool(flags["encode_type"])  # convert_imageset: "assuming encoded=true"
+    encoding = ("png" if flags["encode_type"].lower() == "png" else "jpg") if encoded else "none"
     caps = {k: flags[k] for k in ("max_read_mbps", "max_write_mbps", "max_iops") if flags[k]}
     values = {"train_dir": listfile, "root": root, "out_dir": db, "caffe_imageset": True, "val_pct": 0.0,
               "keep_size": keep, "width": width if not keep else 256, "height": height if not keep else 256,
               "channels": 1 if flags["gray"] else 3, "encoding": encoding, "encode_type": flags["encode_type"],
               "check_size": flags["check_size"], "shuffle": flags["shuffle"],
-              **{k: flags[k] for k in ("quality", "seed", "workers", "resume", "overwrite", "on_error", "strict")},
+              **{k: flags[k] for k in ("quality", "seed", "workers", "resume", "overwrite", "on_error", "strict",
+                                       "max_buffer_mb")},
               **caps}
-    return build_settings(values)
+    try:
+        return build_settings(values)
+    except UsageError as exc:
+        raise UsageError(in_flags(str(exc))) from None
+
+
+# etl convert's names in a message, as etl imageset's flags spell them
+FLAG_NAMES = {"--width": "--resize_width", "--height": "--resize_height", "--on-error": "--on_error",
+              "--max-read-mbps": "--max_read_mbps", "--max-write-mbps": "--max_write_mbps", "--max-iops": "--max_iops",
+              "--max-buffer-mb": "--max_buffer_mb", "--root": "ROOTFOLDER", "width was": "--resize_width was",
+              "height was": "--resize_height was", "keep_size was": "the resize (--resize_width) was",
+              "channels was 3, now 1": "--gray was off, now on", "channels was 1, now 3": "--gray was on, now off",
+              "encoding was": "--encoded was",
+              "encode_type was": "--encode_type was", "shuffle was": "--shuffle was", "seed was": "--seed was",
+              "quality was": "--quality was", "train_dir was": "LISTFILE was", "root was": "ROOTFOLDER was"}
+
+
+def in_flags(message: str) -> str:
+    for name, flag in FLAG_NAMES.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
+    return message
 
 
 def _check_inputs(root: str, listfile: str) -> None:
@@ -154,5 +181,8 @@ def run_imageset(argv: list[str], start_method: str | None = None) -> int:
         return 0
     flags, positional = parse_gflags(argv)
     settings = imageset_settings(flags, positional)
-    convert(settings, progress=not flags["quiet"], start_method=start_method)
+    try:
+        convert(settings, progress=not flags["quiet"], start_method=start_method)
+    except UsageError as exc:  # a resume's refusal names the settings: say them as flags
+        raise UsageError(in_flags(str(exc))) from None
     return 0

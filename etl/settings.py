@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.errors import UsageError
-from etl.layout import SPLITS, Layout
+from etl.layout import LABELS, SPLITS, Layout
 from etl.options import kind_of, opt_of, option, problem
 
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
@@ -305,6 +305,21 @@ def _check_lists(s: Settings) -> None:
             raise UsageError(f"labels file not found: {s.labels}")
     if s.strict_list and not looks_like_list(s.train_dir):
         raise UsageError("--strict-list checks the files of a list, and TRAIN is not a list file")
+    if s.val_dir is not None and looks_like_list(s.val_dir) and not looks_like_list(s.train_dir):
+        raise UsageError(f"--val {s.val_dir} is a list file, which goes with a list TRAIN (a list's labels are "
+                         "numbers, a folder's classes are names): give a val folder, or lists for both")
+    _check_lists_kept(s)
+
+
+def _check_lists_kept(s: Settings) -> None:
+    """An input list where the output writes a file of the same name would be replaced by it."""
+    out = Path(s.out_dir).resolve()
+    written = {s.layout.list(split).resolve() for split in SPLITS} | {s.layout.report.resolve(),
+                                                                       (out / LABELS).resolve()}
+    for flag, path in (("TRAIN", s.train_dir), ("--val", s.val_dir), ("--labels", s.labels)):
+        if path is not None and Path(path).resolve() in written:
+            raise UsageError(f"{flag} {path} is where etl writes its own {Path(path).name}: choose another output "
+                             "folder, or move the list")
 
 
 def _check_nesting(s: Settings) -> None:

@@ -70,7 +70,8 @@ class SplitStats:
             "written": self.written,
             "skipped": len(self.failures),
             "decoded_with_warnings": len(self.warnings),
-            "per_class": {labels[i]: per_label.get(str(i), 0) for i in range(len(labels))},
+            # no labels (etl imageset): the records per label number
+            "per_class": {labels[i]: per_label.get(str(i), 0) for i in range(len(labels))} if labels else per_label,
             "skipped_files": [{"path": f.path, "reason": f.reason} for f in self.failures],
             "warning_files": [{"path": f.path, "reason": f.reason} for f in self.warnings],
             "wall_seconds": round(self.wall_seconds, 3),
@@ -127,7 +128,7 @@ def write_report(path: Path, settings: dict[str, Any], labels: list[str], splits
 def summary_text(out_dir: str, labels: list[str], splits: list[SplitStats], notes: list[str],
                  report: Path | None = None, command: str = "etl convert") -> str:
     """The one-screen summary printed at the end of a run."""
-    lines = [f"{command}: {plural(len(labels), 'class')} -> {out_dir}"]
+    lines = [f"{command}: {plural(len(labels), 'class')} -> {out_dir}" if labels else f"{command}: -> {out_dir}"]
     for s in splits:
         lines.append(f"  {s.name:5s} {s.written:>9,d} written  {len(s.failures):>6,d} skipped  "
                      f"{len(s.warnings):>6,d} with warnings  {_pace(s)}")

@@ -39,6 +39,7 @@ class WriterSpec:
     stop_at_failure: bool = False  # --on-error fail: a chunk with a bad file is not written, nor any after it
     imageset: bool = False  # etl imageset: OUT is the LMDB, keys and layout as convert_imageset's (etl.layout.Layout)
     check_size: bool = False  # etl imageset --check_size: every record the size of the first
+    commit_bytes: int = 0  # also commit once the pending records hold this many bytes (0: no bound)
 
 
 class SizeCheck:
@@ -47,6 +48,12 @@ class SizeCheck:
 
     def __init__(self) -> None:
         self.first: tuple[int, int, int] | None = None
+
+    def seed(self, first: bytes | None) -> None:
+        """A resumed run checks against the first record its earlier runs wrote."""
+        if first is not None:
+            datum = decode_datum(first)
+            self.first = (datum.channels, datum.height, datum.width)
 
     def check(self, records: list[Record]) -> None:
         for rec in records:
@@ -77,6 +84,7 @@ class SplitWriter:
         self.lists = ListFiles(layout.list(spec.split), self.checkpoint.path(skip_log_name(spec.split)),
                                spec.list_prefix)
         self.sizes = SizeCheck() if spec.check_size else None
+        self.pending_bytes = 0  # in the records awaiting the next commit
         self.mean = MeanSink(spec.mean, self.checkpoint, spec.split) if spec.mean is not None else None
         self.summary = WriterSummary()
         self.state = SplitState()
@@ -89,6 +97,8 @@ class SplitWriter:
             self.state = self.checkpoint.state_for(self.spec.split, self.db.records())
             if self.mean is not None:
                 self.mean.resume(self.state.chunks)
+        if self.sizes is not None:
+            self.sizes.seed(self.db.first_value())
         skipped, warned = self.lists.open(self.spec.resume, self.state)
         self.summary.written = self.state.records
         self.label_counts.update({int(k): n for k, n in self.state.per_label.items()})
@@ -104,6 +114,7 @@ class SplitWriter:
             self.summary.data_bytes += len(rec.value)
             self.label_counts[rec.label] += 1
         self.summary.written += len(result.records)
+        self.pending_bytes += sum(len(rec.value) for rec in result.records)
         if self.mean is not None:
             self.mean.add(result)
         self.state.chunks = result.chunk_id + 1
@@ -130,6 +141,7 @@ class SplitWriter:
         self.state.complete = complete
         cp.save_pending(split, self.state)
         self.db.commit(self.summary.written)
+        self.pending_bytes = 0
         cp.promote_pending(split)
         self.db.release_pages()
         cp.drop_sums_except(split, {self.state.chunks})
@@ -213,7 +225,8 @@ def _write_chunk(writer: SplitWriter, chunk: ChunkResult, progress_conn: Any) ->
         _tell(progress_conn, _progress(chunk, written=0))
         return False
     writer.add(chunk)
-    if writer.db.pending >= writer.spec.commit_every:
+    spec = writer.spec
+    if writer.db.pending >= spec.commit_every or 0 < spec.commit_bytes <= writer.pending_bytes:
         writer.commit()
     _tell(progress_conn, _progress(chunk, written=len(chunk.records)))
     return True

@@ -262,10 +262,11 @@ def test_without_an_output_file_it_only_prints(caffe_db, tmp_path, capsys, monke
 def test_records_it_cannot_read_are_one_line_naming_their_key(caffe_pb2, tmp_path, capsys):
     good = caffe_encoded(caffe_pb2, pil_bytes(Image.fromarray(photo(20, 16, 1)), "PNG"))
     cases = {
-        "not an image": (caffe_encoded(caffe_pb2, b"<html>not found</html>"), "is not an image OpenCV can decode"),
+        "not an image": (caffe_encoded(caffe_pb2, b"<html>not found</html>"),
+                         "holds data that is not an image OpenCV can decode"),
         "not a datum": (b"\x22\x10abc", "is not a Datum"),
         "short raw": (caffe_pb2.Datum(channels=3, height=16, width=20, data=b"\0" * 10).SerializeToString(),
-                      "data holds 10 bytes, its size 3x16x20 needs 960"),
+                      "holds 10 bytes of data, where its size 3x16x20 needs 960"),
         "float": (caffe_pb2.Datum(channels=1, height=2, width=2, float_data=[0.5] * 4).SerializeToString(),
                   "float_data"),
     }

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -14,8 +16,10 @@ from PIL import Image
 from etl.cli import main
 from etl.imageset import imageset_settings, parse_gflags
 from etl.memory import commit_records
+from etl.messages import ChunkResult, Record
 from etl.pipeline import convert
 from etl.settings import UsageError
+from etl.writer import SplitWriter, WriterSpec, _write_chunk
 
 from .conftest import gradient, jpeg, run_cli
 from .test_end_to_end import all_records
@@ -202,3 +206,79 @@ def test_the_command_line_end_to_end(images, tmp_path):
     assert len(all_records(db)) == len(listed_pairs(listed))
     mean = run_cli("mean", str(db))
     assert mean.returncode == 2 and "same size" in mean.stderr  # no resize: the sizes differ, as in Caffe
+
+
+def test_blank_lines_keep_their_number_as_in_convert_imageset(images, tmp_path, caffe_pb2):
+    root, listed = images
+    lines = listed.read_text().splitlines()
+    listed.write_text("\n".join([lines[0], "", *lines[1:3]]) + "\n")
+    report = run(root, listed, tmp_path / "db", "--encoded")
+    keys = [k for k, _ in datums(tmp_path / "db", caffe_pb2)]
+    assert [int(k[:8]) for k in keys] == [0, 2, 3]
+    assert "blank line" in report["splits"]["train"]["skipped_files"][0]["reason"]
+
+
+def test_encode_type_alone_means_encoded_and_a_name_without_extension_is_png(images, tmp_path, caffe_pb2):
+    root, listed = images
+    (root / "b/noext").write_bytes((root / "b/im0.jpg").read_bytes())
+    listed.write_text(listed.read_text() + "b/noext 1\n")
+    run(root, listed, tmp_path / "png", "--encode_type=png", "--resize_width=8", "--resize_height=8")
+    assert all(d.encoded and d.data.startswith(b"\x89PNG") for _, d in datums(tmp_path / "png", caffe_pb2))
+    run(root, listed, tmp_path / "own", "--encoded")
+    last = datums(tmp_path / "own", caffe_pb2)[-1][1]
+    assert last.encoded and last.data.startswith(b"\x89PNG")
+
+
+def test_a_cut_png_is_skipped_not_passed_through(images, tmp_path):
+    root, listed = images
+    whole = (root / "b/pic.png").read_bytes()
+    (root / "b/pic.png").write_bytes(whole[: len(whole) // 2])
+    report = run(root, listed, tmp_path / "db", "--encoded")
+    assert [f["path"] for f in report["splits"]["train"]["skipped_files"]] == ["b/pic.png"]
+
+
+def test_check_size_holds_across_a_resume(images, tmp_path):
+    root, listed = images
+    small = root / "b/small.jpg"
+    small.write_bytes(jpeg(gradient(12, 10)))
+    listed.write_text("".join("b/small.jpg 0\n" for _ in range(8)) + "b/im0.jpg 1\n")
+    values, positional = parse_gflags(["--check_size", str(root), str(listed), str(tmp_path / "db")])
+    settings = replace(imageset_settings({**values, "workers": 1}, positional), chunk_size=4, commit_every=4)
+    with pytest.raises(Exception, match="--check_size"):
+        convert(settings, progress=False)
+    assert len(all_records(tmp_path / "db")) == 8
+    with pytest.raises(Exception, match="--check_size"):
+        convert(replace(settings, resume=True), progress=False)
+
+
+def test_the_writer_also_commits_by_bytes(tmp_path):
+    """Raw records of unresized photos are far larger than the budget assumes: the batch awaiting a commit is
+    bounded by --max_buffer_mb's bytes too, not only by the record count."""
+    (tmp_path / ".etl").mkdir()
+    spec = WriterSpec("train", str(tmp_path), "", commit_every=1000, resume=False, mean=None, commit_bytes=1000)
+    writer = SplitWriter(spec)
+    writer.open()
+    sent: list = []
+    for chunk in range(3):
+        record = Record(chunk, 0, f"{chunk}.jpg", b"x" * 600)
+        _write_chunk(writer, ChunkResult(chunk, [record]), SimpleNamespace(send=sent.append))
+    assert writer.summary.commits == 1 and writer.db.pending == 1  # 1,200 bytes: committed; then 600 wait
+    writer.close(complete=True)
+
+
+def test_paths_too_long_for_a_key_and_half_a_resize_are_refused(images, tmp_path, capsys):
+    root, listed = images
+    listed.write_text(listed.read_text() + "b/" + "x" * 600 + ".jpg 1\n")
+    assert main(["imageset", str(root), str(listed), str(tmp_path / "db")]) == 2
+    assert "line 8: the path is 606 bytes long" in capsys.readouterr().err
+    assert main(["imageset", "--resize_width=10", str(root), str(listed), str(tmp_path / "db")]) == 2
+    assert "give both --resize_width and --resize_height" in capsys.readouterr().err
+    assert main(["imageset", "--resize_width=99999", "--resize_height=9", str(root), str(listed), "db"]) == 2
+    assert "--resize_width must be" in capsys.readouterr().err
+
+
+def test_huge_label_numbers_need_no_labels_list(images, tmp_path):
+    root, listed = images
+    listed.write_text("b/im0.jpg 0\nb/im2.jpg 20000000\n")
+    report = run(root, listed, tmp_path / "db", "--encoded")
+    assert report["splits"]["train"]["per_class"] == {"0": 1, "20000000": 1}

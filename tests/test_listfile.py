@@ -241,3 +241,31 @@ def test_the_source_gives_its_pairs_in_list_order(tmp_path):
     assert list(source.pairs()) == [("b.jpg", 1), ("a.jpg", 0), ("c.jpg", 1)]
     assert source.classes() == {"0": ["a.jpg"], "1": ["b.jpg", "c.jpg"]}
     assert source.reader().where("a.jpg") == str(tmp_path / "a.jpg")
+
+
+@pytest.mark.quick
+def test_a_byte_order_mark_and_labels_beyond_int32(tmp_path):
+    listed = tmp_path / "l.txt"
+    listed.write_bytes(b"\xef\xbb\xbfa.jpg 0\nb.jpg 1\n")
+    assert list(read_list(str(listed))) == [("a.jpg", 0), ("b.jpg", 1)] and looks_like_list(str(listed))
+    words = tmp_path / "synset_words.txt"
+    words.write_bytes(b"\xef\xbb\xbfn01440764 tench, Tinca tinca\n")
+    assert read_label_names(str(words)) == ["n01440764"]
+    assert parse_line("a.jpg 2147483648") == "the label 2147483648 is more than a Datum's label holds (2147483647)"
+
+
+def test_lists_the_output_would_overwrite_and_a_val_list_with_a_folder_are_refused(small_tree, tmp_path, capsys):
+    train = small_tree / "train"
+    listed = write_list(tmp_path / "train.txt", folder_pairs(train))
+    assert main(["convert", str(listed), str(tmp_path), "--root", str(train)]) == 2
+    assert "is where etl writes its own train.txt" in capsys.readouterr().err
+    assert main(["convert", str(train), str(tmp_path / "o"), "--val", str(listed)]) == 2
+    assert "is a list file, which goes with a list TRAIN" in capsys.readouterr().err
+    assert listed.read_text().count("\n") == len(folder_pairs(train))
+
+
+def test_a_label_too_large_for_labels_txt_names_its_line(tmp_path, capsys):
+    listed = tmp_path / "l.txt"
+    listed.write_text("a.jpg 0\nb.jpg 5000000\n")
+    assert main(["convert", str(listed), str(tmp_path / "o")]) == 2
+    assert "l.txt line 2: label 5000000 would make labels.txt 5,000,001 lines long" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def writer_spec(split: Split, s: Settings, out: Path, cache: CacheChoice) -> Wri
     return WriterSpec(split.name, str(out), split.reader.list_prefix(s.relative_paths), commit_records(s), s.resume,
                       mean=None if s.caffe_imageset else mean_layout(s.width, s.height, s.channels, split.name),
                       keep_page_cache=not cache.drop_output, stop_at_failure=s.on_error == "fail",
-                      imageset=s.caffe_imageset, check_size=s.check_size)
+                      imageset=s.caffe_imageset, check_size=s.check_size, commit_bytes=s.max_buffer_mb * MB)
 
 
 class LocalRunner:

@@ -30,6 +30,10 @@ class Sink(Protocol):
         """Queue records for the next commit; first_index is the first one's place in the split's write order."""
         ...
 
+    def first_value(self) -> bytes | None:
+        """The first committed record's value (etl imageset --check_size resumes against it)."""
+        ...
+
     @property
     def pending(self) -> int: ...
 

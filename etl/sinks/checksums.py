@@ -65,6 +65,9 @@ class ChecksumSink:
         self.lines.extend(b"%s %s\n" % (self.db.key(rec, first_index + i), record_sum(rec.value, rec.crc))
                           for i, rec in enumerate(records))
 
+    def first_value(self) -> bytes | None:
+        return self.db.first_value()
+
     @property
     def pending(self) -> int:
         return self.db.pending

@@ -69,6 +69,12 @@ class LmdbSink:
         """Queue records for the next commit, keyed by their place in the split's write order."""
         self.batch.extend((self.key(rec, first_index + i), rec.value) for i, rec in enumerate(records))
 
+    def first_value(self) -> bytes | None:
+        """The first committed record's value, if any."""
+        with self.env.begin() as txn:
+            cursor = txn.cursor()
+            return bytes(cursor.value()) if cursor.first() else None
+
     @property
     def pending(self) -> int:
         return len(self.batch)

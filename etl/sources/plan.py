@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -150,10 +151,14 @@ def _refuse_line_breaks(classes: dict[str, list[str]], where: str) -> None:
                          "cannot hold: rename it")
 
 
+BLANK_LINE = "a blank line of the list (convert_imageset counts it as a line, and so does etl imageset)"
+
+
 def _unlistable_names(items: list[Item]) -> dict[int, str]:
-    """Items whose path has a line break, which train.txt/val.txt cannot hold: skipped, with the reason."""
-    return {it.index: "its name has a line break, which the list file cannot hold: rename it"
-            for it in items if any(c in it.path for c in LINE_BREAKS)}
+    """Items whose path has a line break, which train.txt/val.txt cannot hold, and the blank lines etl imageset
+    keeps: skipped, with the reason."""
+    return {it.index: "its name has a line break, which the list file cannot hold: rename it" if it.path
+            else BLANK_LINE for it in items if not it.path or any(c in it.path for c in LINE_BREAKS)}
 
 
 def _ordered(name: str, source: Source, pairs: Pairs, s: Settings) -> Split:
@@ -181,7 +186,7 @@ def source_name(source: Source) -> str:
 def plan(s: Settings, progress: bool = False) -> Plan:
     """Scan the inputs and decide every database's content and order; progress: show the archive scans."""
     notes: list[str] = []
-    source = open_source(s.train_dir, progress, _saved(s), s.root)
+    source = open_source(s.train_dir, progress, _saved(s), s.root, keep_blank=s.caffe_imageset)
     if isinstance(source, ListSource):
         return _plan_list(s, source, progress)
     found = source.classes()
@@ -224,6 +229,8 @@ def _plan_list(s: Settings, source: ListSource, progress: bool) -> Plan:
             raise UsageError("--val-labels names the classes of a flat val folder; a --val list gives its labels")
         lists.append((s.val_dir, val_source))
     labels = _list_labels(s, [(where, src.pairs()) for where, src in lists])
+    if s.caffe_imageset:
+        _check_key_lengths(source.pairs(), s.train_dir)
     if s.strict_list:
         for where, src in lists:
             check_files(src.pairs(), where, src.reader())
@@ -240,10 +247,20 @@ def _plan_list(s: Settings, source: ListSource, progress: bool) -> Plan:
     return Plan(labels, splits, notes, [src for _, src in lists])
 
 
+NUMBERED_MAX = 1_000_000  # labels.txt lines that label numbers alone may ask for (ImageNet-21k has 21,841)
+
+
 def _list_labels(s: Settings, lists: list[tuple[str, Listed]]) -> list[str]:
-    """labels.txt: the labels file's names, checked against every listed label, or the numbers themselves."""
+    """labels.txt: the labels file's names, checked against every listed label, or the numbers themselves
+    (none for etl imageset, which writes no labels.txt)."""
     if s.labels is None:
-        top = max(label for _, listed in lists for _, label in listed)
+        if s.caffe_imageset:
+            return []
+        top, where, line = max((label, where, n) for where, listed in lists
+                               for (_, label), n in zip(listed, listed.lines, strict=True))
+        if top >= NUMBERED_MAX:
+            raise UsageError(f"{where} line {line}: label {top} would make labels.txt {top + 1:,d} lines long: number "
+                             "the classes from 0, or give --labels naming them")
         return [str(n) for n in range(top + 1)]
     names = read_label_names(s.labels)
     for where, listed in lists:
@@ -256,11 +273,23 @@ def _listed_kept(listed: Listed, labels: list[str], s: Settings, notes: list[str
     by_label: dict[int, list[int]] = {}
     for position, (_, label) in enumerate(listed):
         by_label.setdefault(label, []).append(position)
-    kept = _limit_classes(dict(sorted(by_label.items())), s, notes, name=lambda label: labels[label])
+    kept = _limit_classes(dict(sorted(by_label.items())), s, notes,
+                          name=lambda label: labels[label] if label < len(labels) else str(label))
     if not kept:
         raise UsageError(f"every class of {s.train_dir} has fewer than --min-per-class {s.min_per_class} images: "
                          "lower --min-per-class")
     return [listed[p] for p in sorted(p for positions in kept.values() for p in positions)]
+
+
+KEY_MAX = 511  # LMDB's longest key
+
+
+def _check_key_lengths(listed: Listed, where: str) -> None:
+    """convert_imageset's keys hold the path: one longer than LMDB takes would fail the run at its commit."""
+    for (path, _), number in zip(listed, listed.lines, strict=True):
+        if len(os.fsencode(path)) + 9 > KEY_MAX:
+            raise UsageError(f"{where} line {number}: the path is {len(os.fsencode(path))} bytes long, and a key of "
+                             f"'%08d_' and the path may be at most {KEY_MAX} bytes in LMDB: shorten it")
 
 
 def _split_listed(pairs: Pairs, s: Settings) -> tuple[Pairs, Pairs]:

@@ -33,12 +33,14 @@ def find_kind(path: str) -> SourceKind | None:
     return next((kind for kind in SOURCES if kind.accepts(path)), None)
 
 
-def open_source(path: str, progress: bool = False, saved: Path | None = None, root: str | None = None) -> Source:
+def open_source(path: str, progress: bool = False, saved: Path | None = None, root: str | None = None,
+                keep_blank: bool = False) -> Source:
     """progress: show a bar while the input is scanned (an archive's index); saved: the checkpoint folder
-    of the run being resumed, where it kept what its scan found; root: the folder a list's paths are under."""
+    of the run being resumed, where it kept what its scan found; root: the folder a list's paths are under;
+    keep_blank: a list's blank lines keep their place (convert_imageset numbers them)."""
     kind = find_kind(path)
     if kind is None:
         raise UsageError(f"not an input etl can read: {path}")
     if kind is ListSource:
-        return ListSource(path, progress, saved, root)
+        return ListSource(path, progress, saved, root, keep_blank)
     return kind(path, progress, saved)
