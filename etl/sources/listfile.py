@@ -68,8 +68,9 @@ def read_list(path: str, keep_blank: bool = False) -> Listed:
     """Every `path label` line of a list file; a bad line stops the run with its number. keep_blank: blank
     lines are kept, as ("", 0), for convert_imageset's numbering; otherwise they are skipped."""
     listed = Listed()
-    for number, raw in enumerate(_lines(path, "list"), 1):
-        text = _decode(raw).rstrip("\r")
+    lines = _decode(b"\n".join(_lines(path, "list"))).split("\n")  # one decode, not a million
+    for number, line in enumerate(lines, 1):
+        text = line.rstrip("\r")
         if not text.strip():
             if keep_blank:
                 listed.append(("", 0))
@@ -186,4 +187,4 @@ class ListSource:
         """Nothing to keep: the list is read again, and its content is part of the job's identity."""
 
     def reader(self) -> ListReader:
-        return ListReader(self.root, absolute=any(os.path.isabs(p) for p, _ in self.listed))
+        return ListReader(self.root, absolute=any(p[:1] == "/" for p, _ in self.listed))  # os.path.isabs, faster
