@@ -22,7 +22,8 @@ alternating order, every contender once; the best of --rounds counts:
 "command s" is the whole command as a user waits for it, interpreter start-up included, timed here;
 "engine s" is the time the run reports itself (etl: the split's wall_seconds in report.json; the baseline:
 from its first line to its last sync), without start-up. Each run is checked: as many records as list
-lines, and the first --encoded record's data are its file's bytes, the first raw one 3x256x256.
+lines, and the first --encoded record's data are its file's bytes, the first raw one 3x256x256. The last
+column lists every round's command seconds, so that a round slowed by other work on the machine shows.
 
 Before each run (not the ceiling's, which reads no input) the corpus is read once into the page cache; with
 --cold it is dropped instead (as root: /proc/sys/vm/drop_caches; otherwise posix_fadvise per file), then the
@@ -86,6 +87,7 @@ class Run:
 
     def __init__(self, images: int, seconds: float, engine_seconds: float, mb: float) -> None:
         self.images, self.seconds, self.engine_seconds, self.mb = images, seconds, engine_seconds, mb
+        self.rounds: list[float] = []  # every round's command seconds, in round order
 
 
 def records(db: Path) -> tuple[int, bytes, bytes]:
@@ -167,6 +169,7 @@ def prepare(corpus: Corpus, cold: bool) -> None:
 
 def measure(corpus: Corpus, work: Path, workers: int, rounds: int, cold: bool) -> dict[str, Run]:
     best: dict[str, Run] = {}
+    seconds: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     for r in range(rounds):
         for name in list(CONTENDERS) if r % 2 == 0 else list(reversed(CONTENDERS)):
             if name != CEILING:
@@ -175,17 +178,21 @@ def measure(corpus: Corpus, work: Path, workers: int, rounds: int, cold: bool) -
             run = CONTENDERS[name](corpus, db, workers)
             shutil.rmtree(db, ignore_errors=True)
             print(f"round {r + 1}: {name}: {run.seconds:.2f} s", file=sys.stderr, flush=True)
+            seconds[name].append(run.seconds)
             if name not in best or run.seconds < best[name].seconds:
                 best[name] = run
+    for name, run in best.items():
+        run.rounds = seconds[name]
     return best
 
 
 def table(best: dict[str, Run]) -> list[str]:
-    lines = ["| run | images | command s | images/s | MB/s | engine s | engine images/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run | images | command s | images/s | MB/s | engine s | engine images/s | every round, s |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, run in best.items():
         lines.append(f"| {name} | {run.images:,d} | {run.seconds:.2f} | {run.images / run.seconds:.0f} | "
-                     f"{run.mb / run.seconds:.0f} | {run.engine_seconds:.2f} | {run.images / run.engine_seconds:.0f} |")
+                     f"{run.mb / run.seconds:.0f} | {run.engine_seconds:.2f} | {run.images / run.engine_seconds:.0f} | "
+                     f"{', '.join(f'{s:.2f}' for s in run.rounds)} |")
 
     def rate(name: str, engine: bool = False) -> float:
         run = best[name]
