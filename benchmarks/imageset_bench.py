@@ -34,6 +34,7 @@ programs' modules are imported once in a throw-away process, so that cold means 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -142,8 +143,11 @@ def pool_opencv(corpus: Corpus, db: Path, workers: int) -> Run:
 
 def ceiling(corpus: Corpus, db: Path, workers: int) -> Run:
     per_chunk = min(PER_CHUNK, max(1, len(corpus.files) // workers))  # a tiny corpus: a chunk per producer
-    res = writer_ceiling(db, total=len(corpus.files), producers=workers, per_chunk=per_chunk, rounds=1,
-                         record_bytes=corpus.mean_bytes)
+    # From the repository root: a forkserver started here imports etl from its own working folder (Python 3.11
+    # ignores the parent's sys.path for its preload), which elsewhere may be another checkout's editable install.
+    with contextlib.chdir(REPO):
+        res = writer_ceiling(db, total=len(corpus.files), producers=workers, per_chunk=per_chunk, rounds=1,
+                             record_bytes=corpus.mean_bytes)
     seconds = res["records"] / res["records_per_second"]
     return Run(res["records"], seconds, seconds, res["records"] * corpus.mean_bytes / 1e6)
 
