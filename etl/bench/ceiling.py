@@ -53,14 +53,16 @@ def _writer_run(ctx: BaseContext, out: Path, n_chunks: int,
 def _producer(link: ResultsLink, chunk_ids: list[int], records: int, start: Any,
               record_bytes: int = RECORD_BYTES) -> None:
     """A stand-in worker: connects to the writer as workers do and sends ready chunks, pickled; each record
-    a Datum holding `record_bytes` of random data."""
-    value = encode_datum(3, SIZE, SIZE, os.urandom(record_bytes), 1, True)
-    crc = zlib.crc32(value)  # as a worker computes it
+    a Datum holding `record_bytes` of random data. The records of a chunk are distinct objects: pickle stores
+    an object it meets twice once, so one value shared by a chunk's records would send one record's bytes
+    per chunk, not the chunk's."""
+    values = [encode_datum(3, SIZE, SIZE, os.urandom(record_bytes), 1, True) for _ in range(records)]
+    crcs = [zlib.crc32(value) for value in values]  # as a worker computes them
     conn: Connection = Client(link.address, family="AF_UNIX", authkey=link.authkey)
     widen(conn)
     start.wait(timeout=START_SECONDS)  # all connected and ready: the clock measures the writer, not start-up
     for cid in chunk_ids:
-        result = ChunkResult(cid, [Record(cid * records + i, 1, f"x/{cid}_{i}.jpg", value, crc)
+        result = ChunkResult(cid, [Record(cid * records + i, 1, f"x/{cid}_{i}.jpg", values[i], crcs[i])
                                    for i in range(records)])
         conn.send_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
     conn.close()
