@@ -50,50 +50,57 @@ def _writer_run(ctx: BaseContext, out: Path, n_chunks: int,
     return summary, seconds
 
 
-def _producer(link: ResultsLink, chunk_ids: list[int], records: int, start: Any) -> None:
-    """A stand-in worker: connects to the writer as workers do and sends ready chunks, pickled."""
-    value = encode_datum(3, SIZE, SIZE, os.urandom(RECORD_BYTES), 1, True)
-    crc = zlib.crc32(value)  # as a worker computes it
+def _producer(link: ResultsLink, chunk_ids: list[int], records: int, start: Any,
+              record_bytes: int = RECORD_BYTES) -> None:
+    """A stand-in worker: connects to the writer as workers do and sends ready chunks, pickled; each record
+    a Datum holding `record_bytes` of random data. The records of a chunk are distinct objects: pickle stores
+    an object it meets twice once, so one value shared by a chunk's records would send one record's bytes
+    per chunk, not the chunk's."""
+    values = [encode_datum(3, SIZE, SIZE, os.urandom(record_bytes), 1, True) for _ in range(records)]
+    crcs = [zlib.crc32(value) for value in values]  # as a worker computes them
     conn: Connection = Client(link.address, family="AF_UNIX", authkey=link.authkey)
     widen(conn)
     start.wait(timeout=START_SECONDS)  # all connected and ready: the clock measures the writer, not start-up
     for cid in chunk_ids:
-        result = ChunkResult(cid, [Record(cid * records + i, 1, f"x/{cid}_{i}.jpg", value, crc)
+        result = ChunkResult(cid, [Record(cid * records + i, 1, f"x/{cid}_{i}.jpg", values[i], crcs[i])
                                    for i in range(records)])
         conn.send_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
     conn.close()
 
 
 def writer_ceiling(work: Path, total: int = 40_000, producers: int = 4, per_chunk: int = 64,
-                   rounds: int = 3) -> dict[str, float]:
-    """Records/s the writer sustains: producers send it ready chunks as fast as they can, as workers do.
-    The best of `rounds` runs, each into a fresh database (these shared machines drift from run to run)."""
+                   rounds: int = 3, record_bytes: int = RECORD_BYTES) -> dict[str, float]:
+    """Records/s the writer sustains: producers send it ready chunks (records holding `record_bytes` of data)
+    as fast as they can, as workers do. The best of `rounds` runs, each into a fresh database (these shared
+    machines drift from run to run)."""
     runs = []
     for r in range(rounds):
-        runs.append(_ceiling_run(work / f"ceiling{r}", total // per_chunk, producers, per_chunk))
+        runs.append(_ceiling_run(work / f"ceiling{r}", total // per_chunk, producers, per_chunk, record_bytes))
         shutil.rmtree(work / f"ceiling{r}")  # 0.7 GB each: free the disk and the page cache
     return max(runs, key=lambda run: run["records_per_second"])
 
 
-def _ceiling_run(out: Path, n_chunks: int, producers: int, per_chunk: int) -> dict[str, float]:
+def _ceiling_run(out: Path, n_chunks: int, producers: int, per_chunk: int,
+                 record_bytes: int = RECORD_BYTES) -> dict[str, float]:
     ctx = mp_context()
     procs: list[BaseProcess] = []
-    summary, seconds = _writer_run(ctx, out, n_chunks,
-                                   lambda link: _start_producers(ctx, link, procs, n_chunks, per_chunk, producers))
+    summary, seconds = _writer_run(ctx, out, n_chunks, lambda link: _start_producers(
+        ctx, link, procs, n_chunks, per_chunk, producers, record_bytes))
     for p in procs:
         p.join()
     records = n_chunks * per_chunk
-    return {"records": records, "record_bytes": RECORD_BYTES, "producers": producers,
-            "records_per_second": records / seconds, "mb_per_second": records * RECORD_BYTES / 1e6 / seconds,
+    return {"records": records, "record_bytes": record_bytes, "producers": producers,
+            "records_per_second": records / seconds, "mb_per_second": records * record_bytes / 1e6 / seconds,
             "writer_cpu_seconds_per_record": summary.cpu_seconds / records}
 
 
 def _start_producers(ctx: BaseContext, link: ResultsLink, procs: list[BaseProcess], n_chunks: int, per_chunk: int,
-                     producers: int) -> float:
+                     producers: int, record_bytes: int = RECORD_BYTES) -> float:
     """Starts the producers (into `procs`), each with every `producers`-th chunk; once all are connected and
     ready, the perf_counter the clock starts at."""
     start = ctx.Barrier(producers + 1)
-    procs += [ctx.Process(target=_producer, args=(link, list(range(k, n_chunks, producers)), per_chunk, start))
+    procs += [ctx.Process(target=_producer,
+                          args=(link, list(range(k, n_chunks, producers)), per_chunk, start, record_bytes))
               for k in range(producers)]
     for p in procs:
         p.start()
