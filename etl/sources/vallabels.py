@@ -10,7 +10,6 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.io import loadmat
 
 from etl.errors import UsageError
 from etl.words import cut_at_word
@@ -212,6 +211,8 @@ def _meta_beside(path: str) -> bytes:
 
 def _meta_ids(path: str, meta: bytes) -> dict[int, str]:
     """meta.mat's synsets: ILSVRC2012_ID -> WNID (the IDs are not the WNIDs' sorted order)."""
+    from scipy.io import loadmat  # here: 0.2 s of imports that only a meta.mat needs
+
     where = f"the meta.mat of {path}"
     try:
         synsets = loadmat(io.BytesIO(meta), squeeze_me=True).get("synsets")
