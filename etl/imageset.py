@@ -45,6 +45,7 @@ ETL_FLAGS: dict[str, Flag] = {
     "quiet": Flag(bool, False, "no progress bar or summary"),
 }
 FLAGS = {**CAFFE_FLAGS, **ETL_FLAGS}
+CHUNK = 50  # images per worker task: 20 make the 1,000 records of each of convert_imageset's commits
 FLAG = re.compile(r"^--?([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$", re.S)
 
 
@@ -130,6 +131,7 @@ def imageset_settings(flags: dict[str, Any], positional: list[str]) -> Settings:
     encoding = ("png" if flags["encode_type"].lower() == "png" else "jpg") if encoded else "none"
     caps = {k: flags[k] for k in ("max_read_mbps", "max_write_mbps", "max_iops") if flags[k]}
     values = {"train_dir": listfile, "root": root, "out_dir": db, "caffe_imageset": True, "val_pct": 0.0,
+              "chunk_size": CHUNK,
               "keep_size": keep, "width": width if not keep else 256, "height": height if not keep else 256,
               "channels": 1 if flags["gray"] else 3, "encoding": encoding, "encode_type": flags["encode_type"],
               "check_size": flags["check_size"], "shuffle": flags["shuffle"],

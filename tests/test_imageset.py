@@ -191,7 +191,8 @@ def test_commits_every_1000_records_and_refuses_an_existing_database(images, tmp
     root, listed = images
     for flags in (["--encoded"], ["--resize_width=256", "--resize_height=256"]):
         values, positional = parse_gflags([*flags, str(root), str(listed), str(tmp_path / "db")])
-        assert commit_records(imageset_settings(values, positional)) == 1000, flags
+        settings = imageset_settings(values, positional)
+        assert commit_records(settings) == 1000 and 1000 % settings.chunk_size == 0, flags  # commits at 1000
     run(root, listed, tmp_path / "db")
     with pytest.raises(UsageError, match="already holds a dataset"):
         run(root, listed, tmp_path / "db")
