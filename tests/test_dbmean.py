@@ -344,3 +344,14 @@ def test_the_benchmark_harness_runs_on_a_tiny_corpus(tmp_path, capsys):
     assert lines[0] == "# python benchmarks/mean_bench.py " + " ".join(args)
     assert [line.split(" | ")[0] for line in lines[4:]] == ["| one process, cv2.imdecode + numpy sum",
                                                            "| etl mean --workers 1", "| etl mean --workers 2"]
+
+
+@pytest.mark.quick
+def test_an_imageset_database_etl_is_still_writing_is_not_read(caffe_db, capsys):
+    from etl.outlock import exclusive
+
+    (caffe_db / ".etl").mkdir()  # etl imageset's own files live in the database folder
+    with exclusive(caffe_db):  # as etl imageset holds it
+        code, _, err = run_mean(capsys, str(caffe_db))
+    assert code == 2 and "is being written by an etl run" in err
+    assert run_mean(capsys, str(caffe_db))[0] == 0
