@@ -62,31 +62,47 @@ class ShardedRunner:
         folder = db_path(out, split.name)
         folder.mkdir(exist_ok=True)
         shards = cut(split, s)
-        done = [self._shard(split, shard, s, folder / shard.name, cache, progress) for shard in shards]
+        done = [convert_shard(self.inner, split, shard, s, folder / shard.name, cache, progress) for shard in shards]
         return assemble(split, shards, done, s, out, time.monotonic() - t0)
 
-    def _shard(self, split: Split, shard: Shard, s: Settings, where: Path, cache: CacheChoice,
-               progress: bool) -> dict[str, Any]:
-        part = Split(split.name, split.reader, split.items[shard.first:shard.first + shard.items],
-                     {i: why for i, why in split.give_up.items() if shard.first <= i < shard.first + shard.items})
-        job = _identity(s, part)
-        marker = where / CHECKPOINT_DIR / DONE
-        if s.resume and marker.is_file():
-            record = json.loads(marker.read_text())
-            if record.get("job") == job:
-                return {**record, "resumed": True}
-        resume = s.resume and Checkpoint(where).path(f"{split.name}.state.json").is_file()
-        if not resume and where.exists():
-            shutil.rmtree(where)  # begun by a run that never committed, or of another job: start it afresh
-        (where / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-        stats = self.inner.run_split(part, replace(s, out_dir=str(where), in_shard=True, resume=resume), where,
-                                     cache, progress)
-        record = {"job": job, "shard": shard._asdict(), "stats": _stats_json(stats)}
-        fsync_write(marker, json.dumps(record).encode())
-        return {**record, "resumed": False}
+
+def shard_part(split: Split, shard: Shard) -> Split:
+    """The shard's own split: its items (which keep their places in the whole write order) and their skips."""
+    end = shard.first + shard.items
+    return Split(split.name, split.reader, split.items[shard.first:end],
+                 {i: why for i, why in split.give_up.items() if shard.first <= i < end})
 
 
-def _identity(s: Settings, part: Split) -> str:
+def finished(where: Path, job: str) -> dict[str, Any] | None:
+    """The shard's done marker, if it is this job's: the shard is complete and need not run again."""
+    marker = where / CHECKPOINT_DIR / DONE
+    if not marker.is_file():
+        return None
+    record = json.loads(marker.read_text())
+    return {**record, "resumed": True} if record.get("job") == job else None
+
+
+def convert_shard(runner: Any, split: Split, shard: Shard, s: Settings, where: Path, cache: CacheChoice,
+                  progress: bool) -> dict[str, Any]:
+    """One shard into its own folder `where` by `runner` (a LocalRunner: on this machine, or on a Ray node);
+    returns its done record, also written last as `where/.etl/done.json`. With --resume, a shard already done
+    for this job is taken as it is, and one with a commit is continued; any other is started afresh."""
+    part = shard_part(split, shard)
+    job = identity(s, part)
+    if s.resume and (record := finished(where, job)) is not None:
+        return record
+    resume = s.resume and Checkpoint(where).path(f"{split.name}.state.json").is_file()
+    if not resume and where.exists():
+        shutil.rmtree(where)  # begun by a run that never committed, or of another job: start it afresh
+    (where / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    stats = runner.run_split(part, replace(s, out_dir=str(where), in_shard=True, resume=resume), where, cache,
+                             progress)
+    record = {"job": job, "shard": shard._asdict(), "stats": _stats_json(stats)}
+    fsync_write(where / CHECKPOINT_DIR / DONE, json.dumps(record).encode())
+    return {**record, "resumed": False}
+
+
+def identity(s: Settings, part: Split) -> str:
     """What a done marker must match to be taken as this shard's: the options that decide the bytes, and its items."""
     text = json.dumps(s.output_settings(), sort_keys=True, default=str) + plan_digest(part.items)
     return hashlib.sha256(text.encode()).hexdigest()
