@@ -103,6 +103,8 @@ class Settings:
     shard_size: int | None = option(None, "images per shard: each split becomes a folder of LMDB shards "
                                           "(OUT/train_db/00000-of-00029/, ...) read in order by DALI; etl merge makes "
                                           "the one LMDB Caffe and DIGITS read", low=1)
+    shard_writers: int = option(0, "shards converted at once, each with its own writer and a share of the workers "
+                                   "(default 0: one per 16 workers)", low=0, output=False)
     min_per_class: int = option(1, "drop classes with fewer images", low=1)
     max_per_class: int | None = option(None, "use at most this many images of a class")
     relative_paths: bool = option(False, "train.txt/val.txt paths relative to the source folder", const=True)

@@ -105,3 +105,18 @@ def test_a_shard_database_is_a_plain_lmdb(runs):
     env = lmdb.open(str(shard_dirs(base / "sh")[0]), readonly=True, lock=False)
     assert env.stat()["entries"] > 0
     env.close()
+
+
+def test_shards_converted_at_once_by_their_own_writers_are_the_same(runs, tmp_path):
+    base, _, sharded = runs
+    settings = json.loads((base / "sh" / "report.json").read_text())["settings"]
+    report = convert(build_settings({"train_dir": settings["train_dir"], "out_dir": str(tmp_path / "at_once"),
+                                     "val_pct": 25.0, "workers": 2, "chunk_size": 4, "shard_size": 10,
+                                     "shard_writers": 2}), progress=False)
+    for split in ("train", "val"):
+        assert [r for d in shard_dirs(tmp_path / "at_once", split) for r in records(d)] == \
+            [r for d in shard_dirs(base / "sh", split) for r in records(d)]
+    for name in ("train.txt", "val.txt", "mean.binaryproto"):
+        assert (tmp_path / "at_once" / name).read_bytes() == (base / "sh" / name).read_bytes(), name
+    assert report["splits"]["train"]["written"] == sharded["splits"]["train"]["written"]
+    assert report["splits"]["train"]["workers"] == 1  # each shard's share of the 2 workers

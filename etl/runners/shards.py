@@ -62,8 +62,25 @@ class ShardedRunner:
         folder = db_path(out, split.name)
         folder.mkdir(exist_ok=True)
         shards = cut(split, s)
-        done = [convert_shard(self.inner, split, shard, s, folder / shard.name, cache, progress) for shard in shards]
+        at_once = shard_writers(s, len(shards))
+        if at_once == 1:
+            done = [convert_shard(self.inner, split, shard, s, folder / shard.name, cache, progress)
+                    for shard in shards]
+        else:
+            from etl.runners.shardprocs import ConcurrentShards  # it runs convert_part, from here
+
+            done = ConcurrentShards(self.inner.ctx, split, s, folder, cache, at_once).run(shards, progress)
         return assemble(split, shards, done, s, out, time.monotonic() - t0)
+
+
+WORKERS_PER_WRITER = 16  # one writer keeps up with about 25-30 workers (benchmarks.md): one shard per 16 workers
+
+
+def shard_writers(s: Settings, shards: int) -> int:
+    """Shards converted at once, each with its own writer and its share of the workers: --shard-writers, or
+    one per 16 workers."""
+    wanted = s.shard_writers or max(1, s.worker_count // WORKERS_PER_WRITER)
+    return max(1, min(wanted, shards, s.worker_count))
 
 
 def shard_part(split: Split, shard: Shard) -> Split:
@@ -87,11 +104,16 @@ def convert_shard(runner: Any, split: Split, shard: Shard, s: Settings, where: P
     """One shard into its own folder `where` by `runner` (a LocalRunner: on this machine, or on a Ray node);
     returns its done record, also written last as `where/.etl/done.json`. With --resume, a shard already done
     for this job is taken as it is, and one with a commit is continued; any other is started afresh."""
-    part = shard_part(split, shard)
+    return convert_part(runner, shard_part(split, shard), shard, s, where, cache, progress)
+
+
+def convert_part(runner: Any, part: Split, shard: Shard, s: Settings, where: Path, cache: CacheChoice,
+                 progress: bool) -> dict[str, Any]:
+    """convert_shard, given the shard's own split (shard_part)."""
     job = identity(s, part)
     if s.resume and (record := finished(where, job)) is not None:
         return record
-    resume = s.resume and Checkpoint(where).path(f"{split.name}.state.json").is_file()
+    resume = s.resume and Checkpoint(where).path(f"{part.name}.state.json").is_file()
     if not resume and where.exists():
         shutil.rmtree(where)  # begun by a run that never committed, or of another job: start it afresh
     (where / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
