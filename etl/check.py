@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from array import array
@@ -15,8 +16,8 @@ from turbojpeg import TurboJPEG
 
 from etl.datum import Datum, decode_blobproto, decode_datum
 from etl.errors import UsageError
-from etl.layout import LABELS, MEAN_JPG, MEAN_PROTO, REPORT, db_name, db_path, list_path, sums_name, sums_path
-from etl.reader import LmdbDataset, datum_pixels
+from etl.layout import LABELS, MEAN_JPG, MEAN_PROTO, REPORT, Layout, db_name, db_path, list_path, sums_name, sums_path
+from etl.reader import SHARD_MANIFEST, LmdbDataset, datum_pixels
 from etl.sinks.checksums import record_sum
 from etl.words import plural
 
@@ -66,7 +67,8 @@ def verify(out_dir: str, progress: bool = True) -> Checker:
         return check
     if len(labels) != report.get("labels"):
         check.fail(f"labels.txt has {plural(len(labels), 'class')}, report.json says {report.get('labels')}")
-    unsummed = [sums_name(name) for name in report["splits"] if not sums_path(out, name).is_file()]
+    unsummed = [sums_name(name) for name in report["splits"]
+                if not sums_path(out, name).is_file() and not _sharded(out, name)]
     for name, split in report["splits"].items():
         _check_split(check, out, name, split, labels, report["settings"], progress)
     if "train" in report["splits"]:
@@ -88,7 +90,8 @@ def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], la
         return
     if count != split["written"]:
         check.fail(f"{db_name(name)} holds {count} records, report.json says {split['written']} were written")
-    sums = _open_sums(check, sums_path(out, name))
+    sharded = _sharded(out, name)
+    sums = _shard_sums(out, name) if sharded else _open_sums(check, sums_path(out, name))
     record_labels = array("q")
     tj = TurboJPEG()
     try:
@@ -100,7 +103,7 @@ def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], la
                 where = f"{db_name(name)} record {i} ({key.decode(errors='replace')})"
                 if sums is not None:
                     _check_sum(check, name, where, key, value, sums.readline())
-                datum = _check_record(check, where, i, key, value, tj, caught, len(labels), settings)
+                datum = _check_record(check, where, i, key, value, tj, caught, len(labels), settings, sharded)
                 record_labels.append(datum.label if datum is not None else -1)
     except Exception as exc:  # a damaged database shows up here: report, do not crash
         check.fail(f"{db_name(name)}: reading stopped at record {check.records}: {exc}")
@@ -111,6 +114,18 @@ def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], la
     if dict(counts) != expected:
         check.fail(f"{db_name(name)}: records per class differ from report.json")
     _check_list(check, list_path(out, name), record_labels, len(labels))
+
+
+def _sharded(out: Path, name: str) -> bool:
+    return (db_path(out, name) / SHARD_MANIFEST).is_file()
+
+
+def _shard_sums(out: Path, name: str) -> IO[bytes]:
+    """A sharded split's checksum lines: each shard keeps its own, in its .etl/; joined in write order."""
+    manifest = json.loads((db_path(out, name) / SHARD_MANIFEST).read_text(encoding="utf-8"))
+    lines = b"".join(Layout(db_path(out, name) / shard["name"], single_db=True).sums(name).read_bytes()
+                     for shard in manifest["shards"])
+    return io.BytesIO(lines)
 
 
 def _open_sums(check: Checker, path: Path) -> IO[bytes] | None:
@@ -145,13 +160,14 @@ def _check_sum_count(check: Checker, name: str, sums: IO[bytes], records: int) -
 
 
 def _check_record(check: Checker, where: str, i: int, key: bytes, value: bytes, tj: TurboJPEG,
-                  caught: list[warnings.WarningMessage], n_labels: int, settings: dict[str, Any]) -> Datum | None:
+                  caught: list[warnings.WarningMessage], n_labels: int, settings: dict[str, Any],
+                  sharded: bool = False) -> Datum | None:
     try:
         datum = decode_datum(value)
     except Exception as exc:  # not a Datum at all
         check.fail(f"{where}: not a Caffe Datum: {exc}")
         return None
-    if key != b"%08d_%d" % (i, datum.label):
+    if not _key_fits(key, i, datum.label, sharded):
         check.fail(f"{where}: key does not match its index and label {datum.label}")
     if not 0 <= datum.label < n_labels:
         check.fail(f"{where}: label {datum.label} is not in labels.txt")
@@ -172,6 +188,15 @@ def _check_record(check: Checker, where: str, i: int, key: bytes, value: bytes, 
     if pixels.shape != shape:
         check.fail(f"{where}: image decodes to {pixels.shape}, expected {shape}")
     return datum
+
+
+def _key_fits(key: bytes, i: int, label: int, sharded: bool) -> bool:
+    """'%08d_%d' % (record number, label); in a shard the number is the image's place in the write order,
+    which skipped images leave unused: never below the record's."""
+    if not sharded:
+        return key == b"%08d_%d" % (i, label)
+    number, _, tail = key.partition(b"_")
+    return number.isdigit() and len(number) >= 8 and int(number) >= i and tail == b"%d" % label
 
 
 def _check_list(check: Checker, path: Path, record_labels: array, n_labels: int) -> None:

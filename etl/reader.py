@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -56,9 +59,18 @@ def datum_pixels(datum: Datum, tj: TurboJPEG | None = None) -> np.ndarray:
     return img[:, :, ::-1].copy() if img.ndim == 3 else img[:, :, None]
 
 
+SHARD_MANIFEST = "manifest.json"  # etl.runners.shards.MANIFEST: a split written as shards
+
+
 class LmdbDataset:
     """Random access and iteration over one database; opens the environment lazily in each process, and raises
-    DamagedDatabase on opening one whose data.mdb is cut short."""
+    DamagedDatabase on opening one whose data.mdb is cut short. A folder of shards (--shard-size) opens as a
+    ShardedDataset: the same interface over the shards in write order."""
+
+    def __new__(cls, path: str | os.PathLike[str], transform: Callable[[np.ndarray], Any] | None = None) -> Any:
+        if cls is LmdbDataset and os.path.isfile(os.path.join(os.fspath(path), SHARD_MANIFEST)):
+            return ShardedDataset(path, transform)
+        return super().__new__(cls)
 
     def __init__(self, path: str | os.PathLike[str], transform: Callable[[np.ndarray], Any] | None = None) -> None:
         self.path = os.fspath(path)
@@ -124,7 +136,70 @@ class LmdbDataset:
         for _, datum in self.items():
             yield self._sample(datum)
 
+    def value(self, key: bytes) -> bytes | None:
+        with self._open().begin() as txn:
+            return txn.get(key)
+
+    def keys(self) -> list[bytes]:
+        with self._open().begin() as txn:
+            return [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+
     def close(self) -> None:
         if self._env is not None:
             self._env.close()
             self._env = None
+
+
+class ShardedDataset:
+    """A split written as shards (OUT/train_db/00000-of-00029/, ...), read as one dataset in write order. A
+    shard's keys carry each image's place in the whole write order (which skipped images leave unused), so
+    random access goes through each shard's key list, read once when first needed."""
+
+    def __init__(self, path: str | os.PathLike[str], transform: Callable[[np.ndarray], Any] | None = None) -> None:
+        self.path = os.fspath(path)
+        with open(os.path.join(self.path, SHARD_MANIFEST), encoding="utf-8") as fh:
+            manifest = json.load(fh)
+        self.parts = [LmdbDataset(os.path.join(self.path, shard["name"]), transform) for shard in manifest["shards"]]
+        self.starts = list(itertools.accumulate((shard["records"] for shard in manifest["shards"]), initial=0))
+        self._keys: dict[int, list[bytes]] = {}
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def _locate(self, index: int) -> tuple[LmdbDataset, bytes]:
+        size = len(self)
+        if index < 0:
+            index += size
+        if not 0 <= index < size:
+            raise IndexError(f"record {index} out of range (database holds {size})")
+        k = bisect.bisect_right(self.starts, index) - 1
+        if k not in self._keys:
+            self._keys[k] = self.parts[k].keys()
+        return self.parts[k], self._keys[k][index - self.starts[k]]
+
+    def datum(self, index: int) -> Datum:
+        part, key = self._locate(index)
+        value = part.value(key)
+        if value is None:
+            raise KeyError(f"no record {key.decode()} in {part.path}")
+        return decode_datum(value)
+
+    def __getitem__(self, index: int) -> Sample:
+        part, _ = self._locate(index)
+        return part._sample(self.datum(index))
+
+    def items(self) -> Iterator[tuple[bytes, Datum]]:
+        for part in self.parts:
+            yield from part.items()
+
+    def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
+        for part in self.parts:
+            yield from part.raw_items()
+
+    def __iter__(self) -> Iterator[Sample]:
+        for part in self.parts:
+            yield from part
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()

@@ -100,6 +100,9 @@ class Settings:
     quality: int = option(90, "JPEG quality (default {default})", low=1, high=100)
     seed: int = option(DEFAULT_SEED, "seed for the shuffle, the val split and noise padding", low=0)
     shuffle: bool = option(True, "keep class order", flag="--no-shuffle", const=False)
+    shard_size: int | None = option(None, "images per shard: each split becomes a folder of LMDB shards "
+                                          "(OUT/train_db/00000-of-00029/, ...) read in order by DALI; etl merge makes "
+                                          "the one LMDB Caffe and DIGITS read", low=1)
     min_per_class: int = option(1, "drop classes with fewer images", low=1)
     max_per_class: int | None = option(None, "use at most this many images of a class")
     relative_paths: bool = option(False, "train.txt/val.txt paths relative to the source folder", const=True)
@@ -146,6 +149,8 @@ class Settings:
                               hidden=True, preset=False)
     check_size: bool = option(False, "stop at a record whose size differs from the first's", hidden=True,
                               preset=False, output=False)
+    # set on a shard's own run (etl.runners.shards): OUT is the shard's LMDB, keyed by the images' global places
+    in_shard: bool = option(False, "this run converts one shard", hidden=True, preset=False, output=False)
 
     @property
     def worker_count(self) -> int:

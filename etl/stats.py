@@ -39,6 +39,7 @@ class SplitStats:
     throttled_seconds: float = 0.0  # summed over workers: time spent waiting for the read budget
     io: dict[str, Any] = field(default_factory=dict)
     worker_losses: list[str] = field(default_factory=list)  # why each replaced worker went
+    shards: list[dict[str, Any]] = field(default_factory=list)  # --shard-size: each shard's figures
 
     def take(self, progress: Progress) -> None:
         self.written += progress.written
@@ -97,6 +98,7 @@ class SplitStats:
                 "writer": round(self.writer.max_rss_kb / 1024, 1) if self.writer else 0.0,
             },
             "writer": _writer_json(self.writer),
+            **({"shards": self.shards} if self.shards else {}),
         }
 
 

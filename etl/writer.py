@@ -37,7 +37,8 @@ class WriterSpec:
     mean: SumLayout | None  # the train split sums its pixels for the mean image
     keep_page_cache: bool = False
     stop_at_failure: bool = False  # --on-error fail: a chunk with a bad file is not written, nor any after it
-    imageset: bool = False  # etl imageset: OUT is the LMDB, keys and layout as convert_imageset's (etl.layout.Layout)
+    single_db: bool = False  # OUT is the LMDB itself, etl's files in its .etl/ (etl imageset, a shard): etl.layout
+    keys: str = "digits"  # how records are keyed: etl.sinks.lmdb.KEYS
     check_size: bool = False  # etl imageset --check_size: every record the size of the first
     commit_bytes: int = 0  # also commit once the pending records hold this many bytes (0: no bound)
 
@@ -78,9 +79,8 @@ class SplitWriter:
     def __init__(self, spec: WriterSpec, budget: TokenBucket | None = None) -> None:
         self.spec = spec
         self.checkpoint = Checkpoint(spec.out_dir)
-        layout = Layout(spec.out_dir, single_db=spec.imageset)
-        self.db = open_sink(layout.db(spec.split), layout.sums(spec.split), budget, spec.keep_page_cache,
-                            caffe_keys=spec.imageset)
+        layout = Layout(spec.out_dir, single_db=spec.single_db)
+        self.db = open_sink(layout.db(spec.split), layout.sums(spec.split), budget, spec.keep_page_cache, spec.keys)
         self.lists = ListFiles(layout.list(spec.split), self.checkpoint.path(skip_log_name(spec.split)),
                                spec.list_prefix)
         self.sizes = SizeCheck() if spec.check_size else None

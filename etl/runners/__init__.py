@@ -8,6 +8,7 @@ from typing import Protocol
 
 from etl.pagecache import CacheChoice
 from etl.runners.local import LocalRunner
+from etl.runners.shards import ShardedRunner
 from etl.settings import Settings
 from etl.sources.base import Split
 from etl.stats import SplitStats
@@ -21,7 +22,8 @@ class Runner(Protocol):
 
 def make_runner(s: Settings, start_method: str | None = None) -> Runner:
     """The runner for these settings (a new runner is chosen here); it refuses settings it cannot run."""
-    return LocalRunner(start_method, s)
+    local = LocalRunner(start_method, s)
+    return ShardedRunner(local) if s.shard_size else local
 
 
-__all__ = ["LocalRunner", "Runner", "make_runner"]
+__all__ = ["LocalRunner", "Runner", "ShardedRunner", "make_runner"]

@@ -55,7 +55,12 @@ def writer_spec(split: Split, s: Settings, out: Path, cache: CacheChoice) -> Wri
     return WriterSpec(split.name, str(out), split.reader.list_prefix(s.relative_paths), commit_records(s), s.resume,
                       mean=None if s.caffe_imageset else mean_layout(s.width, s.height, s.channels, split.name),
                       keep_page_cache=not cache.drop_output, stop_at_failure=s.on_error == "fail",
-                      imageset=s.caffe_imageset, check_size=s.check_size, commit_bytes=s.max_buffer_mb * MB)
+                      single_db=s.caffe_imageset or s.in_shard, keys=record_keys(s), check_size=s.check_size,
+                      commit_bytes=s.max_buffer_mb * MB)
+
+
+def record_keys(s: Settings) -> str:
+    return "caffe" if s.caffe_imageset else "item" if s.in_shard else "digits"
 
 
 class LocalRunner:

@@ -51,7 +51,7 @@ class Sink(Protocol):
 
 
 def open_sink(db_path: Path, sums_path: Path, budget: TokenBucket | None, keep_page_cache: bool,
-              caffe_keys: bool = False) -> Sink:
-    """The database sink for one split, with its checksum sidecar (train_db.sums); caffe_keys: keys as
-    convert_imageset makes them (etl.sinks.lmdb.caffe_key)."""
-    return ChecksumSink(LmdbSink(db_path, budget, keep_page_cache, caffe_keys), sums_path)
+              keys: str = "digits") -> Sink:
+    """The database sink for one split, with its checksum sidecar (train_db.sums); keys: how records are keyed
+    (etl.sinks.lmdb.KEYS: DIGITS', a shard's, convert_imageset's)."""
+    return ChecksumSink(LmdbSink(db_path, budget, keep_page_cache, keys), sums_path)

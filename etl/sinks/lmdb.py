@@ -1,5 +1,5 @@
-"""LMDB sink: one environment per split, keys '%08d_%d' % (write index, label) (or convert_imageset's), one
-transaction per commit."""
+"""LMDB sink: one environment per split (or shard), keys '%08d_%d' % (write index, label) (or a shard's, or
+convert_imageset's), one transaction per commit."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ APPEND_LIMIT = 10**8  # '%08d' keys stay in byte order below this; append mode n
 def digits_key(rec: Record, index: int) -> bytes:
     """DIGITS' key: the record's place among those written, and its label."""
     return b"%08d_%d" % (index, rec.label)
+
+
+def item_key(rec: Record, index: int) -> bytes:
+    """A shard's key: the image's place in the split's whole write order (which a skipped image leaves unused:
+    a shard cannot know how many images the shards before it skipped), and its label."""
+    return b"%08d_%d" % (rec.index, rec.label)
 
 
 def caffe_key(rec: Record, index: int) -> bytes:
@@ -45,14 +51,17 @@ def _open(path: Path) -> lmdb.Environment:
     return attempt()
 
 
+KEYS = {"digits": digits_key, "item": item_key, "caffe": caffe_key}
+
+
 class LmdbSink:
     """Puts records under their keys, commits a batch in one transaction, grows the map when it fills,
     and lets the kernel drop what a synced commit wrote."""
 
     def __init__(self, path: Path, budget: TokenBucket | None = None, keep_page_cache: bool = False,
-                 caffe_keys: bool = False) -> None:
+                 keys: str = "digits") -> None:
         self.path, self.budget, self.keep_page_cache = path, budget, keep_page_cache
-        self.key = caffe_key if caffe_keys else digits_key
+        self.key = KEYS[keys]
         path.mkdir(parents=True, exist_ok=True)
         # LMDB's defaults: sync and metasync on, writemap off. Every commit is durable before the
         # checkpoint names it, so not even a power loss can leave the two disagreeing.

@@ -1,0 +1,107 @@
+"""--shard-size: a split as a folder of LMDB shards, the same records as one database, read as one, resumed by shard."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+
+from etl.check import verify
+from etl.pipeline import convert
+from etl.reader import LmdbDataset
+from etl.settings import build_settings
+
+from .test_end_to_end import all_records
+
+
+def records(db: Path) -> list[tuple[bytes, bytes]]:
+    return all_records(db)
+
+
+def shard_dirs(out: Path, split: str = "train") -> list[Path]:
+    return sorted(p for p in (out / f"{split}_db").iterdir() if p.is_dir())  # as DALI is given them
+
+
+@pytest.fixture(scope="module")
+def runs(small_tree, tmp_path_factory):
+    """The same job converted as one database and as shards (with bad files among the images: skips)."""
+    base = tmp_path_factory.mktemp("shards")
+    tree = shutil.copytree(small_tree / "train", base / "tree")
+    for n, cls in enumerate(sorted(p for p in tree.iterdir() if p.is_dir())):
+        (cls / f"{cls.name}_bad{n}.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")  # skipped
+    common = {"train_dir": str(tree), "val_pct": 25.0, "workers": 2, "chunk_size": 4}
+    one = convert(build_settings({**common, "out_dir": str(base / "one")}), progress=False)
+    sharded = convert(build_settings({**common, "out_dir": str(base / "sh"), "shard_size": 10}), progress=False)
+    return base, one, sharded
+
+
+def test_the_shards_hold_the_one_database_record_for_record(runs):
+    base, one, sharded = runs
+    for split in ("train", "val"):
+        whole = records(base / "one" / f"{split}_db")
+        joined = [r for d in shard_dirs(base / "sh", split) for r in records(d)]
+        assert [v for _, v in joined] == [v for _, v in whole] and whole
+        labels = [k.split(b"_")[1] for k, _ in whole]
+        assert [k.split(b"_")[1] for k, _ in joined] == labels
+        numbers = [int(k[:8]) for k, _ in joined]
+        assert numbers == sorted(numbers) and all(n >= i for i, n in enumerate(numbers))
+    assert one["splits"]["train"]["skipped"] > 0  # the tree's bad files: shard keys keep the images' places
+    for name in ("labels.txt", "train.txt", "val.txt", "mean.binaryproto", "mean.jpg"):
+        assert (base / "one" / name).read_bytes() == (base / "sh" / name).read_bytes(), name
+    for key in ("written", "skipped", "per_class"):
+        assert one["splits"]["train"][key] == sharded["splits"]["train"][key]
+
+
+def test_shards_are_whole_chunks_and_named_in_write_order(runs):
+    base, _, sharded = runs
+    manifest = json.loads((base / "sh" / "train_db" / "manifest.json").read_text())
+    assert manifest["shard_size"] == 12  # 10 rounded up to whole chunks of 4
+    names = [s["name"] for s in manifest["shards"]]
+    assert names == sorted(names) == [d.name for d in shard_dirs(base / "sh")]
+    assert names[0] == f"00000-of-{len(names):05d}" and len(names) > 1
+    assert sum(s["records"] for s in manifest["shards"]) == manifest["records"] == sharded["splits"]["train"]["written"]
+    assert [s["name"] for s in sharded["splits"]["train"]["shards"]] == names
+
+
+def test_a_sharded_split_reads_and_verifies_as_one(runs):
+    base, _, _ = runs
+    assert not verify(str(base / "sh"), progress=False).problems
+    whole, sharded = LmdbDataset(base / "one" / "train_db"), LmdbDataset(base / "sh" / "train_db")
+    assert len(whole) == len(sharded) > 0
+    for i in (0, len(whole) // 2, len(whole) - 1, -1):
+        (a, la), (b, lb) = whole[i], sharded[i]
+        assert la == lb and np.array_equal(a, b)
+    assert [lab for _, lab in sharded] == [lab for _, lab in whole]
+
+
+def test_resume_redoes_only_the_shard_whose_marker_is_gone(runs, tmp_path):
+    base, _, _ = runs
+    out = tmp_path / "sh"
+    common = {"train_dir": str(Path(json.loads((base / "sh" / "report.json").read_text())["settings"]["train_dir"])),
+              "out_dir": str(out), "val_pct": 25.0, "workers": 2, "chunk_size": 4, "shard_size": 10}
+    convert(build_settings(common), progress=False)
+    dirs = shard_dirs(out)
+    before = {d.name: os.stat(d / "data.mdb").st_mtime_ns for d in dirs}
+    (dirs[1] / ".etl" / "done.json").unlink()
+    (dirs[1] / "data.mdb").unlink()  # and its database: the shard starts again from nothing
+    report = convert(build_settings({**common, "resume": True}), progress=False)
+    after = {d.name: os.stat(d / "data.mdb").st_mtime_ns for d in shard_dirs(out)}
+    assert [n for n in before if before[n] != after[n]] == [dirs[1].name]
+    for split in ("train", "val"):
+        assert [r for d in shard_dirs(out, split) for r in records(d)] == \
+            [r for d in shard_dirs(base / "sh", split) for r in records(d)]
+    assert report["splits"]["train"]["resumed_from"] == report["splits"]["train"]["written"] - \
+        report["splits"]["train"]["shards"][1]["records"]
+    assert not verify(str(out), progress=False).problems
+
+
+def test_a_shard_database_is_a_plain_lmdb(runs):
+    base, _, _ = runs
+    env = lmdb.open(str(shard_dirs(base / "sh")[0]), readonly=True, lock=False)
+    assert env.stat()["entries"] > 0
+    env.close()
