@@ -19,13 +19,11 @@ from etl.errors import UsageError
 from etl.layout import CHECKPOINT_DIR, REPORT, SPLITS, db_path, sums_name, sums_path
 from etl.messages import Record
 from etl.outlock import exclusive
+from etl.runners.shards import DONE, FORMAT, MANIFEST
 from etl.sinks.checksums import ChecksumSink, record_sum
 from etl.sinks.lmdb import LmdbSink
 from etl.words import plural
 
-MANIFEST = "manifest.json"  # in <split>_db/ of a sharded split
-FORMAT = "etl-shards-1"
-DONE = "done.json"  # in a shard's checkpoint folder: its conversion finished
 MB = 1 << 20
 
 

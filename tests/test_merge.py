@@ -223,3 +223,19 @@ def test_skipped_images_leave_gaps_that_merge_closes(small_tree, tmp_path):
     make_shards(ref, out, s, "train", 8, items, len(split.items))
     run_merge(str(out), progress=False)
     assert_same(ref, out, splits=("train",))
+
+
+def test_convert_with_shard_size_then_merge_is_the_run_without(small_tree, tmp_path):
+    """The real thing: convert --shard-size (bad files among the images: skips), merged, against the same job
+    converted as one database."""
+    tree = shutil.copytree(small_tree / "train", tmp_path / "tree" / "train")
+    for n, cls in enumerate(sorted(p for p in tree.iterdir() if p.is_dir())):
+        (cls / f"{cls.name}_bad{n}.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all")
+    convert(settings_for(tmp_path / "tree", tmp_path / "one", val_pct=25.0), progress=False)
+    convert(settings_for(tmp_path / "tree", tmp_path / "sh", val_pct=25.0, shard_size=10), progress=False)
+    assert (tmp_path / "sh" / "train_db" / MANIFEST).is_file() and not (tmp_path / "sh" / "train_db.sums").exists()
+    proc = run_cli("merge", str(tmp_path / "sh"), "--quiet")
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    assert_same(tmp_path / "one", tmp_path / "sh")
+    for name in ("train.txt", "val.txt", "labels.txt", "mean.binaryproto"):
+        assert (tmp_path / "sh" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
