@@ -1,4 +1,4 @@
-"""CLI: `etl convert`, `etl verify` and `etl demo`; user errors become one line, never a traceback."""
+"""CLI: `etl convert`, `etl verify`, `etl merge` and `etl demo`; user errors become one line, never a traceback."""
 
 from __future__ import annotations
 
@@ -148,6 +148,12 @@ def make_parser() -> argparse.ArgumentParser:
     m.add_argument("output", metavar="OUTPUT_FILE", nargs="?", help="where the mean BlobProto goes")
     m.add_argument("--workers", type=int, help="worker processes (default: every usable core)")
     m.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+    g = sub.add_parser("merge", help="join a sharded dataset's shards (convert --shard-size) into one LMDB per split",
+                       description="Each sharded split's shards become the one database a one-machine run "
+                                   "writes, byte for byte, with its checksums; then `etl verify OUT` checks it.")
+    g.add_argument("out_dir", metavar="OUT", help="the dataset folder etl convert wrote")
+    g.add_argument("--keep-shards", action="store_true", help="keep the shards, as <split>_db.shards/")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     sub.add_parser("imageset", help="Caffe's convert_imageset, same flags: etl imageset [FLAGS] ROOTFOLDER/ LISTFILE "
                                     "DB_NAME (etl imageset --help)", add_help=False)
     d = sub.add_parser("demo", help="build a small ImageNet-like tree, convert it, verify it")
@@ -187,6 +193,13 @@ def cmd_mean(args: argparse.Namespace) -> int:
     from etl.dbmean import run_mean
 
     return run_mean(args.db, args.output, args.workers, progress=not args.quiet)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from etl.merge import run_merge
+
+    run_merge(args.out_dir, keep_shards=args.keep_shards, progress=not args.quiet)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -296,7 +309,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"convert": cmd_convert, "verify": cmd_verify, "demo": cmd_demo, "bench": cmd_bench, "tune": cmd_tune,
-            "mean": cmd_mean}
+            "mean": cmd_mean, "merge": cmd_merge}
 
 
 def main(argv: list[str] | None = None) -> int:
