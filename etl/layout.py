@@ -50,7 +50,10 @@ def skip_log_name(split: str) -> str:
 
 
 DATASET_FILES = (LABELS, *(list_name(s) for s in SPLITS), *(sums_name(s) for s in SPLITS), *MEAN_FILES, REPORT)
-DATASET_DIRS = (*(db_name(s) for s in SPLITS), CHECKPOINT_DIR)
+# a split's shards kept by `etl merge --keep-shards`, or left by a merge that was stopped, are the dataset's too
+SHARDS_LEFT = (".shards", ".shards.deleting", ".merging")
+DATASET_DIRS = (*(db_name(s) for s in SPLITS), *(db_name(s) + tail for s in SPLITS for tail in SHARDS_LEFT),
+                CHECKPOINT_DIR)
 
 
 LMDB_FILES = ("data.mdb", "lock.mdb")

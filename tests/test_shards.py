@@ -120,3 +120,20 @@ def test_shards_converted_at_once_by_their_own_writers_are_the_same(runs, tmp_pa
         assert (tmp_path / "at_once" / name).read_bytes() == (base / "sh" / name).read_bytes(), name
     assert report["splits"]["train"]["written"] == sharded["splits"]["train"]["written"]
     assert report["splits"]["train"]["workers"] == 1  # each shard's share of the 2 workers
+
+
+def test_after_a_merge_resume_is_refused_and_overwrite_clears_the_kept_shards(runs, tmp_path):
+    from etl.merge import run_merge
+
+    base, _, _ = runs
+    out = tmp_path / "merged"
+    shutil.copytree(base / "sh", out)
+    run_merge(str(out), keep_shards=True, progress=False)
+    assert (out / "train_db" / "data.mdb").is_file() and (out / "train_db.shards").is_dir()
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    common = {"train_dir": settings["train_dir"], "out_dir": str(out), "val_pct": 25.0, "workers": 2, "chunk_size": 4,
+              "shard_size": 10}
+    with pytest.raises(Exception, match="etl merge joined its shards"):
+        convert(build_settings({**common, "resume": True}), progress=False)
+    convert(build_settings({**common, "overwrite": True}), progress=False)
+    assert not (out / "train_db.shards").exists() and (out / "train_db" / "manifest.json").is_file()

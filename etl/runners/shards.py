@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from etl.checkpoint import Checkpoint, fsync_write, plan_digest
+from etl.errors import UsageError
 from etl.layout import CHECKPOINT_DIR, Layout, db_path, list_path
 from etl.meansum import mean_layout
 from etl.memory import MB, commit_records
@@ -60,6 +61,9 @@ class ShardedRunner:
     def run_split(self, split: Split, s: Settings, out: Path, cache: CacheChoice, progress: bool) -> SplitStats:
         t0 = time.monotonic()
         folder = db_path(out, split.name)
+        if (folder / "data.mdb").exists():
+            raise UsageError(f"{folder} is one database (etl merge joined its shards): it is complete; convert "
+                             "again with --overwrite to make shards again")
         folder.mkdir(exist_ok=True)
         shards = cut(split, s)
         at_once = shard_writers(s, len(shards))
