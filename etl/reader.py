@@ -67,8 +67,10 @@ class LmdbDataset:
     DamagedDatabase on opening one whose data.mdb is cut short. A folder of shards (--shard-size) opens as a
     ShardedDataset: the same interface over the shards in write order."""
 
-    def __new__(cls, path: str | os.PathLike[str], transform: Callable[[np.ndarray], Any] | None = None) -> Any:
-        if cls is LmdbDataset and os.path.isfile(os.path.join(os.fspath(path), SHARD_MANIFEST)):
+    def __new__(cls, path: str | os.PathLike[str] | None = None,
+                transform: Callable[[np.ndarray], Any] | None = None) -> Any:
+        # path None: unpickling (a DataLoader's worker), which makes the instance without arguments
+        if cls is LmdbDataset and path is not None and os.path.isfile(os.path.join(os.fspath(path), SHARD_MANIFEST)):
             return ShardedDataset(path, transform)
         return super().__new__(cls)
 

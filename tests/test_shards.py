@@ -137,3 +137,15 @@ def test_after_a_merge_resume_is_refused_and_overwrite_clears_the_kept_shards(ru
         convert(build_settings({**common, "resume": True}), progress=False)
     convert(build_settings({**common, "overwrite": True}), progress=False)
     assert not (out / "train_db.shards").exists() and (out / "train_db" / "manifest.json").is_file()
+
+
+def test_a_sharded_dataset_pickles_for_dataloader_workers(runs):
+    import pickle
+
+    base, _, _ = runs
+    ds = LmdbDataset(base / "sh" / "train_db")
+    size, last = len(ds), ds[-1][1]
+    clone = pickle.loads(pickle.dumps(ds))
+    ds.close()  # py-lmdb opens an environment once per process: as in a worker, only the clone reads
+    assert len(clone) == size and clone[size - 1][1] == last
+    clone.close()

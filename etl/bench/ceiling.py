@@ -111,3 +111,30 @@ def _start_producers(ctx: BaseContext, link: ResultsLink, procs: list[BaseProces
             p.kill()
         raise RuntimeError(f"the ceiling's stand-in workers did not all start within {START_SECONDS} s") from None
     return time.perf_counter()
+
+
+def concurrent_ceiling(work: Path, writers: int, total: int = 40_000, producers: int = 2, per_chunk: int = 64,
+                       record_bytes: int = RECORD_BYTES) -> dict[str, float]:
+    """Records/s of `writers` writer processes at once, each into its own database and fed by its own
+    `producers`, as `--shard-writers` runs shards: `total` records in all, over the longest writer's time."""
+    runs: list[dict[str, float]] = []
+
+    def one(k: int) -> None:
+        runs.append(_ceiling_run(work / f"writers{writers}_{k}", total // writers // per_chunk, producers, per_chunk,
+                                 record_bytes))
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(writers):
+        shutil.rmtree(work / f"writers{writers}_{k}", ignore_errors=True)
+    if len(runs) != writers:
+        raise RuntimeError("a writer of the concurrent ceiling failed")
+    records = sum(r["records"] for r in runs)
+    seconds = max(r["records"] / r["records_per_second"] for r in runs)
+    return {"writers": writers, "records": records, "records_per_second": records / seconds,
+            "mb_per_second": records * record_bytes / 1e6 / seconds,
+            "writer_cpu_seconds_per_record": sum(r["writer_cpu_seconds_per_record"] * r["records"] for r in runs)
+            / records}
