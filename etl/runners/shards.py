@@ -87,11 +87,16 @@ def convert_shard(runner: Any, split: Split, shard: Shard, s: Settings, where: P
     """One shard into its own folder `where` by `runner` (a LocalRunner: on this machine, or on a Ray node);
     returns its done record, also written last as `where/.etl/done.json`. With --resume, a shard already done
     for this job is taken as it is, and one with a commit is continued; any other is started afresh."""
-    part = shard_part(split, shard)
+    return convert_part(runner, shard_part(split, shard), shard, s, where, cache, progress)
+
+
+def convert_part(runner: Any, part: Split, shard: Shard, s: Settings, where: Path, cache: CacheChoice,
+                 progress: bool) -> dict[str, Any]:
+    """convert_shard, given the shard's own split (`shard_part`): what a Ray task is sent, not the whole split."""
     job = identity(s, part)
     if s.resume and (record := finished(where, job)) is not None:
         return record
-    resume = s.resume and Checkpoint(where).path(f"{split.name}.state.json").is_file()
+    resume = s.resume and Checkpoint(where).path(f"{part.name}.state.json").is_file()
     if not resume and where.exists():
         shutil.rmtree(where)  # begun by a run that never committed, or of another job: start it afresh
     (where / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
