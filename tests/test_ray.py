@@ -28,9 +28,32 @@ SIDE_FILES = ("labels.txt", "train.txt", "val.txt", "mean.binaryproto", "mean.jp
 @pytest.fixture(scope="module")
 def cluster():
     """One local Ray for the module (the runner uses it rather than start its own): ~5 s to start."""
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # a new one, whatever `ray start` runs here
     yield
     ray.shutdown()
+
+
+# the misuse checks first: the Ray tests after them leave Ray printing its tasks' logs into stderr for a while
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--runner", "ray"], "--shard-size"),
+    (["--shard-size", "10", "--scratch", "/tmp"], "--runner ray"),
+    (["--shard-size", "10", "--ray-address", "auto"], "--runner ray"),
+    (["--shard-size", "10", "--cpus-per-shard", "2"], "--runner ray"),
+])
+def test_misuse_is_one_line(small_tree, tmp_path, capsys, argv, words):
+    assert main(["convert", str(small_tree / "train"), str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_without_ray_installed_it_says_what_to_install(small_tree, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as it does where Ray is not installed
+    monkeypatch.delitem(sys.modules, "etl.runners.ray", raising=False)
+    s = build_settings({"train_dir": str(small_tree / "train"), "out_dir": str(tmp_path / "o"), "runner": "ray",
+                        "shard_size": 10})
+    with pytest.raises(UsageError, match=r"pip install 'etl\[ray\]'"):
+        make_runner(s)
 
 
 def shard_dirs(out: Path, split: str = "train") -> list[Path]:
@@ -122,26 +145,3 @@ def test_a_shard_that_fails_for_good_ends_the_run_naming_it(cluster, job, tmp_pa
     assert len(line) == 1
     assert "train shard 0000" in line[0] and "NotADirectoryError" in line[0] and "--resume" in line[0], line
     assert not (out / "train_db" / "manifest.json").exists() and not (out / "report.json").exists()
-
-
-@pytest.mark.parametrize(("argv", "words"), [
-    (["--runner", "ray"], "--shard-size"),
-    (["--shard-size", "10", "--scratch", "/tmp"], "--runner ray"),
-    (["--shard-size", "10", "--ray-address", "auto"], "--runner ray"),
-    (["--shard-size", "10", "--cpus-per-shard", "2"], "--runner ray"),
-])
-def test_misuse_is_one_line(small_tree, tmp_path, capsys, argv, words):
-    assert main(["convert", str(small_tree / "train"), str(tmp_path / "o"), *argv]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and words in err[0], err
-    assert not (tmp_path / "o").exists()
-
-
-def test_without_ray_installed_it_says_what_to_install(small_tree, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as it does where Ray is not installed
-    monkeypatch.delitem(sys.modules, "etl.runners.ray", raising=False)
-    s = build_settings({"train_dir": str(small_tree / "train"), "out_dir": str(tmp_path / "o"), "runner": "ray",
-                        "shard_size": 10})
-    with pytest.raises(UsageError, match=r"pip install 'etl\[ray\]'"):
-        make_runner(s)
-

@@ -17,6 +17,7 @@ from ray.exceptions import RayError, RayTaskError
 from etl.errors import Interrupted, PipelineError
 from etl.layout import LMDB_FILES, db_path
 from etl.pagecache import CacheChoice
+from etl.procs import child_etl_digest, etl_digest, mp_context
 from etl.runners.local import LocalRunner, QuietTqdm
 from etl.runners.shards import Shard, assemble, convert_part, cut, finished, identity, shard_part
 from etl.settings import Settings, usable_cores
@@ -35,12 +36,17 @@ def fault_name(split: str, shard: str) -> str:
     return f"<shard:{split}:{shard}>"
 
 
+class OtherEtl(RuntimeError):
+    """A node imports another etl than the driver's."""
+
+
 @ray.remote
 def build_shard(part: Split, shard: Shard, s: Settings, cache: CacheChoice, scratch: str, target: str,
-                faults: dict[str, str]) -> dict[str, Any]:
+                faults: dict[str, str], driver_etl: str) -> dict[str, Any]:
     """One shard: converted by a local runner into `scratch` (node-local disk: LMDB must not be written over a
     network filesystem), then copied into `target` under OUT. Returns its done record, with where it ran."""
     t0 = time.monotonic()
+    check_etl(driver_etl)
     where = Path(scratch)
     record = convert_part(LocalRunner(None, s), part, shard, s, where, cache, progress=False)
     publish(where, Path(target), FaultHook(faults), fault_name(part.name, shard.name))
@@ -48,6 +54,15 @@ def build_shard(part: Split, shard: Shard, s: Settings, cache: CacheChoice, scra
     context = ray.get_runtime_context()
     return {**record, "node": {"id": context.get_node_id(), "ip": ray.util.get_node_ip_address(),
                                "seconds": time.monotonic() - t0}}
+
+
+def check_etl(driver_etl: str) -> None:
+    """This node's etl, in the task and in the processes its local runner starts, must be the driver's."""
+    node = ray.util.get_node_ip_address()
+    for who, digest in (("this task", etl_digest()), ("its worker processes", child_etl_digest(mp_context(None)))):
+        if digest != driver_etl:
+            raise OtherEtl(f"node {node}: {who} import another etl than the driver's: install the same etl "
+                           "(version and sources) on every node")
 
 
 def publish(built: Path, target: Path, fault: FaultHook | None = None, name: str = "") -> None:
@@ -99,7 +114,7 @@ class RayRunner:
             if self.s.ray_address:
                 ray.init(address=self.s.ray_address)
             else:
-                ray.init(num_cpus=usable_cores(), include_dashboard=False)
+                ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False)
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ... with long texts
             where = f"the Ray cluster at {self.s.ray_address}" if self.s.ray_address else "a local Ray"
             raise PipelineError(f"cannot start or reach {where}: {_first_line(exc)}") from None
@@ -141,7 +156,7 @@ class RayRunner:
             for shard in shards:
                 if shard.name not in done:
                     ref = task.remote(shard_part(split, shard), shard, task_s, cache, str(scratch / shard.name),
-                                      str(folder / shard.name), faults)
+                                      str(folder / shard.name), faults, etl_digest())
                     pending[ref] = shard
             bar.set_postfix(shards=f"{len(done)}/{len(shards)}")
             while pending:
