@@ -92,9 +92,11 @@ def assert_same_as_local(base: Path, out: Path) -> None:
     assert not verify(str(out), progress=False).problems
 
 
-def test_ray_shards_are_the_local_runs_shards(cluster, job):
+def test_ray_shards_are_the_local_runs_shards(cluster, job, capsys):
     base, common, local = job
-    report = convert(build_settings({**common, "out_dir": str(base / "ray"), "runner": "ray"}), progress=False)
+    report = convert(build_settings({**common, "out_dir": str(base / "ray"), "runner": "ray"}), progress=True)
+    shown = capsys.readouterr()
+    assert "train shards by node: " in shown.out and "img/s" in shown.err  # the summary; the bar (with its tally)
     assert len(shard_dirs(base / "ray")) > 2
     assert_same_as_local(base, base / "ray")
     assert local["splits"]["train"]["skipped"] > 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayError, RayTaskError
 
+from etl.checkpoint import Checkpoint
 from etl.errors import Interrupted, PipelineError
 from etl.layout import LMDB_FILES, db_path
 from etl.pagecache import CacheChoice
@@ -40,15 +43,57 @@ class OtherEtl(RuntimeError):
     """A node imports another etl than the driver's."""
 
 
+@ray.remote(num_cpus=0)
+class Tally:
+    """The images each running shard has committed, as its task tells at each commit: the driver's bar."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, int] = {}
+
+    def set(self, shard: str, images: int) -> None:
+        self.images[shard] = images
+
+    def get(self) -> dict[str, int]:
+        return dict(self.images)
+
+
+class CommitWatch(threading.Thread):
+    """In a task: reads its shard's last commit (chunks done) every second and tells the tally the images."""
+
+    def __init__(self, where: Path, split: str, shard: Shard, chunk_size: int, tally: Any) -> None:
+        super().__init__(daemon=True, name="etl-commit-watch")
+        self.state = Checkpoint(where).path(f"{split}.state.json")
+        self.shard, self.chunk_size, self.tally = shard, chunk_size, tally
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        told = -1
+        while not self.stopped.wait(1.0):
+            try:
+                images = min(json.loads(self.state.read_text())["chunks"] * self.chunk_size, self.shard.items)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if images != told:
+                self.tally.set.remote(self.shard.name, images)
+                told = images
+
+
 @ray.remote
 def build_shard(part: Split, shard: Shard, s: Settings, cache: CacheChoice, scratch: str, target: str,
-                faults: dict[str, str], driver_etl: str) -> dict[str, Any]:
+                faults: dict[str, str], driver_etl: str, tally: Any = None) -> dict[str, Any]:
     """One shard: converted by a local runner into `scratch` (node-local disk: LMDB must not be written over a
     network filesystem), then copied into `target` under OUT. Returns its done record, with where it ran."""
     t0 = time.monotonic()
     check_etl(driver_etl)
     where = Path(scratch)
-    record = convert_part(LocalRunner(None, s), part, shard, s, where, cache, progress=False)
+    watch = CommitWatch(where, part.name, shard, s.chunk_size, tally) if tally is not None else None
+    if watch is not None:
+        watch.start()
+    try:
+        record = convert_part(LocalRunner(None, s), part, shard, s, where, cache, progress=False)
+    finally:
+        if watch is not None:
+            watch.stopped.set()
     publish(where, Path(target), FaultHook(faults), fault_name(part.name, shard.name))
     shutil.rmtree(where, ignore_errors=True)
     context = ray.get_runtime_context()
@@ -149,29 +194,30 @@ class RayRunner:
         scratch = Path(s.scratch or Path(tempfile.gettempdir(), "etl-scratch"), job_id(s, split, out), split.name)
         faults = {k: os.environ[k] for k in FAULT_ENV if k in os.environ}
         task = build_shard.options(num_cpus=cpus, max_retries=RETRIES, retry_exceptions=True)
-        bar = QuietTqdm(total=len(split.items), desc=split.name, unit="img", disable=not progress, smoothing=0.05,
-                        initial=sum(r["shard"]["items"] for r in done.values()))
+        bar = QuietTqdm(total=len(split.items), desc=split.name, unit="img", disable=not progress, smoothing=0.05)
+        tally = Tally.remote() if progress and len(done) < len(shards) else None  # type: ignore[attr-defined]
         pending: dict[Any, Shard] = {}
         try:
             for shard in shards:
                 if shard.name not in done:
                     ref = task.remote(shard_part(split, shard), shard, task_s, cache, str(scratch / shard.name),
-                                      str(folder / shard.name), faults, etl_digest())
+                                      str(folder / shard.name), faults, etl_digest(), tally)
                     pending[ref] = shard
-            bar.set_postfix(shards=f"{len(done)}/{len(shards)}")
+            _show(bar, done, pending, len(shards), None)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:
                     shard = pending.pop(ref)
                     done[shard.name] = _result(ref, split.name, shard)
-                    bar.update(shard.items)
-                    bar.set_postfix(shards=f"{len(done)}/{len(shards)}")
+                _show(bar, done, pending, len(shards), tally)
         except KeyboardInterrupt:
             raise Interrupted(f"interrupted: {split.name} has {len(done)} of {len(shards)} shards complete in "
                               f"{folder}; run the same command with --resume to continue", 130) from None
         finally:
             for ref in pending:
                 ray.cancel(ref)
+            if tally is not None:
+                ray.kill(tally)
             bar.close()
         records = [done[shard.name] for shard in shards]
         stats = assemble(split, shards, records, s, out, time.monotonic() - t0)
@@ -181,6 +227,17 @@ class RayRunner:
         if progress:
             print(node_summary(split.name, records))
         return stats
+
+
+def _show(bar: QuietTqdm, done: dict[str, dict[str, Any]], pending: dict[Any, Shard], shards: int,
+          tally: Any) -> None:
+    """The split's bar: the images of the finished shards, and those the running ones have committed."""
+    images = sum(r["shard"]["items"] for r in done.values())
+    if tally is not None and pending:
+        running = ray.get(tally.get.remote())
+        images += sum(running.get(shard.name, 0) for shard in pending.values())
+    bar.set_postfix(shards=f"{len(done)}/{shards}", refresh=False)
+    bar.update(images - bar.n)  # down as well as up: a shard run again starts afresh
 
 
 def _result(ref: Any, split: str, shard: Shard) -> dict[str, Any]:
