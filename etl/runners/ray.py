@@ -79,13 +79,14 @@ class CommitWatch(threading.Thread):
 
 
 @ray.remote
-def build_shard(part: Split, shard: Shard, s: Settings, cache: CacheChoice, scratch: str, target: str,
+def build_shard(part: Split, shard: Shard, s: Settings, cache: CacheChoice, job: str, target: str,
                 faults: dict[str, str], driver_etl: str, tally: Any = None) -> dict[str, Any]:
-    """One shard: converted by a local runner into `scratch` (node-local disk: LMDB must not be written over a
-    network filesystem), then copied into `target` under OUT. Returns its done record, with where it ran."""
+    """One shard: converted by a local runner in this node's scratch folder (--scratch, or the node's temporary
+    folder: LMDB must not be written over a network filesystem), under `job`, then copied into `target` under
+    OUT. Returns its done record, with where it ran."""
     t0 = time.monotonic()
     check_etl(driver_etl)
-    where = Path(scratch)
+    where = Path(s.scratch or Path(tempfile.gettempdir(), "etl-scratch"), job, part.name, shard.name)
     watch = CommitWatch(where, part.name, shard, s.chunk_size, tally) if tally is not None else None
     if watch is not None:
         watch.start()
@@ -191,7 +192,7 @@ class RayRunner:
                     done[shard.name] = record
         cpus = self.cpus_per_shard()
         task_s = replace(s, workers=s.workers or cpus)  # the shard's local runner: as many workers as cores taken
-        scratch = Path(s.scratch or Path(tempfile.gettempdir(), "etl-scratch"), job_id(s, split, out), split.name)
+        job = job_id(s, split, out)
         faults = {k: os.environ[k] for k in FAULT_ENV if k in os.environ}
         task = build_shard.options(num_cpus=cpus, max_retries=RETRIES, retry_exceptions=True)
         bar = QuietTqdm(total=len(split.items), desc=split.name, unit="img", disable=not progress, smoothing=0.05)
@@ -200,7 +201,7 @@ class RayRunner:
         try:
             for shard in shards:
                 if shard.name not in done:
-                    ref = task.remote(shard_part(split, shard), shard, task_s, cache, str(scratch / shard.name),
+                    ref = task.remote(shard_part(split, shard), shard, task_s, cache, job,
                                       str(folder / shard.name), faults, etl_digest(), tally)
                     pending[ref] = shard
             _show(bar, done, pending, len(shards), None)
