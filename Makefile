@@ -15,7 +15,7 @@ $(STAMP): setup.cfg pyproject.toml
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libturbojpeg0; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,plot]'
+	$(BIN)/pip install -q -e '.[test,plot,ray]'
 	touch $(STAMP)
 
 demo: setup

@@ -18,7 +18,7 @@ from etl.meanimage import mean_image, write_mean
 from etl.meansum import mean_layout
 from etl.outlock import exclusive
 from etl.pagecache import CacheChoice, InputSize, choose_page_cache, free_memory_bytes
-from etl.runners import Runner, make_runner
+from etl.runners import Runner, close_runner, make_runner
 from etl.settings import Settings, UsageError
 from etl.sinks import MeanSink
 from etl.sources import Plan, plan
@@ -129,6 +129,8 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
             return run_job(s, job, out, runner, progress)
         except (PipelineError, Interrupted) as exc:
             raise _advice_fits(exc, s) from None
+        finally:
+            close_runner(runner)
 
 
 def _advice_fits(exc: PipelineError | Interrupted, s: Settings) -> PipelineError | Interrupted:

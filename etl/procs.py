@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
+import hashlib
 import multiprocessing as mp
 import os
 import resource
@@ -16,12 +18,48 @@ from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 PR_SET_PDEATHSIG = 1
 NO_WRITER_EXIT = 75  # a worker's exit code when it cannot reach the writer (EX_TEMPFAIL)
 PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size: a whole chunk's results in one or two system calls
 PRELOAD = ["etl.workers", "etl.writer"]
+
+
+@functools.cache
+def etl_digest() -> str:
+    """The etl this process imports, as a digest of its source files: a Ray task checks that its node's etl, and
+    its worker processes' (etl.runners.ray), is the driver's: another etl would write other files."""
+    import etl
+
+    root = Path(etl.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def send_etl_digest(conn: Connection) -> None:
+    """A child's etl_digest, sent back to its parent."""
+    conn.send(etl_digest())
+
+
+def child_etl_digest(ctx: BaseContext, timeout: float = 60.0) -> str | None:
+    """The etl a process started by `ctx` imports (None: it could not say; an older etl lacks send_etl_digest)."""
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=send_etl_digest, args=(send,), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        return recv.recv() if recv.poll(timeout) else None
+    except (EOFError, OSError):
+        return None
+    finally:
+        recv.close()
+        proc.join(5.0)
+        if proc.is_alive():
+            proc.kill()
 
 
 def mp_context(start_method: str | None = None) -> BaseContext:

@@ -16,6 +16,7 @@ RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
 ENCODINGS = ("jpg", "png", "none")
 PAGE_CACHE_MODES = ("auto", "drop", "keep")
 DEFAULT_SEED = 1385  # fixed so that two runs with default options give the same dataset
+RUNNERS = ("local", "ray")
 DEFAULT_VAL_PCT = 25.0  # DIGITS' split per class when neither --val nor --val-pct is given
 
 
@@ -105,6 +106,16 @@ class Settings:
                                           "the one LMDB Caffe and DIGITS read", low=1)
     shard_writers: int = option(0, "shards converted at once, each with its own writer and a share of the workers "
                                    "(default 0: one per 16 workers)", low=0, output=False)
+    runner: str = option("local", "who converts the shards: this machine (local, default) or a Ray cluster (ray: "
+                               "each shard one Ray task; needs --shard-size)", choices=RUNNERS, output=False)
+    ray_address: str | None = option(None, "the Ray cluster to run on, as ray.init takes it ('auto': the one "
+                                           "`ray start` began here; default: a Ray of this machine's cores, "
+                                           "started and stopped by the run)", output=False)
+    cpus_per_shard: int | None = option(None, "cores one shard's task takes on its node, and its worker count "
+                                              "(default: the cores of the smallest Ray node)", low=1, high=1024,
+                                        output=False)
+    scratch: str | None = option(None, "node-local folder where each Ray task builds its shard before copying it "
+                                       "into OUT (default: the node's temporary folder)", output=False)
     min_per_class: int = option(1, "drop classes with fewer images", low=1)
     max_per_class: int | None = option(None, "use at most this many images of a class")
     relative_paths: bool = option(False, "train.txt/val.txt paths relative to the source folder", const=True)
@@ -271,6 +282,17 @@ def check_settings(s: Settings) -> None:
         raise UsageError("--max-per-class must be at least --min-per-class")
     if s.resume and s.overwrite:
         raise UsageError("give either --resume or --overwrite, not both")
+    _check_runner(s)
+
+
+def _check_runner(s: Settings) -> None:
+    """The Ray options go with --runner ray, which runs shards."""
+    if s.runner == "ray" and s.shard_size is None:
+        raise UsageError("--runner ray runs each shard as one Ray task: give --shard-size N too")
+    for flag, value in (("--ray-address", s.ray_address), ("--cpus-per-shard", s.cpus_per_shard),
+                        ("--scratch", s.scratch)):
+        if value is not None and s.runner != "ray":
+            raise UsageError(f"{flag} is an option of the Ray runner: give --runner ray too")
 
 
 def _check_folders(s: Settings) -> None:

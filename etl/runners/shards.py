@@ -113,7 +113,7 @@ def convert_shard(runner: Any, split: Split, shard: Shard, s: Settings, where: P
 
 def convert_part(runner: Any, part: Split, shard: Shard, s: Settings, where: Path, cache: CacheChoice,
                  progress: bool) -> dict[str, Any]:
-    """convert_shard, given the shard's own split (shard_part)."""
+    """convert_shard, given the shard's own split (`shard_part`): what a Ray task is sent, not the whole split."""
     job = identity(s, part)
     if s.resume and (record := finished(where, job)) is not None:
         return record
