@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +150,32 @@ def test_a_shard_that_fails_for_good_ends_the_run_naming_it(cluster, job, tmp_pa
     assert len(line) == 1
     assert "train shard 0000" in line[0] and "NotADirectoryError" in line[0] and "--resume" in line[0], line
     assert not (out / "train_db" / "manifest.json").exists() and not (out / "report.json").exists()
+
+
+def test_a_killed_driver_then_resume_gives_the_same_output(cluster, job, tmp_path):
+    """The driver and the Ray it started are killed (SIGKILL to the whole session, as a crashed head node) while
+    the last train shard is stuck on an image; the same command with --resume finishes the job."""
+    base, common, _ = job
+    last = shard_dirs(base / "local")[-1]
+    everywhere = [Path(line.rsplit(" ", 1)[0]).name for line in (base / "local" / "train.txt").read_text().splitlines()]
+    victim = next(name for name in (Path(line.rsplit(" ", 1)[0]).name
+                                    for line in (last / ".etl" / "train.txt").read_text().splitlines())
+                  if everywhere.count(name) == 1)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "etl", "convert", common["train_dir"], str(out), "--val-pct", "25", "--chunk-size",
+            "4", "--shard-size", "10", "--runner", "ray", "--cpus-per-shard", "1", "--quiet"]
+    env = {**os.environ, "ETL_TEST_FAULTS": f"hang_once={victim}", "ETL_TEST_FAULT_DIR": str(tmp_path)}
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (tmp_path / f"{victim}.fired").exists():
+            time.sleep(0.2)
+        assert (tmp_path / f"{victim}.fired").exists(), "the stuck image was never reached"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "train_db" / last.name / ".etl" / "done.json").exists()
+    convert(build_settings({**common, "out_dir": str(out), "runner": "ray", "resume": True, "cpus_per_shard": 1}),
+            progress=False)
+    assert_same_as_local(base, out)
