@@ -17,18 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from etl.bench.cold import cached_share, drop_caches  # noqa: E402
+from etl.bench.cold import advise_out, cached_share, drop_caches  # noqa: E402
 from etl.bench.corpus import build_corpus, corpus_files, warm  # noqa: E402
 from etl.bench.endtoend import run_etl  # noqa: E402
-
-
-def evict_corpus(files: list[Path]) -> None:
-    for path in files:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def main() -> None:
@@ -45,7 +36,7 @@ def main() -> None:
         tree = build_corpus(work, args.src, 0, args.repeat)
         files = corpus_files(tree)
         ways = {"warm": lambda: warm(files), "drop_caches": drop_caches,
-                "DONTNEED on the corpus": lambda: evict_corpus(files)}
+                "DONTNEED on the corpus": lambda: advise_out(files)}
         print(f"{len(files):,d} files, {args.workers} workers\n\n| round | page cache | corpus cached | images/s | "
               "CPU s |\n|---|---|---|---|---|")
         for r in range(args.rounds):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import multiprocessing as mp
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -46,27 +46,39 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
+def _to_lmdb(db_path: Path, records: Iterable[tuple[bytes, bytes]], commit_every: int) -> int:
+    """The scripts' writer: put each (key, value), commit every `commit_every` records; returns the count."""
+    env = lmdb.open(str(db_path), map_size=1 << 40)
+    written = 0
+    txn = env.begin(write=True)
+    for key, value in records:
+        txn.put(key, value)
+        written += 1
+        if written % commit_every == 0:
+            txn.commit()
+            txn = env.begin(write=True)
+    txn.commit()
+    env.sync(True)
+    env.close()
+    return written
+
+
+def _timed(t0: float, written: int) -> dict[str, float]:
+    seconds = time.perf_counter() - t0
+    return {"images": written, "seconds": seconds, "images_per_second": written / seconds}
+
+
 def run_pool_baseline(kernel: Callable[[bytes], bytes], items: list[tuple[str, int]], workers: int,
                       db_path: Path, commit_every: int = 1000) -> dict[str, float]:
     """Pool.imap over the files; the parent builds Datums and commits every `commit_every` records."""
     t0 = time.perf_counter()
-    env = lmdb.open(str(db_path), map_size=1 << 34)
-    written = 0
-    txn = env.begin(write=True)
     with mp.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
-        for data, label in pool.imap(_job, [(kernel, p, lb) for p, lb in items], chunksize=16):
-            if data is None:
-                continue
-            txn.put(b"%08d_%d" % (written, label), encode_datum(3, SIZE, SIZE, data, label, True))
-            written += 1
-            if written % commit_every == 0:
-                txn.commit()
-                txn = env.begin(write=True)
-    txn.commit()
-    env.sync(True)
-    env.close()
-    seconds = time.perf_counter() - t0
-    return {"images": written, "seconds": seconds, "images_per_second": written / seconds}
+        done = ((data, label) for data, label in pool.imap(_job, [(kernel, p, lb) for p, lb in items], chunksize=16)
+                if data is not None)
+        records = ((b"%08d_%d" % (n, label), encode_datum(3, SIZE, SIZE, data, label, True))
+                   for n, (data, label) in enumerate(done))
+        written = _to_lmdb(db_path, records, commit_every)
+    return _timed(t0, written)
 
 
 def _imageset_job(args: tuple[int, str, str, int, int, int]) -> tuple[int, str, bytes | None]:
@@ -87,21 +99,9 @@ def run_imageset_baseline(root: str, items: list[tuple[str, int]], workers: int,
     worker reading, resizing and building the raw Datum; the parent writes keys '%08d_%s' (line, path) and
     commits every `commit_every` records."""
     t0 = time.perf_counter()
-    env = lmdb.open(str(db_path), map_size=1 << 40)
-    written = 0
-    txn = env.begin(write=True)
     jobs = [(line, root, path, label, width, height) for line, (path, label) in enumerate(items)]
     with mp.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
-        for line, path, datum in pool.imap(_imageset_job, jobs, chunksize=16):
-            if datum is None:
-                continue
-            txn.put(b"%08d_%s" % (line, path.encode()), datum)
-            written += 1
-            if written % commit_every == 0:
-                txn.commit()
-                txn = env.begin(write=True)
-    txn.commit()
-    env.sync(True)
-    env.close()
-    seconds = time.perf_counter() - t0
-    return {"images": written, "seconds": seconds, "images_per_second": written / seconds}
+        records = ((b"%08d_%s" % (line, path.encode()), datum)
+                   for line, path, datum in pool.imap(_imageset_job, jobs, chunksize=16) if datum is not None)
+        written = _to_lmdb(db_path, records, commit_every)
+    return _timed(t0, written)

@@ -20,6 +20,7 @@ from etl.settings import build_settings
 from etl.sources.plan import plan
 
 from .conftest import run_cli
+from .test_end_to_end import all_records
 
 CHUNK, EVERY = 4, 8
 
@@ -28,14 +29,6 @@ def settings_for(tree: Path, out: Path, **more):
     values = {"train_dir": str(tree / "train"), "out_dir": str(out), "workers": 2, "chunk_size": CHUNK,
               "commit_every": EVERY, **more}
     return build_settings(values)
-
-
-def records_of(db: Path) -> list[tuple[bytes, bytes]]:
-    env = lmdb.open(str(db), readonly=True, lock=False)
-    with env.begin() as txn:
-        pairs = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
-    env.close()
-    return pairs
 
 
 def txns_of(db: Path) -> int:
@@ -53,7 +46,7 @@ def make_shards(ref: Path, out: Path, s, split: str, shard_size: int, items: lis
         shutil.copytree(ref, out)
     shutil.rmtree(out / f"{split}_db")
     (out / f"{split}_db.sums").unlink()
-    pairs = records_of(ref / f"{split}_db")
+    pairs = all_records(ref / f"{split}_db")
     sums = (ref / f"{split}_db.sums").read_bytes().splitlines(keepends=True)
     lines = (ref / f"{split}.txt").read_text().splitlines(keepends=True)
     items = list(range(len(pairs))) if items is None else items

@@ -23,6 +23,16 @@ def drop_caches() -> bool:
     return True
 
 
+def advise_out(files: list[Path]) -> None:
+    """Ask the kernel to drop these files' pages from the page cache (any user may; nothing else is dropped)."""
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def evict(files: list[Path]) -> str:
     """Empty the page cache of these files: as root, drop the whole cache (the database and everything else
     too, as after a reboot); otherwise advise the kernel to drop each file's pages. Returns how; UsageError
@@ -30,12 +40,7 @@ def evict(files: list[Path]) -> str:
     how = "/proc/sys/vm/drop_caches"
     if not drop_caches():
         how = "posix_fadvise(DONTNEED) per file"
-        for path in files:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+        advise_out(files)
     left = cached_share(files)
     if left > 0.01:
         raise UsageError(f"--cold: the corpus is still {100 * left:.0f}% in the page cache after {how} (a tmpfs "
