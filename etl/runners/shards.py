@@ -165,9 +165,10 @@ def assemble(split: Split, shards: list[Shard], done: list[dict[str, Any]], s: S
                      "skipped": len(p.failures), "wall_seconds": round(p.wall_seconds, 3)}
                     for shard, p in zip(shards, parts, strict=True)]
     folder = db_path(out, split.name)
-    _join_lists(split.name, [folder / shard.name for shard in shards], list_path(out, split.name))
+    shard_dirs = [folder / shard.name for shard in shards]
+    _join_lists(split.name, shard_dirs, list_path(out, split.name))
     assert total.writer is not None
-    total.writer.sum_chunks = _join_sums(split.name, [folder / shard.name for shard in shards], parts, s, out)
+    total.writer.sum_chunks = _join_sums(split.name, shard_dirs, parts, s, out)
     manifest = {"format": FORMAT, "split": split.name, "shard_size": shard_images(s), "chunk_size": s.chunk_size,
                 "commit_every": commit_records(s), "commit_bytes": s.max_buffer_mb * MB, "items": len(split.items),
                 "records": total.written, "shards": total.shards}

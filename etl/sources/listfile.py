@@ -86,6 +86,14 @@ def read_list(path: str, keep_blank: bool = False) -> Listed:
     return listed
 
 
+def positions_by_label(pairs: list[tuple[str, int]]) -> dict[int, list[int]]:
+    """Label -> the positions in `pairs` of its items, labels in ascending order, positions in list order."""
+    by_label: dict[int, list[int]] = {}
+    for position, (_, label) in enumerate(pairs):
+        by_label.setdefault(label, []).append(position)
+    return dict(sorted(by_label.items()))
+
+
 def looks_like_list(path: str) -> bool:
     """A regular file whose first non-blank line is `path label` (a tar, an image or a labels file is not)."""
     if not os.path.isfile(path):
@@ -169,10 +177,8 @@ class ListSource:
 
     def classes(self) -> dict[str, list[str]]:
         """Label number (as text) -> paths, in label order: what a class-folder input would give."""
-        by_label: dict[int, list[str]] = {}
-        for path, label in self.listed:
-            by_label.setdefault(label, []).append(path)
-        return {str(label): by_label[label] for label in sorted(by_label)}
+        return {str(label): [self.listed[p][0] for p in positions]
+                for label, positions in positions_by_label(self.listed).items()}
 
     def images(self) -> list[str]:
         return [path for path, _ in self.listed]

@@ -16,7 +16,7 @@ from etl.messages import Item
 from etl.settings import Settings, UsageError
 from etl.sources.archive import INCOMPLETE
 from etl.sources.base import Plan, Source, Split, byte_order
-from etl.sources.listfile import Listed, ListSource, check_files, check_range, read_label_names
+from etl.sources.listfile import Listed, ListSource, check_files, check_range, positions_by_label, read_label_names
 from etl.sources.registry import open_source
 from etl.sources.vallabels import load_val_labels, stem
 from etl.words import plural
@@ -290,10 +290,7 @@ def _list_labels(s: Settings, lists: list[tuple[str, Listed]]) -> list[str]:
 
 def _listed_kept(listed: Listed, labels: list[str], s: Settings, notes: list[str]) -> Pairs:
     """--min/--max-per-class on a list: classes dropped keep their number (the others are not renumbered)."""
-    by_label: dict[int, list[int]] = {}
-    for position, (_, label) in enumerate(listed):
-        by_label.setdefault(label, []).append(position)
-    kept = _limit_classes(dict(sorted(by_label.items())), s, notes,
+    kept = _limit_classes(positions_by_label(listed), s, notes,
                           name=lambda label: labels[label] if label < len(labels) else str(label))
     if not kept:
         raise UsageError(f"every class of {s.train_dir} has fewer than --min-per-class {s.min_per_class} images: "
@@ -314,10 +311,7 @@ def _check_key_lengths(listed: Listed, where: str) -> None:
 
 def _split_listed(pairs: Pairs, s: Settings) -> tuple[Pairs, Pairs]:
     """--val-pct of each label held out; both parts keep the list's order."""
-    by_label: dict[int, list[int]] = {}
-    for position, (_, label) in enumerate(pairs):
-        by_label.setdefault(label, []).append(position)
-    train, val = _split_by_pct(sorted(by_label.items()), s)
+    train, val = _split_by_pct(positions_by_label(pairs).items(), s)
     return ([pairs[p] for p, _ in sorted(train)], [pairs[p] for p, _ in sorted(val)])
 
 
