@@ -85,8 +85,7 @@ class CaffeImage:
             raise
         except Exception as exc:
             raise BadImage(f"cannot read the image header: {exc}") from None
-        if header.width * header.height > self.codec.max_pixels:
-            raise BadImage(f"{header.width}x{header.height} is more pixels than --max-pixels {self.codec.max_pixels}")
+        self.codec.check_claimed_size(header.width, header.height)
         return header
 
     def record(self, img: np.ndarray, path: str, label: int) -> bytes:

@@ -132,7 +132,7 @@ class Codec:
                 width, height, subsample, colorspace = self.tj.decode_header(data)
                 if caught or not width or not height:
                     return None
-                self._check_size(width, height)
+                self.check_claimed_size(width, height)
                 denom = choose_scale(width, height)
                 self._check_budget(data, width, height, denom)
                 scale = (1, denom) if denom > 1 else None
@@ -162,7 +162,8 @@ class Codec:
         return self.tj.encode_from_yuv(np.concatenate([r.ravel() for r in rows]), height, width,
                                        quality=quality, jpeg_subsample=TJSAMP_420, flags=TJFLAG_ACCURATEDCT)
 
-    def _check_size(self, width: int, height: int) -> None:
+    def check_claimed_size(self, width: int, height: int) -> None:
+        """Refuse, before any allocation, a header that claims too many pixels (--max-pixels) or none."""
         if width * height > self.max_pixels:
             raise BadImage(f"image claims {width}x{height} pixels, over the limit of {self.max_pixels} (--max-pixels)")
         if width < 1 or height < 1:
@@ -188,7 +189,7 @@ class Codec:
                 return None  # unusual sampling factors or a damaged header: Pillow may still read it
             if caught or not width or not height:
                 return None
-            self._check_size(width, height)
+            self.check_claimed_size(width, height)
             denom = choose_scale(width, height)
             self._check_budget(data, width, height, denom)
             try:
@@ -211,7 +212,7 @@ class Codec:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
-                self._check_size(width, height)
+                self.check_claimed_size(width, height)
                 self._fit_budget(im, data, choose_scale)
                 im.load()
                 return Decoded(self._to_array(im), width, height, warning)
