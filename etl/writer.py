@@ -110,11 +110,13 @@ class SplitWriter:
             self.sizes.check(result.records)
         self.db.add(result.records, self.summary.written)
         self.lists.add(result)
+        chunk_bytes = 0
         for rec in result.records:
-            self.summary.data_bytes += len(rec.value)
+            chunk_bytes += len(rec.value)
             self.label_counts[rec.label] += 1
+        self.summary.data_bytes += chunk_bytes
+        self.pending_bytes += chunk_bytes
         self.summary.written += len(result.records)
-        self.pending_bytes += sum(len(rec.value) for rec in result.records)
         if self.mean is not None:
             self.mean.add(result)
         self.state.chunks = result.chunk_id + 1
