@@ -139,6 +139,8 @@ def make_parser() -> argparse.ArgumentParser:
                            help="listed-image counts for the coordinator memory probe")
             b.add_argument("--ceiling-records", type=int, default=40_000,
                            help="~17 KB records pushed through the writer for the serial ceiling")
+            b.add_argument("--rounds", type=int, default=3,
+                           help="end-to-end runs of each pipeline, interleaved; the median counts (3)")
         else:
             b.add_argument("--max-workers", type=int, help="sweep 1..N workers (default: 2 x cores)")
     m = sub.add_parser("mean", help="the mean image of any Datum LMDB, as Caffe's compute_image_mean, on every core",
@@ -288,8 +290,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     if args.ceiling_records < 64:
         raise UsageError("--ceiling-records must be at least 64")
+    if args.rounds < 1:
+        raise UsageError("--rounds must be at least 1")
     res = run_bench(args.src, args.generate or 0, args.repeat, workers, Path(args.out), counts,  # type: ignore[arg-type]
-                    ceiling_records=args.ceiling_records, cold=args.cold)
+                    ceiling_records=args.ceiling_records, cold=args.cold, rounds=args.rounds)
     print(render_bench(res))
     print(f"\nfigures: {Path(args.out) / 'bench.json'}")
     return 0

@@ -54,6 +54,42 @@ def test_tune_sweeps_plots_and_recommends(tmp_path):
     assert f"read_ahead = {res['recommended']['read_ahead']}" in proc.stdout
 
 
+def _cold_or_skip(proc: subprocess.CompletedProcess) -> None:
+    if proc.returncode == 2 and "--cold: the corpus is still" in proc.stderr:  # TMPDIR on a tmpfs: nothing to evict
+        pytest.skip(proc.stderr.strip())
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_bench_cold_gives_cold_and_warm_side_by_side(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the corpus on the disk the test writes to
+    proc = run_cli("bench", "--generate", "24", "--workers", "1", "--list-counts", "200,1000", "--cold",
+                   "--rounds", "2", "--ceiling-records", "640", "--out", str(tmp_path / "out"))
+    _cold_or_skip(proc)
+    res = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert res["rounds"] == 2 and set(res["end_to_end_cold"]) == set(res["end_to_end"])
+    for regime in ("end_to_end", "end_to_end_cold"):
+        for run in res[regime].values():
+            assert run["images"] == 24 and len(run["runs_images_per_second"]) == 2
+            assert run["machine"]["user"] + run["machine"]["system"] > 0
+    for text in ("| cold / warm |", "Where the machine's CPU time went", "median of 2 interleaved runs"):
+        assert text in proc.stdout
+
+
+def test_tune_cold_says_its_recommendation_was_measured_cold(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    proc = run_cli("tune", "--generate", "12", "--max-workers", "1", "--cold", "--out", str(tmp_path / "out"))
+    _cold_or_skip(proc)
+    assert json.loads((tmp_path / "out" / "tune.json").read_text())["page_cache"] == "cold"
+    assert "Every run with the page cache emptied of the corpus (cold)" in proc.stdout
+    assert "Recommended, measured cold" in proc.stdout
+
+
+@pytest.mark.quick
+def test_bench_rejects_zero_rounds(tmp_path):
+    proc = run_cli("bench", "--generate", "10", "--rounds", "0", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "--rounds must be at least 1" in proc.stderr
+
+
 def test_cold_empties_the_page_cache_of_the_corpus_without_root_too(tmp_path, monkeypatch):
     """The fadvise path, as a user who is not root takes it; mincore says whether it worked."""
     from etl.bench import cold

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,12 +16,18 @@ from etl.bench.cold import prepare
 from etl.bench.engine import labelled_files
 
 REPO = Path(__file__).resolve().parents[2]  # where `python -m etl` runs from
+# /proc/stat's first line, in order; what the machine's CPUs did during a run, whoever did it
+MACHINE_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+Runs = dict[str, dict[str, dict[str, Any]]]  # regime ("warm", "cold") -> contender -> its median run
 
 
-def end_to_end(tree: Path, work: Path, workers: int, rounds: int = 2, archive: Path | None = None,
-               cold: bool = False) -> dict[str, dict[str, Any]]:
-    """Each contender `rounds` times, interleaved, the page cache warmed (or, cold, emptied of the corpus)
-    before every run; the best run counts (these shared machines drift by 10-20% from run to run).
+def end_to_end(tree: Path, work: Path, workers: int, rounds: int = 3, archive: Path | None = None,
+               regimes: tuple[str, ...] = ("warm",)) -> Runs:
+    """Each contender `rounds` times in each regime, all interleaved (round by round, contender by contender,
+    warm then cold), so that the drift of a shared machine falls on every figure alike. Before each run the
+    page cache is warmed with the corpus, or (cold) emptied of it. The median run counts; the figures of
+    every run are kept (`runs_images_per_second`), and the machine's CPU accounting of each (`machine`).
     archive: the --src archive the tree was written from; `etl convert` also runs on it."""
     items = labelled_files(tree)
     files = [Path(p) for p, _ in items]
@@ -30,14 +38,35 @@ def end_to_end(tree: Path, work: Path, workers: int, rounds: int = 2, archive: P
     }
     if archive is not None:
         contenders["etl convert (from the archive)"] = lambda db: run_etl(archive, db, workers)
-    best: dict[str, dict[str, Any]] = {}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {r: {name: [] for name in contenders} for r in regimes}
     for r in range(rounds):
         for k, (name, run) in enumerate(contenders.items()):
-            prepare(files if "archive" not in name else _tar_files(archive), cold)
-            result = run(work / f"e2e_{k}_{r}")
-            if name not in best or result["images_per_second"] > best[name]["images_per_second"]:
-                best[name] = result
-    return best
+            for regime in regimes:
+                prepare(files if "archive" not in name else _tar_files(archive), regime == "cold")
+                before = machine_cpu()
+                result = run(work / f"e2e_{k}_{r}_{regime}")
+                result["machine"] = {f: round(b - a, 2) for f, a, b in zip(MACHINE_FIELDS, before, machine_cpu(),
+                                                                        strict=True)}
+                runs[regime][name].append(result)
+    return {regime: {name: _median_run(done) for name, done in by_name.items()} for regime, by_name in runs.items()}
+
+
+def _median_run(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median speed (the lower middle one of an even count), with every run's speed beside it."""
+    speeds = [d["images_per_second"] for d in done]
+    middle = sorted(done, key=lambda d: d["images_per_second"])[(len(done) - 1) // 2]
+    return {**middle, "runs_images_per_second": [round(s, 1) for s in speeds],
+            "median_images_per_second": statistics.median(speeds)}
+
+
+def machine_cpu() -> list[float]:
+    """Seconds each CPU state has taken so far, summed over the machine's CPUs (/proc/stat; Linux only)."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return [0.0] * len(MACHINE_FIELDS)
+    hz = os.sysconf("SC_CLK_TCK")
+    return [int(v) / hz for v in first[1:1 + len(MACHINE_FIELDS)]]
 
 
 def _tar_files(archive: Path | None) -> list[Path]:

@@ -24,11 +24,12 @@ def render_bench(res: dict[str, Any]) -> str:
     ocv = e2e["Pool + OpenCV (Caffe kernel)"]["images_per_second"]
     lines += ["", "The limit (full decode to YCbCr planes + 224x224 encode, every core, from memory, no IPC): "
               f"{lim:.0f} images/s", "",
-              "End to end, page cache warm, LMDB written:",
+              f"End to end, page cache warm, LMDB written; the median of {res.get('rounds', 1)} interleaved runs "
+              "(every run's figure in brackets):",
               "| pipeline | images/s | x Pillow | x OpenCV | of the limit |", "|---|---|---|---|---|"]
     for name, r in e2e.items():
         ips = r["images_per_second"]
-        lines.append(f"| {name} | {ips:.0f} | {ips / pil:.2f} | {ips / ocv:.2f} | {ips / lim:.2f} |")
+        lines.append(f"| {name} | {ips:.0f} {_runs(r)} | {ips / pil:.2f} | {ips / ocv:.2f} | {ips / lim:.2f} |")
     if "end_to_end_cold" in res:
         lines += ["", _cold_table(res["end_to_end_cold"], e2e)]
     lines += ["", _serial_text(res)]
@@ -41,15 +42,33 @@ def render_bench(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _runs(r: dict[str, Any]) -> str:
+    return "(" + ", ".join(f"{v:.0f}" for v in r.get("runs_images_per_second", [])) + ")"
+
+
 def _cold_table(cold: dict[str, Any], warm: dict[str, Any]) -> str:
-    """The same runs from an emptied page cache, beside the warm figures."""
+    """The same runs from an emptied page cache, beside the warm figures, and where the machine's time went."""
     ocv = cold["Pool + OpenCV (Caffe kernel)"]["images_per_second"]
-    lines = ["End to end, page cache emptied of the corpus before each run (cold), and warm:",
+    lines = ["End to end, page cache emptied of the corpus before each run (cold), interleaved with the warm runs:",
              "| pipeline | cold images/s | warm images/s | cold / warm | cold x OpenCV cold |", "|---|---|---|---|---|"]
     for name, r in cold.items():
         c, w = r["images_per_second"], warm[name]["images_per_second"]
-        lines.append(f"| {name} | {c:.0f} | {w:.0f} | {c / w:.2f} | {c / ocv:.2f} |")
+        lines.append(f"| {name} | {c:.0f} {_runs(r)} | {w:.0f} {_runs(warm[name])} | {c / w:.2f} | {c / ocv:.2f} |")
+    lines += ["", "Where the machine's CPU time went in those median runs, ms per image, all CPUs, warm -> cold "
+              "(/proc/stat over each whole command, start-up included; system includes interrupts; steal is time the "
+              "hypervisor took):",
+              "| pipeline | user | system | steal | idle + iowait |", "|---|---|---|---|---|"]
+    for name, r in cold.items():
+        if "machine" in r and "machine" in warm[name]:
+            w, c = _machine_ms(warm[name]), _machine_ms(r)
+            lines.append(f"| {name} | " + " | ".join(f"{w[k]:.2f} -> {c[k]:.2f}" for k in w) + " |")
     return "\n".join(lines)
+
+
+def _machine_ms(run: dict[str, Any]) -> dict[str, float]:
+    m, n = run["machine"], max(1, run["images"])
+    return {"user": 1e3 * (m["user"] + m["nice"]) / n, "system": 1e3 * (m["system"] + m["irq"] + m["softirq"]) / n,
+            "steal": 1e3 * m["steal"] / n, "idle": 1e3 * (m["idle"] + m["iowait"]) / n}
 
 
 def _serial_text(res: dict[str, Any]) -> str:

@@ -28,8 +28,9 @@ def _no_opencv_threads() -> None:
 
 def run_bench(src: str | None, generate: int, repeat: int, workers: int, out: Path,
               list_counts: tuple[int, int] = (10_000, 200_000), kernel_sample: int = 300,
-              ceiling_records: int = 40_000, cold: bool = False) -> dict[str, Any]:
-    """cold: the end-to-end runs also from an emptied page cache, beside the warm ones."""
+              ceiling_records: int = 40_000, cold: bool = False, rounds: int = 3) -> dict[str, Any]:
+    """cold: the end-to-end runs also from an emptied page cache, interleaved with the warm ones; rounds: runs
+    of each (the median counts)."""
     _no_opencv_threads()
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
@@ -45,9 +46,11 @@ def run_bench(src: str | None, generate: int, repeat: int, workers: int, out: Pa
         res["limit_images_per_second"] = limit(blobs, workers)
         del blobs
         archive = Path(src).resolve() if src is not None and is_archive(src) else None
-        res["end_to_end"] = end_to_end(tree, work, workers, archive=archive)
+        runs = end_to_end(tree, work, workers, rounds, archive, ("warm", "cold") if cold else ("warm",))
+        res["rounds"] = rounds
+        res["end_to_end"] = runs["warm"]
         if cold:
-            res["end_to_end_cold"] = end_to_end(tree, work, workers, archive=archive, cold=True)
+            res["end_to_end_cold"] = runs["cold"]
         res["ceiling"] = writer_ceiling(work, total=ceiling_records)
         res["serial"] = serial_figures(res["end_to_end"]["etl convert"], res["ceiling"])
         res["memory"] = {**listing_memory(work, list_counts),
