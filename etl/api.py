@@ -63,7 +63,7 @@ def run_convert(values: dict[str, Any], preset: str | None = None, progress: boo
 
 
 def verify(out: PathLike, progress: bool = True) -> Checker:
-    """Decode and check every record of a converted dataset, as `etl verify` does.
+    """Decode and check every record of a converted dataset, or of one LMDB (etl imageset's), as `etl verify` does.
 
     Returns the check: its .problems (empty when the dataset is sound) and .records (how many were read)."""
     if not Path(out).is_dir():

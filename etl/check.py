@@ -57,8 +57,12 @@ def verify(out_dir: str, progress: bool = True) -> Checker:
     check = Checker()
     out = Path(out_dir)
     if (out / "data.mdb").exists():
-        here = f" ({out.parent} here)" if (out.parent / LABELS).is_file() else ""
-        raise UsageError(f"give the dataset folder (the one holding {LABELS}), not the database folder {out}{here}")
+        if (out.parent / LABELS).is_file():
+            raise UsageError(f"give the dataset folder (the one holding {LABELS}), not the database folder {out} "
+                             f"({out.parent} here)")
+        from etl.checkdb import verify_db  # one database: etl imageset's, or Caffe's
+
+        return verify_db(out, progress)
     try:
         report = json.loads((out / REPORT).read_text(encoding="utf-8"))
         labels = (out / LABELS).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
@@ -91,7 +95,7 @@ def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], la
     if count != split["written"]:
         check.fail(f"{db_name(name)} holds {count} records, report.json says {split['written']} were written")
     sharded = _sharded(out, name)
-    sums = _shard_sums(out, name) if sharded else _open_sums(check, sums_path(out, name))
+    sums = _shard_sums(out, name) if sharded else open_sums(check, sums_path(out, name))
     record_labels = array("q")
     tj = TurboJPEG()
     try:
@@ -102,13 +106,13 @@ def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], la
                 check.records += 1
                 where = f"{db_name(name)} record {i} ({key.decode(errors='replace')})"
                 if sums is not None:
-                    _check_sum(check, name, where, key, value, sums.readline())
+                    check_sum(check, db_name(name), sums_name(name), where, key, value, sums.readline())
                 datum = _check_record(check, where, i, key, value, tj, caught, len(labels), settings, sharded)
                 record_labels.append(datum.label if datum is not None else -1)
     except Exception as exc:  # a damaged database shows up here: report, do not crash
         check.fail(f"{db_name(name)}: reading stopped at record {check.records}: {exc}")
     if sums is not None:
-        _check_sum_count(check, name, sums, count)
+        check_sum_count(check, db_name(name), sums_name(name), sums, count)
     counts = Counter(label for label in record_labels if label >= 0)
     expected = {labels.index(c): n for c, n in split["per_class"].items() if n and c in labels}
     if dict(counts) != expected:
@@ -128,7 +132,7 @@ def _shard_sums(out: Path, name: str) -> IO[bytes]:
     return io.BytesIO(lines)
 
 
-def _open_sums(check: Checker, path: Path) -> IO[bytes] | None:
+def open_sums(check: Checker, path: Path) -> IO[bytes] | None:
     if not path.is_file():
         return None  # verify() notes it: written by an etl before checksums
     try:
@@ -138,12 +142,12 @@ def _open_sums(check: Checker, path: Path) -> IO[bytes] | None:
         return None
 
 
-def _check_sum(check: Checker, name: str, where: str, key: bytes, value: bytes, line: bytes) -> None:
-    """The record's bytes against its line in the sidecar, written when it was converted."""
+def check_sum(check: Checker, db: str, sums: str, where: str, key: bytes, value: bytes, line: bytes) -> None:
+    """The record's bytes against its line in the sidecar `sums` of database `db`, written when it was converted."""
     if not line.endswith(b"\n"):
-        return  # the file ended: _check_sum_count says how short it is
-    sums_key, _, digest = line.rstrip(b"\n").partition(b" ")
-    kind, sums = f"{db_name(name)} records that {sums_name(name)} disagrees with", sums_name(name)
+        return  # the file ended: check_sum_count says how short it is
+    sums_key, _, digest = line.rstrip(b"\n").rpartition(b" ")  # a caffe key holds its path, spaces and all
+    kind = f"{db} records that {sums} disagrees with"
     if sums_key != key:
         check.fail_each(kind, f"{where}: its line in {sums} is for {sums_key.decode(errors='replace')!r}")
     elif digest != (actual := record_sum(value)):
@@ -151,12 +155,12 @@ def _check_sum(check: Checker, name: str, where: str, key: bytes, value: bytes, 
                               f"{sums} says {digest.decode(errors='replace')})")
 
 
-def _check_sum_count(check: Checker, name: str, sums: IO[bytes], records: int) -> None:
+def check_sum_count(check: Checker, db: str, sums_label: str, sums: IO[bytes], records: int) -> None:
     sums.seek(0)
     lines = sum(1 for _ in sums)
     sums.close()
     if lines != records:
-        check.fail(f"{sums_name(name)} has {lines} lines, {db_name(name)} {records} records")
+        check.fail(f"{sums_label} has {lines} lines, {db} {records} records")
 
 
 def _check_record(check: Checker, where: str, i: int, key: bytes, value: bytes, tj: TurboJPEG,

@@ -115,8 +115,9 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     parser.commands = sub.choices
     _convert_parser(sub)
-    v = sub.add_parser("verify", help="decode and check every record of a converted dataset")
-    v.add_argument("out_dir")
+    v = sub.add_parser("verify", help="decode and check every record of a converted dataset, or of one LMDB")
+    v.add_argument("out_dir", metavar="OUT_DIR", help="the dataset folder (the one holding labels.txt), or one LMDB "
+                                                      "folder: etl imageset's DB_NAME, or a database Caffe wrote")
     v.add_argument("--quiet", action="store_true")
     for name, text in (("bench", "measure kernels, stages, the limit, etl against the baselines, the serial "
                                   "ceiling and memory"),
