@@ -54,7 +54,8 @@ def read_at(files: list[Path], rate: float, start: float, seconds: float) -> Non
 
 def one_run(blobs: list[bytes], files: list[Path], reader: str, seconds: float, rate: float) -> dict[str, float]:
     if reader == "cold reader":
-        drop_caches()
+        if not drop_caches():
+            sys.exit("cold_interference_bench: /proc/sys/vm/drop_caches cannot be written here")
     else:
         warm(files)
     done = mp.Value("q", 0)

@@ -57,10 +57,11 @@ def verify(out_dir: str, progress: bool = True) -> Checker:
     check = Checker()
     out = Path(out_dir)
     if (out / "data.mdb").exists():
-        if (out.parent / LABELS).is_file():
+        parent = out.resolve().parent
+        if (parent / REPORT).is_file() and (parent / LABELS).is_file():  # an etl dataset: check it whole
             raise UsageError(f"give the dataset folder (the one holding {LABELS}), not the database folder {out} "
-                             f"({out.parent} here)")
-        from etl.checkdb import verify_db  # one database: etl imageset's, or Caffe's
+                             f"({parent} here)")
+        from etl.checkdb import verify_db  # one database: etl imageset's, Caffe's, DIGITS'
 
         return verify_db(out, progress)
     try:

@@ -152,7 +152,9 @@ def run_job(s: Settings, job: Plan, out: Path, runner: Runner, progress: bool) -
             write_mean_files(s, out, done)
     if not any(sp.name == "val" for sp in job.splits) and s.layout.side_files:
         s.layout.list("val").write_text("")
-    report = write_report(s.layout.report, s.output_settings(), job.labels, done, job.notes, resumed=s.resume)
+    # --check_size decides no byte, so it is not among the output settings; etl verify needs to know it was asked
+    shown = {**s.output_settings(), **({"check_size": s.check_size} if s.caffe_imageset else {})}
+    report = write_report(s.layout.report, shown, job.labels, done, job.notes, resumed=s.resume)
     if progress:
         command = "etl imageset" if s.caffe_imageset else "etl convert"
         print(printable(summary_text(str(out), job.labels, done, job.notes, s.layout.report, command)))

@@ -137,3 +137,13 @@ def test_recommend_prefers_fewer_workers_within_three_percent():
 def test_bench_rejects_a_missing_source(tmp_path):
     proc = run_cli("bench", "--src", str(tmp_path / "none"))
     assert proc.returncode == 2 and "--src folder not found" in proc.stderr
+
+
+@pytest.mark.quick
+def test_the_median_run_is_a_run_that_happened():
+    from etl.bench.endtoend import median_run
+
+    runs = [{"images_per_second": v, "cpu_seconds": v / 10} for v in (600.0, 500.0, 550.0)]
+    assert median_run(runs)["images_per_second"] == 550 and median_run(runs)["cpu_seconds"] == 55
+    assert median_run(runs)["runs_images_per_second"] == [600, 500, 550]  # in the order they ran
+    assert median_run(runs[:2])["images_per_second"] == 500  # of two, the slower one

@@ -40,8 +40,15 @@ def test_an_imageset_database_verifies(images, tmp_path, flags):  # noqa: F811
 def imageset_db(images, tmp_path) -> Path:  # noqa: F811
     root, listed = images
     db = tmp_path / "db"
-    run(root, listed, db, "--resize_width=24", "--resize_height=20")
+    run(root, listed, db, "--resize_width=24", "--resize_height=20", "--check_size")
     return db
+
+
+def replace_record(db: Path, key: bytes, value: bytes) -> None:
+    env = lmdb.open(str(db))
+    with env.begin(write=True) as txn:
+        txn.put(key, value)
+    env.close()
 
 
 def test_changed_record_bytes_are_found(imageset_db):
@@ -60,20 +67,74 @@ def test_labels_and_paths_are_checked_against_the_written_list(imageset_db):
     written.write_text("\n".join(lines) + "\n")
     code, out = verify(imageset_db)
     assert code == 1
-    assert "record 1 (" in out and f"label {label}, .etl/train.txt says {int(label) + 5}" in out
-    assert "record 3 (" in out and ".etl/train.txt lists elsewhere/x.jpg" in out
+    assert "record 1 (" in out and f"label {label}, .etl/train.txt has label {int(label) + 5}" in out
+    assert "record 3 (" in out and ".etl/train.txt lists 'elsewhere/x.jpg'" in out
 
 
 def test_a_record_of_another_size_is_found(imageset_db):
-    key, _ = all_records(imageset_db)[0]
+    key, _ = all_records(imageset_db)[1]
     other = np.ascontiguousarray(gradient(10, 8).transpose(2, 0, 1)).tobytes()
-    env = lmdb.open(str(imageset_db))
-    with env.begin(write=True) as txn:
-        txn.put(key, encode_caffe_datum(other, 0, (3, 8, 10)))
-    env.close()
+    replace_record(imageset_db, key, encode_caffe_datum(other, 0, (3, 8, 10)))
     code, out = verify(imageset_db)
     assert code == 1 and "8x10, resized to 20x24 expected" in out
-    assert "disagrees" in out or "bytes changed" in out  # the checksum sees it too
+    assert "8x10, the first record is 20x24 (--check_size)" in out
+    assert "bytes changed" in out  # the checksum sees it too
+
+
+def test_missing_etl_files_are_said_and_a_broken_report_is_one_line(imageset_db):
+    (imageset_db / ".etl" / "train.txt").unlink()
+    (imageset_db / ".etl" / "train_db.sums").unlink()
+    code, out = verify(imageset_db)
+    assert code == 0
+    assert "note: no .etl/train.txt: paths and labels not checked" in out
+    assert "note: no .etl/train_db.sums: record bytes not checked" in out
+    (imageset_db / ".etl" / "report.json").write_text('{"settings": null}')
+    code, out = verify(imageset_db)
+    assert code == 1 and "cannot read" in out and "not a report etl imageset wrote" in out
+
+
+def test_keys_must_be_caffes_and_paths_must_match_whole(imageset_db):
+    records = all_records(imageset_db)
+    env = lmdb.open(str(imageset_db))
+    with env.begin(write=True) as txn:
+        txn.delete(records[0][0])
+        txn.put(b"00000000", records[0][1])  # no '_PATH'
+    env.close()
+    written = imageset_db / ".etl" / "train.txt"
+    lines = written.read_text().splitlines()
+    path, label = lines[2].rsplit(" ", 1)
+    head, tail = path.rsplit("/", 1)
+    lines[2] = f"{head}x/{tail} {label}"  # the same end, another folder
+    written.write_text("\n".join(lines) + "\n")
+    code, out = verify(imageset_db)
+    assert code == 1
+    assert "record 0 (00000000): not '%08d_PATH'" in out
+    assert "record 2 (" in out and f"lists '{head}x/{tail}'" in out
+
+
+def test_a_path_may_hold_any_line_break_but_newline(images, tmp_path):  # noqa: F811
+    root, listed = images
+    odd = "b/a\u2028b\x0cc.jpg"
+    (root / odd).write_bytes((root / "b/im0.jpg").read_bytes())
+    listed.write_text(f"{odd} 1\n" + listed.read_text())
+    db = tmp_path / "db"
+    run(root, listed, db)
+    code, out = verify(db)
+    assert code == 0 and out.startswith(f"etl verify: OK, {len(all_records(db))} records checked"), out
+
+
+def test_a_digits_database_beside_its_labels_is_checked_as_one_database(tmp_path, caffe_pb2):
+    """DIGITS writes labels.txt beside train_db but no report.json: not an etl dataset, so the database alone."""
+    ds = tmp_path / "digits"
+    (ds / "train_db").mkdir(parents=True)
+    (ds / "labels.txt").write_text("a\nb\n")
+    env = lmdb.open(str(ds / "train_db"), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        d = caffe_pb2.Datum(label=1, encoded=True, data=cv2.imencode(".png", gradient(12, 9))[1].tobytes())
+        txn.put(b"00000000_1", d.SerializeToString())
+    env.close()
+    code, out = verify(ds / "train_db")
+    assert code == 0 and out.startswith("etl verify: OK, 1 record checked"), out
 
 
 def test_a_database_caffe_wrote_gets_the_checks_it_can(tmp_path, caffe_pb2):
@@ -88,7 +149,7 @@ def test_a_database_caffe_wrote_gets_the_checks_it_can(tmp_path, caffe_pb2):
     env.close()
     code, out = verify(db)
     assert code == 0 and out.startswith("etl verify: OK, 3 records checked"), out
-    assert "note: no etl report" in out
+    assert "note: no etl imageset report" in out
     env = lmdb.open(str(db), map_size=1 << 26)
     with env.begin(write=True) as txn:
         txn.put(b"00000001_im1.jpg", caffe_pb2.Datum(label=1, encoded=True, data=b"not an image").SerializeToString())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,6 +19,10 @@ REPO = Path(__file__).resolve().parents[2]  # where `python -m etl` runs from
 # /proc/stat's first line, in order; what the machine's CPUs did during a run, whoever did it
 MACHINE_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
+# what every contender imports, loaded before each run so that its libraries are in the page cache, as after any
+# earlier run of a real conversion
+LOAD_MODULES = "import cv2, lmdb, numpy, PIL.Image, turbojpeg, etl.cli, etl.pipeline, etl.workers, etl.writer"
+
 Runs = dict[str, dict[str, dict[str, Any]]]  # regime ("warm", "cold") -> contender -> its median run
 
 
@@ -26,9 +30,11 @@ def end_to_end(tree: Path, work: Path, workers: int, rounds: int = 3, archive: P
                regimes: tuple[str, ...] = ("warm",)) -> Runs:
     """Each contender `rounds` times in each regime, all interleaved (round by round, contender by contender,
     warm then cold), so that the drift of a shared machine falls on every figure alike. Before each run the
-    page cache is warmed with the corpus, or (cold) emptied of it. The median run counts; the figures of
-    every run are kept (`runs_images_per_second`), and the machine's CPU accounting of each (`machine`).
-    archive: the --src archive the tree was written from; `etl convert` also runs on it."""
+    page cache is warmed with the corpus, or (cold) emptied of it, and the programs' modules are loaded once
+    in a throw-away process (cold means the input, not Python). The median run counts (of an even number,
+    the slower middle one), with its machine CPU accounting (`machine`); every run's speed is kept
+    (`runs_images_per_second`). archive: the --src archive the tree was written from; `etl convert` also runs
+    on it."""
     items = labelled_files(tree)
     files = [Path(p) for p, _ in items]
     contenders: dict[str, Callable[[Path], dict[str, Any]]] = {
@@ -39,24 +45,25 @@ def end_to_end(tree: Path, work: Path, workers: int, rounds: int = 3, archive: P
     if archive is not None:
         contenders["etl convert (from the archive)"] = lambda db: run_etl(archive, db, workers)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {r: {name: [] for name in contenders} for r in regimes}
-    for r in range(rounds):
-        for k, (name, run) in enumerate(contenders.items()):
+    for _ in range(rounds):
+        for name, run in contenders.items():
             for regime in regimes:
                 prepare(files if "archive" not in name else _tar_files(archive), regime == "cold")
+                subprocess.run([sys.executable, "-c", LOAD_MODULES], check=True, cwd=REPO)
                 before = machine_cpu()
-                result = run(work / f"e2e_{k}_{r}_{regime}")
+                result = run(work / "e2e")
                 result["machine"] = {f: round(b - a, 2) for f, a, b in zip(MACHINE_FIELDS, before, machine_cpu(),
                                                                         strict=True)}
                 runs[regime][name].append(result)
-    return {regime: {name: _median_run(done) for name, done in by_name.items()} for regime, by_name in runs.items()}
+                shutil.rmtree(work / "e2e", ignore_errors=True)
+    return {regime: {name: median_run(done) for name, done in by_name.items()} for regime, by_name in runs.items()}
 
 
-def _median_run(done: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run of median speed (the lower middle one of an even count), with every run's speed beside it."""
-    speeds = [d["images_per_second"] for d in done]
+def median_run(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median speed (of an even count, the slower middle one: a run that happened, whose report
+    and CPU figures belong to it), with every run's speed beside it, in the order they ran."""
     middle = sorted(done, key=lambda d: d["images_per_second"])[(len(done) - 1) // 2]
-    return {**middle, "runs_images_per_second": [round(s, 1) for s in speeds],
-            "median_images_per_second": statistics.median(speeds)}
+    return {**middle, "runs_images_per_second": [round(d["images_per_second"], 1) for d in done]}
 
 
 def machine_cpu() -> list[float]:
