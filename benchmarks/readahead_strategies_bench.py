@@ -1,7 +1,8 @@
-"""Which way to read ahead: in place (none), one reader thread per worker (etl's ReadAhead), a pool of 4 reader
-threads per worker (os.preadv), or posix_fadvise(WILLNEED) on the next files, each with 8 images in flight.
+"""Which way to read ahead: in place (none), a pool of 1 or 4 reader threads per worker (os.preadv), etl's
+ReadAhead (a thread per image ahead), or posix_fadvise(WILLNEED) on the next files; 8 images ahead each.
 
     python benchmarks/readahead_strategies_bench.py --src DIR [--repeat 24] [--rounds 3] [--mbps 60]
+        [--latencies 5,20] [--latency-files 1500]
 
 The files in DIR are copied --repeat times (distinct files), in the seeded shuffled order etl converts them.
 One worker process per core takes every other chunk of 64 files, gets each file's bytes the strategy's way
@@ -9,8 +10,10 @@ and converts them with etl's kernel (etl.bench.engine.converter: decode, 224x224
 worker does, without the pipeline around it. Every run is cold (drop_caches; root only), on this machine's
 disk as it is, and on the same disk held to --mbps MB/s of reads by the cgroup v1 blkio throttle (a disk that
 gives about what the conversion needs, so that every read waits for the device): the kernel delays each
-request, read-ahead or not, so all four strategies meet the same storage. Rounds interleave the strategies;
-the median counts.
+request, read-ahead or not, so all four strategies meet the same storage. Then on --latency-files of them
+with a wait of each --latencies milliseconds before every read, taken in the thread that reads, as on a
+network filesystem or an object store mounted with FUSE (posix_fadvise cannot be given such a wait: the
+kernel makes its reads). Rounds interleave the strategies; the median counts.
 """
 
 from __future__ import annotations
@@ -40,10 +43,12 @@ from etl.readahead import ReadAhead  # noqa: E402
 
 DEPTH = 8
 CHUNK = 64
+LATENCY = [0.0]  # seconds each read waits first (set per table; the forked workers inherit it)
 BLKIO = Path("/sys/fs/cgroup/blkio")
 
 
 def read_file(path: str) -> bytes:
+    time.sleep(LATENCY[0])
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return os.read(fd, os.fstat(fd).st_size)
@@ -56,8 +61,8 @@ def in_place(paths: list[str]) -> Iterator[bytes]:
         yield read_file(p)
 
 
-def one_thread(paths: list[str]) -> Iterator[bytes]:
-    """etl's own ReadAhead, as a worker uses it."""
+def etl_read_ahead(paths: list[str]) -> Iterator[bytes]:
+    """etl's own ReadAhead, as a worker uses it (one thread per image ahead, up to MAX_READ_THREADS)."""
     ahead = ReadAhead(lambda item: read_file(item.path), DEPTH)
     items = [Item(i, p, 0) for i, p in enumerate(paths)]
     ahead.plan(items)
@@ -68,8 +73,9 @@ def one_thread(paths: list[str]) -> Iterator[bytes]:
         ahead.close()
 
 
-def thread_pool(paths: list[str], threads: int = 4) -> Iterator[bytes]:
+def thread_pool(paths: list[str], threads: int) -> Iterator[bytes]:
     def pread(path: str) -> bytes:
+        time.sleep(LATENCY[0])
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             buf = bytearray(os.fstat(fd).st_size)
@@ -106,8 +112,11 @@ def will_need(paths: list[str]) -> Iterator[bytes]:
 
 
 STRATEGIES: dict[str, Callable[[list[str]], Iterator[bytes]]] = {
-    "in place (no read-ahead)": in_place, "one reader thread (etl)": one_thread,
-    "4 reader threads (preadv)": thread_pool, "posix_fadvise(WILLNEED)": will_need}
+    "in place (no read-ahead)": in_place,
+    "1 reader thread": lambda paths: thread_pool(paths, 1),
+    "4 reader threads": lambda paths: thread_pool(paths, 4),
+    "etl's ReadAhead (8 threads)": etl_read_ahead,
+    "posix_fadvise(WILLNEED)": will_need}
 
 
 def worker(name: str, paths: list[str], start: float, done: mp.Value) -> None:
@@ -166,6 +175,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=24)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--mbps", type=float, default=60.0, help="the throttled disk's read rate")
+    p.add_argument("--latencies", default="5,20", help="milliseconds of wait before each read, one table each")
+    p.add_argument("--latency-files", type=int, default=1500, help="files converted in the latency tables")
     args = p.parse_args()
     if os.geteuid() != 0 or not (BLKIO / "tasks").exists():
         sys.exit("readahead_strategies_bench: needs root and the cgroup v1 blkio controller")
@@ -177,20 +188,27 @@ def main() -> None:
         mb = sum(os.path.getsize(f) for f in files) / 1e6
         print(f"{len(files):,d} files ({mb:.0f} MB), {usable_cores()} workers, {DEPTH} images ahead, cold\n")
         for disk, mbps in (("this VM's disk", None), (f"held to {args.mbps:g} MB/s", args.mbps)):
-            runs: dict[str, list[dict[str, float]]] = {name: [] for name in STRATEGIES}
             with read_limit(mbps):
-                for r in range(args.rounds):
-                    for name in STRATEGIES if r % 2 == 0 else reversed(STRATEGIES):
-                        runs[name].append(one_run(name, files))
-            print(f"{disk}:\n| strategy | images/s (median) | every run | idle + iowait s | system s |")
-            print("|---|---|---|---|---|")
-            for name, done in runs.items():
-                speeds = [d["images_per_second"] for d in done]
-                mid = sorted(done, key=lambda d: d["images_per_second"])[(len(done) - 1) // 2]
-                print(f"| {name} | {statistics.median(speeds):.0f} | {', '.join(f'{s:.0f}' for s in speeds)} | "
-                      f"{mid['idle'] + mid['iowait']:.1f} | {mid['system'] + mid['irq'] + mid['softirq']:.1f} |")
-            print(flush=True)
+                table(disk, list(STRATEGIES), files, args.rounds)
+        for ms in (float(x) for x in args.latencies.split(",") if x):
+            LATENCY[0] = ms / 1000
+            table(f"{ms:g} ms before each read, {args.latency_files:,d} files", [n for n in STRATEGIES if
+                  STRATEGIES[n] is not will_need], files[:args.latency_files], args.rounds)
 
+
+def table(title: str, names: list[str], files: list[str], rounds: int) -> None:
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            runs[name].append(one_run(name, files))
+    print(f"{title}:\n| strategy | images/s (median) | every run | idle + iowait s | system s |")
+    print("|---|---|---|---|---|")
+    for name, done in runs.items():
+        speeds = [d["images_per_second"] for d in done]
+        mid = sorted(done, key=lambda d: d["images_per_second"])[(len(done) - 1) // 2]
+        print(f"| {name} | {statistics.median(speeds):.0f} | {', '.join(f'{s:.0f}' for s in speeds)} | "
+              f"{mid['idle'] + mid['iowait']:.1f} | {mid['system'] + mid['irq'] + mid['softirq']:.1f} |")
+    print(flush=True)
 
 if __name__ == "__main__":
     main()

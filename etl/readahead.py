@@ -21,16 +21,24 @@ def timed_read(read: ReadFn, item: Item) -> Read:
     return data, time.thread_time() - t0
 
 
+# Reads in flight at once per worker: each waits out its storage's latency in its own thread, so that
+# latency is hidden while it is below about this many images' conversion time (8 x ~3.5 ms here); one
+# thread alone hid none of a 5 ms latency's cost past 1/latency reads a second (docs/benchmarks.md).
+MAX_READ_THREADS = 8
+
+
 class ReadAhead:
     """Reads the items a worker announces (plan) with `read` (through its gate), at most `depth` ahead of
-    the one it asks for (take). From a cold disk each read is a wait; a thread makes it while the decoder works (reads
-    release the GIL). The gate charges the throttle's budgets when a read is made, ahead or not, and drops
-    the pages once read; a read that fails raises its Unreadable at take(), as a read in place would.
-    depth 0: every read in place, when asked for. At most `depth` images are held in memory."""
+    the one it asks for (take). From a cold disk or a network filesystem each read is a wait; threads (up to
+    MAX_READ_THREADS, one per image ahead) wait for them while the decoder works (reads release the GIL).
+    The gate charges the throttle's budgets when a read is made, ahead or not, and drops the pages once
+    read; a read that fails raises its Unreadable at take(), as a read in place would. Images come back in
+    the order announced. depth 0: every read in place, when asked for. At most `depth` images are held."""
 
     def __init__(self, read: ReadFn, depth: int) -> None:
         self.read, self.depth = read, depth
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="etl-read") if depth > 0 else None
+        threads = min(depth, MAX_READ_THREADS)
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="etl-read") if depth > 0 else None
         self.waiting: deque[Item] = deque()  # announced, not yet started
         self.started: deque[tuple[int, Future[Read]]] = deque()  # (item index, its read), in order
 

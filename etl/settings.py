@@ -132,8 +132,9 @@ class Settings:
     chunk_size: int = option(64, "images per task sent to a worker (default {default})", low=1, high=4096)
     queue_depth: int = option(2, "tasks each worker holds, the one it works on included (default {default})",
                               low=1, high=64, output=False)
-    read_ahead: int = option(8, "images each worker reads ahead of the one it converts, in a thread; 0: none "
-                             "(default {default})", low=0, high=256, output=False, after="queue_depth")
+    read_ahead: int = option(8, "images each worker reads ahead of the one it converts, each in its own thread "
+                             "(up to 8 at once); 0: none (default {default})", low=0, high=256, output=False,
+                             after="queue_depth")
     commit_every: int = option(1000, "records per LMDB transaction (default {default})", low=1, output=False)
     max_buffer_mb: int = option(1024, "MB that converted images in flight to the writer may hold, and again those "
                                 "awaiting its commit (default {default})", low=1, output=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ class TokenBucket:
     def __init__(self, state: SharedState | LocalState, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.state, self.clock, self.sleep = state, clock, sleep
-        self.waited = 0.0  # seconds this process spent throttled
+        self.waited = 0.0  # seconds this process's threads spent throttled, added up
+        self._waited_lock = threading.Lock()  # a worker's read-ahead threads take from one bucket
 
     @property
     def rate(self) -> float:
@@ -81,7 +83,8 @@ class TokenBucket:
         wait = -tokens / rate if tokens < 0 else 0.0
         if wait > 0:
             self.sleep(wait)
-            self.waited += wait
+            with self._waited_lock:
+                self.waited += wait
         return wait
 
 

@@ -54,7 +54,24 @@ def test_items_come_back_in_order_and_no_more_than_depth_are_read_ahead(depth):
         started = len(gate.read_order)
         assert started - item.index <= max(depth, 1)
         assert ahead.take(item)[0] == b"%d" % item.index
-    assert gate.read_order == list(range(20))
+    assert sorted(gate.read_order) == list(range(20))  # each read once (threads may start them out of order)
+    ahead.close()
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("depth", [4, 16])
+def test_the_reads_ahead_wait_together(depth):
+    """A slow storage's waits overlap: every image ahead has its read in flight, up to MAX_READ_THREADS."""
+    from etl.readahead import MAX_READ_THREADS
+
+    gate = Gate(slow=0.2)
+    ahead = ReadAhead(gate.read, depth)
+    chunk = items(depth + 4)
+    ahead.plan(chunk)
+    time.sleep(0.1)  # every thread has taken its read and waits in it
+    assert gate.most_in_flight == min(depth, MAX_READ_THREADS)
+    assert [ahead.take(item)[0] for item in chunk] == [b"%d" % i for i in range(depth + 4)]
+    assert gate.most_in_flight <= min(depth, MAX_READ_THREADS)
     ahead.close()
 
 
