@@ -144,6 +144,9 @@ def make_parser() -> argparse.ArgumentParser:
                            help="end-to-end runs of each pipeline, interleaved; the median counts (3)")
         else:
             b.add_argument("--max-workers", type=int, help="sweep 1..N workers (default: 2 x cores)")
+            b.add_argument("--rounds", type=int, default=1,
+                           help="runs of each point, the median counts (1; 3 where runs vary by more than the "
+                                "differences sought)")
     m = sub.add_parser("mean", help="the mean image of any Datum LMDB, as Caffe's compute_image_mean, on every core",
                        description="Prints each channel's mean; writes the BlobProto to OUTPUT_FILE when given "
                                    "(and NAME.jpg beside NAME.binaryproto).")
@@ -308,7 +311,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     max_workers = args.max_workers or 2 * usable_cores()
     if max_workers < 1:
         raise UsageError("--max-workers must be at least 1")
-    res = run_tune(args.src, args.generate or 0, args.repeat, max_workers, Path(args.out), cold=args.cold)
+    if args.rounds < 1:
+        raise UsageError("--rounds must be at least 1")
+    res = run_tune(args.src, args.generate or 0, args.repeat, max_workers, Path(args.out), cold=args.cold,
+                   rounds=args.rounds)
     print(render_tune(res, Path(args.out)))
     return 0
 

@@ -77,9 +77,13 @@ def test_bench_cold_gives_cold_and_warm_side_by_side(tmp_path, monkeypatch):
 
 def test_tune_cold_says_its_recommendation_was_measured_cold(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    proc = run_cli("tune", "--generate", "12", "--max-workers", "1", "--cold", "--out", str(tmp_path / "out"))
+    proc = run_cli("tune", "--generate", "12", "--max-workers", "1", "--cold", "--rounds", "2",
+                   "--out", str(tmp_path / "out"))
     _cold_or_skip(proc)
-    assert json.loads((tmp_path / "out" / "tune.json").read_text())["page_cache"] == "cold"
+    res = json.loads((tmp_path / "out" / "tune.json").read_text())
+    assert res["page_cache"] == "cold" and res["rounds"] == 2
+    assert all(len(p["runs"]) == 2 and round(p["images_per_second"], 1) in p["runs"] for p in res["points"])
+    assert "each point the median of 2 runs" in proc.stdout
     assert "Every run with the page cache emptied of the corpus (cold)" in proc.stdout
     assert "Recommended, measured cold" in proc.stdout
 

@@ -94,18 +94,27 @@ def serial_figures(etl_run: dict[str, Any], ceiling: dict[str, float]) -> dict[s
 
 def render_tune(res: dict[str, Any], out: Path) -> str:
     regime = res.get("page_cache", "warm")
-    lines = [f"Every run with the page cache {'emptied of the corpus (cold)' if regime == 'cold' else 'warm'}:", "",
+    rounds = res.get("rounds", 1)
+    each = f"; each point the median of {rounds} runs (every run's figure in brackets)" if rounds > 1 else ""
+    lines = [f"Every run with the page cache {'emptied of the corpus (cold)' if regime == 'cold' else 'warm'}{each}:",
+             "",
              "| workers | chunk size | queue depth | read-ahead | images/s | CPU % of all cores | peak RSS MB (all "
              "processes) |", "|---|---|---|---|---|---|---|"]
     for p in res["points"]:
         lines.append(f"| {p['workers']} | {p['chunk_size']} | {p['queue_depth']} | {p.get('read_ahead', 8)} | "
-                     f"{p['images_per_second']:.0f} | {p['cpu_percent']:.0f} | {p['peak_rss_mb']:.0f} |")
+                     f"{p['images_per_second']:.0f}{_point_runs(p)} | {p['cpu_percent']:.0f} | "
+                     f"{p['peak_rss_mb']:.0f} |")
     best = res["recommended"]
     chart = f"plot: {out / 'sweep.png'}" if res.get("plotted", True) else PLOT_HINT
     lines += ["", chart, "", f"Recommended, measured {regime} (paste into your preset):",
               f"workers = {best['workers']}", f"chunk_size = {best['chunk_size']}",
               f"queue_depth = {best['queue_depth']}", f"read_ahead = {best['read_ahead']}"]
     return "\n".join(lines)
+
+
+def _point_runs(p: dict[str, Any]) -> str:
+    runs = p.get("runs", [])
+    return " (" + ", ".join(f"{v:.0f}" for v in runs) + ")" if len(runs) > 1 else ""
 
 
 def write_json(path: Path, res: dict[str, Any], default: Callable[[Any], Any] | None = None) -> None:

@@ -60,17 +60,19 @@ def run_bench(src: str | None, generate: int, repeat: int, workers: int, out: Pa
 
 
 def run_tune(src: str | None, generate: int, repeat: int, max_workers: int, out: Path,
-             cold: bool = False) -> dict[str, Any]:
-    """cold: every run from an emptied page cache (the regime of a real conversion)."""
+             cold: bool = False, rounds: int = 1) -> dict[str, Any]:
+    """cold: every run from an emptied page cache (the regime of a real conversion); rounds: runs of each
+    point, the median counts."""
     _no_opencv_threads()
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="etl-tune-") as tmp:
         work = Path(tmp)
         tree = build_corpus(work, src, generate, repeat)
-        points = sweep(tree, work, list(range(1, max_workers + 1)), [16, 64, 256], [1, 2, 4], [0, 2, 4], cold)
+        points = sweep(tree, work, list(range(1, max_workers + 1)), [16, 64, 256], [1, 2, 4], [0, 2, 4], cold,
+                       rounds)
     best = recommend(points)
     plotted = plot(points, out / "sweep.png")
     res = {"points": [p.__dict__ for p in points], "recommended": best.__dict__,
-           "page_cache": "cold" if cold else "warm"}
+           "page_cache": "cold" if cold else "warm", "rounds": rounds}
     write_json(out / "tune.json", res)
     return {**res, "plotted": plotted}

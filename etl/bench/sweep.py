@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from etl.bench.cold import prepare
 from etl.bench.corpus import corpus_files
-from etl.bench.endtoend import run_etl
+from etl.bench.endtoend import median_run, run_etl
 from etl.bench.engine import usable_cores
 
 DEFAULTS = (64, 2, 8)  # chunk size, queue depth, read-ahead: etl convert's defaults, the sweep's main line
@@ -26,6 +26,7 @@ class SweepPoint:
     peak_rss_mb: float  # coordinator + writer + workers x the largest worker
     queue_depth: int = 2
     read_ahead: int = 8
+    runs: list[float] = field(default_factory=list)  # every run's images/s; the point is the median run's
 
     @property
     def settings(self) -> tuple[int, int, int]:
@@ -33,25 +34,35 @@ class SweepPoint:
 
 
 def sweep(tree: Path, work: Path, worker_counts: list[int], chunk_sizes: list[int], queue_depths: list[int],
-          read_aheads: list[int], cold: bool = False) -> list[SweepPoint]:
+          read_aheads: list[int], cold: bool = False, rounds: int = 1) -> list[SweepPoint]:
     """Worker counts at the default settings, then the other chunk sizes, queue depths and read-ahead depths
-    at the best count; cold: each run from an emptied page cache."""
+    at the best count; cold: each run from an emptied page cache; rounds: runs of each point, the median
+    run counts."""
     chunk, depth, ahead = DEFAULTS
-    points = [_sweep_point(tree, work, w, DEFAULTS, cold) for w in worker_counts]
+
+    def point(workers: int, settings: tuple[int, int, int]) -> SweepPoint:
+        return _sweep_point(tree, work, workers, settings, cold, rounds)
+
+    points = [point(w, DEFAULTS) for w in worker_counts]
     best = recommend(points)
-    points += [_sweep_point(tree, work, best.workers, (c, depth, ahead), cold) for c in chunk_sizes if c != chunk]
-    points += [_sweep_point(tree, work, best.workers, (chunk, d, ahead), cold) for d in queue_depths if d != depth]
-    points += [_sweep_point(tree, work, best.workers, (chunk, depth, a), cold) for a in read_aheads if a != ahead]
+    points += [point(best.workers, (c, depth, ahead)) for c in chunk_sizes if c != chunk]
+    points += [point(best.workers, (chunk, d, ahead)) for d in queue_depths if d != depth]
+    points += [point(best.workers, (chunk, depth, a)) for a in read_aheads if a != ahead]
     return points
 
 
-def _sweep_point(tree: Path, work: Path, workers: int, settings: tuple[int, int, int], cold: bool) -> SweepPoint:
-    prepare(corpus_files(tree), cold)
-    r = run_etl(tree, work / "sweep", workers, *settings)
+def _sweep_point(tree: Path, work: Path, workers: int, settings: tuple[int, int, int], cold: bool,
+                 rounds: int = 1) -> SweepPoint:
+    done = []
+    for _ in range(rounds):
+        prepare(corpus_files(tree), cold)
+        done.append(run_etl(tree, work / "sweep", workers, *settings))
+    r = median_run(done)
     rss = r["report"]["peak_rss_mb"]
     chunk, depth, ahead = settings
     return SweepPoint(workers, chunk, r["images_per_second"], 100 * r["cpu_seconds"] / r["seconds"] / usable_cores(),
-                      rss["coordinator"] + rss["writer"] + workers * rss["worker_max"], depth, ahead)
+                      rss["coordinator"] + rss["writer"] + workers * rss["worker_max"], depth, ahead,
+                      r["runs_images_per_second"])
 
 
 def recommend(points: list[SweepPoint]) -> SweepPoint:
