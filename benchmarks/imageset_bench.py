@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from etl.bench.ceiling import writer_ceiling  # noqa: E402
 from etl.bench.cold import evict  # noqa: E402
 from etl.bench.corpus import build_corpus, corpus_files, warm  # noqa: E402
+from etl.bench.endtoend import load_programs  # noqa: E402
 from etl.datum import decode_datum  # noqa: E402
 from etl.layout import CHECKPOINT_DIR, REPORT  # noqa: E402
 from etl.settings import usable_cores  # noqa: E402
@@ -61,7 +62,6 @@ from etl.settings import usable_cores  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 SIDE = 256
 PER_CHUNK = 64  # etl's default chunk size
-WARM_MODULES = "import cv2, lmdb, numpy, PIL.Image, turbojpeg, etl.cli, etl.pipeline, etl.workers, etl.writer"
 BASELINE = ("import json, sys; from pathlib import Path; from etl.baselines import run_imageset_baseline; "
             "root, listed, db, workers = sys.argv[1:]; "
             "items = [(p, int(lb)) for p, lb in (line.rsplit(None, 1) for line in open(listed) if line.strip())]; "
@@ -166,7 +166,7 @@ def prepare(corpus: Corpus, cold: bool) -> None:
     """The corpus dropped from the page cache (and the programs' modules read back) or read into it."""
     if cold:
         evict(corpus.files)
-        subprocess.run([sys.executable, "-c", WARM_MODULES], check=True, cwd=REPO)
+        load_programs()
     else:
         warm(corpus.files)
 

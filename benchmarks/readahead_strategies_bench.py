@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from etl.bench.cold import drop_caches  # noqa: E402
 from etl.bench.corpus import build_corpus, corpus_files  # noqa: E402
-from etl.bench.endtoend import MACHINE_FIELDS, machine_cpu  # noqa: E402
+from etl.bench.endtoend import MACHINE_FIELDS, machine_cpu, median_run  # noqa: E402
 from etl.bench.engine import converter, converting, usable_cores  # noqa: E402
 from etl.messages import Item  # noqa: E402
 from etl.readahead import ReadAhead  # noqa: E402
@@ -204,9 +204,9 @@ def table(title: str, names: list[str], files: list[str], rounds: int) -> None:
     print(f"{title}:\n| strategy | images/s (median) | every run | idle + iowait s | system s |")
     print("|---|---|---|---|---|")
     for name, done in runs.items():
-        speeds = [d["images_per_second"] for d in done]
-        mid = sorted(done, key=lambda d: d["images_per_second"])[(len(done) - 1) // 2]
-        print(f"| {name} | {statistics.median(speeds):.0f} | {', '.join(f'{s:.0f}' for s in speeds)} | "
+        mid = median_run(done)
+        print(f"| {name} | {statistics.median(mid['runs_images_per_second']):.0f} | "
+              f"{', '.join(f'{s:.0f}' for s in mid['runs_images_per_second'])} | "
               f"{mid['idle'] + mid['iowait']:.1f} | {mid['system'] + mid['irq'] + mid['softirq']:.1f} |")
     print(flush=True)
 

@@ -13,7 +13,7 @@ from turbojpeg import TurboJPEG
 
 from etl.check import Checker, check_sum, check_sum_count, open_sums
 from etl.datum import Datum, decode_datum
-from etl.dbmean import RecordError, open_db, record_pixels, show_key
+from etl.dbmean import RecordError, native_pixels, open_db, show_key
 from etl.layout import CHECKPOINT_DIR, Layout, list_name, sums_name
 from etl.words import plural
 
@@ -172,7 +172,7 @@ def _check_image(check: Checker, where: str, value: bytes, tj: TurboJPEG) -> tup
         shape = _float_shape(check, where, datum)
         return (datum, shape) if shape is not None else None
     try:
-        pixels = record_pixels(value, tj)
+        pixels = native_pixels(datum, tj)
     except RecordError as exc:
         check.fail_each("records that do not decode", f"{where}: {exc}")
         return None

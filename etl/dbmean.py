@@ -216,6 +216,11 @@ def record_pixels(value: bytes, tj: TurboJPEG) -> np.ndarray:
         datum = decode_datum(value)
     except ValueError as exc:
         raise RecordError(f"is not a Datum ({exc})") from None
+    return native_pixels(datum, tj)
+
+
+def native_pixels(datum: Datum, tj: TurboJPEG) -> np.ndarray:
+    """A parsed record's HWC uint8 pixels, BGR for colour, as Caffe's DecodeDatumNative gives them."""
     if not datum.encoded:
         return raw_pixels(datum)
     if not datum.data:

@@ -49,7 +49,7 @@ def end_to_end(tree: Path, work: Path, workers: int, rounds: int = 3, archive: P
         for name, run in contenders.items():
             for regime in regimes:
                 prepare(files if "archive" not in name else _tar_files(archive), regime == "cold")
-                subprocess.run([sys.executable, "-c", LOAD_MODULES], check=True, cwd=REPO)
+                load_programs()
                 before = machine_cpu()
                 result = run(work / "e2e")
                 result["machine"] = {f: round(b - a, 2) for f, a, b in zip(MACHINE_FIELDS, before, machine_cpu(),
@@ -57,6 +57,11 @@ def end_to_end(tree: Path, work: Path, workers: int, rounds: int = 3, archive: P
                 runs[regime][name].append(result)
                 shutil.rmtree(work / "e2e", ignore_errors=True)
     return {regime: {name: median_run(done) for name, done in by_name.items()} for regime, by_name in runs.items()}
+
+
+def load_programs() -> None:
+    """Every contender's modules read once in a throw-away process: after a drop_caches, cold means the input."""
+    subprocess.run([sys.executable, "-c", LOAD_MODULES], check=True, cwd=REPO)
 
 
 def median_run(done: list[dict[str, Any]]) -> dict[str, Any]:
