@@ -19,26 +19,44 @@ from etl.sources import tarindex
 from etl.sources.base import Unreadable, byte_order
 from etl.sources.folder import is_image_name
 from etl.sources.tarindex import ArchiveIndex, Identity, identity
-from etl.sources.tarscan import BLOCK, DIRECTORY, LINKS, REGULAR, Header, looks_like_tar, scan_tar
+from etl.sources.tarscan import (
+    BLOCK,
+    DIRECTORY,
+    HARD_LINK,
+    LINKS,
+    REGULAR,
+    Header,
+    TarScan,
+    looks_like_tar,
+    scan_tar,
+)
 from etl.throttle import block_device
 from etl.words import plural
 
-COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip -k"), b"BZh": ("bzip2", "bunzip2 -k"),
-              b"\xfd7zXZ\x00": ("xz", "unxz -k"), b"\x28\xb5\x2f\xfd": ("zstd", "unzstd")}
+# magic -> (format, the command that decompresses beside the file, the one that replaces it)
+COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip -k", "gunzip"), b"BZh": ("bzip2", "bunzip2 -k", "bunzip2"),
+              b"\xfd7zXZ\x00": ("xz", "unxz -k", "unxz"), b"\x28\xb5\x2f\xfd": ("zstd", "unzstd", "unzstd --rm")}
 ProgressFn = Callable[[int], None]  # bytes of the input walked so far
 TAR_NAME = re.compile(r"\.(tar(\.\w+)?|tgz|tbz2?|txz)$", re.IGNORECASE)
-LINK_NOTE = "links (etl reads no links inside archives)"
+LINK_NOTE = "symbolic links (etl follows no links inside archives)"
+UNLINKED_NOTE = "hard links to no earlier file of their tar"
+NESTED_NOTE = "tars inside a class tar (tar -x of the class tar gives the .tar file, not its images)"
 INCOMPLETE = "incomplete archive"  # how a note about a cut or damaged tar starts (--on-error fail stops at it)
 
 
-def compression(path: str) -> tuple[str, str] | None:
-    """(format, command that decompresses it) for a compressed file, from its first bytes."""
+def packed(head: bytes) -> tuple[str, str, str] | None:
+    """COMPRESSED's (format, commands) for data that starts with these bytes, if compressed."""
+    return next((what for magic, what in COMPRESSED.items() if head.startswith(magic)), None)
+
+
+def compression(path: str) -> tuple[str, str, str] | None:
+    """(format, command that decompresses it beside it, command that replaces it) for a compressed file."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
     except OSError:
         return None
-    return next((what for magic, what in COMPRESSED.items() if head.startswith(magic)), None)
+    return packed(head)
 
 
 def is_tar(path: str) -> bool:
@@ -52,12 +70,26 @@ def is_tar(path: str) -> bool:
         os.close(fd)
 
 
-def refuse_compressed(path: str) -> None:
-    packed = compression(path)
-    if packed:
-        fmt, command = packed
+def refuse_compressed(path: str, in_folder: bool = False) -> None:
+    """in_folder: a class tar of a folder of them, decompressed in its place (a copy left beside the plain
+    tar would be refused again)."""
+    found = compression(path)
+    if found:
+        fmt, beside, replacing = found
+        then = "then give the folder again" if in_folder else "and give the plain .tar"
         raise UsageError(f"{path} is a {fmt}-compressed archive, which cannot be read in place: decompress it "
-                         f"first ({command} {path}) and give the plain .tar")
+                         f"first ({replacing if in_folder else beside} {path}) {then}")
+
+
+def refuse_compressed_member(archive: str, name: str, head: bytes) -> None:
+    """A compressed class tar inside the train tar: leaving it out would shift every later class's label."""
+    found = packed(head)
+    if found:
+        fmt, _, replacing = found
+        folder = (archive[:-4] if archive.endswith(".tar") else archive) + "_classes"
+        raise UsageError(f"{archive} holds {name}, a {fmt}-compressed archive, which cannot be read in place: "
+                         f"extract the class tars and decompress it first (mkdir {folder} && tar -xf {archive} -C "
+                         f"{folder} && {replacing} {folder}/{name}), then give the folder {folder}")
 
 
 class Tally:
@@ -94,6 +126,7 @@ class TarIndexer:
         self.path, self.index, self.progress, self.group = path, index, progress or (lambda done: None), group
         self.tally = Tally()
         self.duplicates: list[str] = []
+        self.class_tars: dict[str, int] = {}  # each inner tar's path -> its group (a later copy replaces it)
 
     def run(self, prefix: str = "") -> ArchiveIndex:
         """prefix: what goes before every member's path (a folder of tars: the tar's own name)."""
@@ -103,8 +136,9 @@ class TarIndexer:
             outer = scan_tar(fd, 0, end)
             if outer.damage:
                 what = prefix.rstrip("/") or os.path.basename(self.path)  # a folder's tar: prefix is its name
-                self._cut(what, outer.damage, "usable: what lies before that point")
-            for entry in outer.entries:
+                self._cut(what, outer.damage, f"usable: its {plural(len(outer.entries), 'member')} before that "
+                                              "point; nothing after it is read")
+            for entry in resolve_links(outer):
                 self._member(fd, entry, prefix, end)
                 self.progress(entry.offset + entry.size)
         finally:
@@ -124,19 +158,23 @@ class TarIndexer:
             if is_image_name(name):
                 return self._add(prefix + name, entry, self.group) if whole else None
             if entry.size >= BLOCK and looks_like_tar(fd, entry.offset):  # even cut off: its whole images count
+                if self.group:  # a tar inside a class tar of a folder of them
+                    return self.tally.add(NESTED_NOTE, prefix + name)
                 return self._inner(fd, Header((name, *entry[1:])), prefix, end)
             if not whole:
                 return None
+            if not self.group and "/" not in name and TAR_NAME.search(name):  # at the top, where class tars are
+                refuse_compressed_member(self.path, name, os.pread(fd, 8, entry.offset))
         self._left_out(entry.kind, name, name)
 
     def _inner(self, fd: int, tar: Header, prefix: str, end: int) -> None:
         """A tar inside the tar: a class. Its members' places are its place plus theirs."""
-        group = self.group or self.index.new_group(prefix + tar.name)
+        group = self.group or self._class_group(prefix + tar.name)
         inner_end = min(tar.offset + tar.size, end)  # a member past it would read the next member's bytes
         inner = scan_tar(fd, tar.offset, inner_end)
         base = f"{prefix}{tar.name}/"
         paths, offsets, sizes = [], [], []
-        for name, kind, offset, size in inner.entries:  # once per image of ImageNet: kept lean
+        for name, kind, offset, size in resolve_links(inner):  # once per image of ImageNet: kept lean
             if name[:2] == "./":
                 name = plain(name)
             if kind in REGULAR and is_image_name(name) and not unsafe(name):
@@ -144,6 +182,8 @@ class TarIndexer:
                     paths.append(base + name)
                     offsets.append(offset)
                     sizes.append(size)
+            elif kind in REGULAR and not unsafe(name) and size >= BLOCK and looks_like_tar(fd, offset):
+                self.tally.add(NESTED_NOTE, f"{prefix}{tar.name}/{name}")
             elif kind != DIRECTORY:
                 self._left_out(kind, f"{tar.name}/{name}", name)
         self.duplicates += self.index.add_many(paths, offsets, sizes, group)
@@ -151,9 +191,22 @@ class TarIndexer:
         if damage:  # after the loop: the note says how many of its images are used
             self._cut(prefix + tar.name, damage, f"usable: its {plural(len(paths), 'image')} before that point")
 
+    def _class_group(self, name: str) -> int:
+        """A new group for an inner tar; a second copy of one (tar rf of an updated class) replaces the first,
+        as tar -x leaves only the last copy's file."""
+        earlier = self.class_tars.get(name)
+        if earlier is not None:
+            dropped = self.index.drop_group(earlier)
+            self.index.notes.append(f"{name} is in the archive more than once: the last copy is used, as tar -x "
+                                    f"keeps it ({plural(dropped, 'image')} of an earlier copy left out)")
+        self.class_tars[name] = self.index.new_group(name)
+        return self.class_tars[name]
+
     def _left_out(self, kind: bytes, shown: str, name: str) -> None:
         """A member that is no image to read (in the tar, or in an inner tar), counted under its reason."""
-        if kind in LINKS:
+        if kind == HARD_LINK:
+            self.tally.add(UNLINKED_NOTE, shown)
+        elif kind in LINKS:
             self.tally.add(LINK_NOTE, shown)
         elif kind not in REGULAR:
             self.tally.add("not regular files", shown)
@@ -168,6 +221,22 @@ class TarIndexer:
 
     def _cut(self, what: str, damage: str, used: str) -> None:
         self.index.notes.append(f"{INCOMPLETE}: {what} stops early ({damage}); {used}")
+
+
+def resolve_links(scan: TarScan) -> list[Header]:
+    """The scan's entries, each hard link as a file of its target's bytes, as tar -x makes it (the target
+    is an earlier file of the same tar). A link to no such file stays a link, to be left out with a note."""
+    if not scan.targets:
+        return scan.entries
+    entries = list(scan.entries)
+    files: dict[str, Header] = {}
+    for at, entry in enumerate(entries):
+        target = scan.targets.get(at)
+        if target is not None and (found := files.get(plain(target))) is not None:
+            entry = entries[at] = Header((entry.name, found.kind, found.offset, found.size))
+        if entry.kind in REGULAR:
+            files[plain(entry.name)] = entry
+    return entries
 
 
 def members(paths: list[str]) -> Iterator[tuple[str, str]]:
@@ -275,6 +344,28 @@ def _class_folders(paths: list[str], notes: list[str]) -> dict[str, list[str]]:
     return {name: byte_order(classes[name]) for name in byte_order(list(classes))}
 
 
+def _holds_images(folder: str) -> bool:
+    """Whether any image lies in the folder or below it (folder links followed, each real folder once;
+    a folder that cannot be listed holds none that etl could read)."""
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        path = stack.pop()
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(path) as entries:
+                found = list(entries)
+        except OSError:
+            continue
+        if any(is_image_name(e.name) for e in found if not e.is_dir()):
+            return True
+        stack.extend(e.path for e in found if e.is_dir())
+    return False
+
+
 class ArchiveSource:
     """One plain tar: of class tars (ILSVRC2012_img_train.tar), of class folders, or flat (val, with labels).
 
@@ -353,22 +444,44 @@ class TarFolderSource(ArchiveSource):
                 found = list(entries)
         except OSError:
             return False
-        if any(e.is_dir() or is_image_name(e.name) for e in found):
+        if any(is_image_name(e.name) and not e.is_dir() for e in found):
             return False  # images of its own: a flat folder (a val set), whatever else lies beside them
-        return any(e.is_file() and is_tar(e.path) for e in found)
+        return any(e.is_file() and is_tar(e.path) for e in found)  # sub-folders beside them: see tar_files
 
     def tar_files(self) -> list[str]:
         names = byte_order([e.name for e in os.scandir(self.path) if e.is_file()])
+        self._refuse_class_folders(names)
         for name in names:
             if TAR_NAME.search(name):  # a compressed class tar; other compressed files are only left out
-                refuse_compressed(os.path.join(self.path, name))
+                refuse_compressed(os.path.join(self.path, name), in_folder=True)
         return [os.path.join(self.path, name) for name in names if is_tar(os.path.join(self.path, name))]
+
+    def _refuse_class_folders(self, names: list[str]) -> None:
+        """Class tars with class folders beside them (a recipe stopped half-way): etl reads one kind, and
+        taking either would drop the other's classes in silence."""
+        folders = [d for d in self._sub_folders() if _holds_images(os.path.join(self.path, d))]
+        tars = [n for n in names if is_tar(os.path.join(self.path, n))]
+        if folders and tars:
+            more = f" and {plural(len(tars) - 1, 'more')}" if len(tars) > 1 else ""
+            also = f" and {plural(len(folders) - 1, 'more')}" if len(folders) > 1 else ""
+            raise UsageError(f"{self.path} holds both class tars ({tars[0]}{more}) and sub-folders of images "
+                             f"({folders[0]}/{also}), and etl reads one kind: extract the tars into class folders "
+                             f"as the recipe does (cd {self.path} && for f in *.tar; do mkdir -p \"${{f%.tar}}\" && "
+                             f"tar -xf \"$f\" -C \"${{f%.tar}}\" && rm \"$f\"; done), or move the sub-folders "
+                             "out of it")
+
+    def _sub_folders(self) -> list[str]:
+        return byte_order([e.name for e in os.scandir(self.path) if e.is_dir()])
 
     def _walk(self, files: list[str]) -> ArchiveIndex:
         index = ArchiveIndex()
-        others = len(os.listdir(self.path)) - len(files)
+        folders = self._sub_folders()  # none holds images: _refuse_class_folders saw to it
+        others = len(os.listdir(self.path)) - len(files) - len(folders)
         if others:
             index.notes.append(f"{plural(others, 'file')} that are not tars left out")
+        if folders:
+            index.notes.append(f"{plural(len(folders), 'sub-folder')} beside the class tars left out: no images "
+                               f"in them (e.g. {folders[0]!r})")
         with _scan_progress(sum(os.path.getsize(f) for f in files), self.show) as bar:
             for path in files:
                 name = os.path.basename(path)

@@ -60,6 +60,19 @@ class ArchiveIndex:
             return []
         return [p for p, o, s in zip(paths, offsets, sizes, strict=True) if not self.add(p, o, s, group)]
 
+    def drop_group(self, group: int) -> int:
+        """Leave out every image of one group (an inner tar that a later copy replaces); how many. Rare: the
+        arrays are rebuilt."""
+        keep = [at for at, g in enumerate(self.group) if g != group]
+        dropped = len(self.paths) - len(keep)
+        if dropped:
+            self.paths = [self.paths[at] for at in keep]
+            self.offsets = array("q", [self.offsets[at] for at in keep])
+            self.sizes = array("q", [self.sizes[at] for at in keep])
+            self.group = array("i", [self.group[at] for at in keep])
+            self.position = {path: at for at, path in enumerate(self.paths)}
+        return dropped
+
     def new_group(self, name: str) -> int:
         self.groups.append(name)
         return len(self.groups) - 1

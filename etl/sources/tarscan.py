@@ -12,9 +12,13 @@ BLOCK = 512
 REGULAR = (b"0", b"\0", b"7", b"")
 LONG_NAME, PAX, PAX_GLOBAL = b"L", b"x", b"g"
 LONG_LINK = b"K"  # GNU: the next entry's link target, too long for its header (no entry of its own)
-LINKS = (b"1", b"2")
+HARD_LINK, SYMLINK = b"1", b"2"
+LINKS = (HARD_LINK, SYMLINK)
 DIRECTORY = b"5"
 CHECK_EVERY = 4096  # headers whose checksums are verified together
+# Zeros a tar may hold after its end-of-archive block: padding to a record (10 KiB by default). 1 MiB is far
+# past any blocking factor in use; more zeros than that, or any data, is a hole in a partly downloaded file.
+TAIL_SLACK = 1 << 20
 
 
 class Header(tuple):
@@ -29,10 +33,12 @@ class Header(tuple):
 
 
 class TarScan(NamedTuple):
-    """A tar's entries in order, and why the walk stopped early ('' when it reached the end)."""
+    """A tar's entries in order, why the walk stopped early ('' when it reached the end), and the target of
+    each hard link among the entries (by its position in entries), as the archive names it."""
 
     entries: list[Header]
     damage: str
+    targets: dict[int, str]
 
 
 def _octal(field_bytes: bytes) -> int:
@@ -106,9 +112,10 @@ class _Walk:
         self.headers: list[bytes] = []  # waiting for their checksum check
         self.marks: list[tuple[int, int]] = []  # each waiting header's position, and the entries before it
         self.damage = ""
+        self.targets: dict[int, str] = {}
 
     def run(self) -> TarScan:
-        long_name, pax = b"", {}
+        long_name, long_link, pax = b"", b"", {}
         fd, end, entries, pread = self.fd, self.end, self.entries, os.pread
         add_header, add_mark = self.headers.append, self.marks.append
         pos = self.pos
@@ -118,7 +125,8 @@ class _Walk:
                 self.damage = f"the file ends inside the tar header at byte {pos}"
                 break
             if not header[0] and header.count(0) == BLOCK:
-                break  # the end-of-archive block
+                self.damage = _after_end(fd, pos, end)  # the end-of-archive block, or a hole of zeros
+                break
             size = _size(header)
             if size < 0:
                 self.damage = f"a damaged tar header at byte {pos}"  # its size field is no number
@@ -133,11 +141,16 @@ class _Walk:
                 if pax is None:
                     self.damage = f"a damaged pax header at byte {pos}"
                     break
-            elif kind not in (PAX_GLOBAL, LONG_LINK):
+            elif kind == LONG_LINK:
+                long_link = pread(fd, max(0, min(size, end - data)), data).split(b"\0", 1)[0]
+            elif kind != PAX_GLOBAL:
                 name = pax.get(b"path") or long_name or _name(header)
                 size = int(pax[b"size"]) if pax and b"size" in pax else size
                 entries.append(Header((name.decode("utf-8", "surrogateescape"), kind, data, size)))  # = os.fsdecode
-                long_name, pax = b"", {}
+                if kind == HARD_LINK:
+                    target = pax.get(b"linkpath") or long_link or header[157:257].split(b"\0", 1)[0]
+                    self.targets[len(entries) - 1] = target.decode("utf-8", "surrogateescape")
+                long_name, long_link, pax = b"", b"", {}
             if data + size > end:
                 self.damage = f"the file ends inside the data of {os.fsdecode(_name(header))!r}"
                 break
@@ -150,7 +163,8 @@ class _Walk:
             self.damage = f"the file ends inside the tar header at byte {pos}"
         self.pos = pos
         self._verify()
-        return TarScan(entries, self.damage)
+        targets = {at: target for at, target in self.targets.items() if at < len(entries)}  # cut with entries
+        return TarScan(entries, self.damage, targets)
 
     def _verify(self) -> None:
         """Check the waiting headers' checksums together; cut the entries at the first wrong one."""
@@ -165,6 +179,20 @@ class _Walk:
             self.damage = f"a damaged tar header at byte {pos}"
         self.headers.clear()
         self.marks.clear()
+
+
+def _after_end(fd: int, pos: int, end: int) -> str:
+    """'' where the zero block at pos ends the tar: only zeros follow it, no more than padding to a record.
+    Otherwise why it is a hole instead (GNU tar stops there too, but a partly downloaded file is not whole)."""
+    rest = end - pos - BLOCK
+    where = f"zeros where a tar header should be at byte {pos}"
+    if rest > TAIL_SLACK:
+        return f"{where}, and {rest:,} bytes after them: a partly downloaded or damaged file"
+    tail = os.pread(fd, rest, pos + BLOCK)
+    if tail.count(0) == len(tail):
+        return ""
+    data = pos + BLOCK + len(tail) - len(tail.lstrip(b"\0"))
+    return f"{where}, then data again at byte {data}: a partly downloaded or damaged file"
 
 
 def _stored_checksums(blocks: np.ndarray) -> np.ndarray:
