@@ -298,16 +298,17 @@ def _check_runner(s: Settings) -> None:
 
 def _check_folders(s: Settings) -> None:
     # Imported here, not at the top: the sources' planner reads Settings, so the two modules meet only at run time.
-    from etl.sources.registry import find_kind
+    from etl.sources.registry import find_kind, found_instead
 
     for role, path in (("train", s.train_dir), ("val", s.val_dir)):
         if role == "train" and not path:
             raise UsageError("train folder not found: (none given)")
         if path is not None and find_kind(path) is None:
             if os.path.exists(path):
-                raise UsageError(f"{role} folder {path} is not a folder, a tar archive nor a list file: give the "
-                                 "folder that holds one sub-folder per class, a tar of class tars or class folders, "
-                                 "or a file of 'path label' lines")
+                found = f" (it {found_instead(path)})" if found_instead(path) else ""
+                raise UsageError(f"{role} folder {path} is not a folder, a tar archive nor a list file{found}: give "
+                                 "the folder that holds one sub-folder per class, a tar of class tars or class "
+                                 "folders, or a file of 'path label' lines")
             raise UsageError(f"{role} folder not found: {path}")
     if not s.out_dir:
         raise UsageError("no output folder given")

@@ -136,8 +136,9 @@ class TarIndexer:
             outer = scan_tar(fd, 0, end)
             if outer.damage:
                 what = prefix.rstrip("/") or os.path.basename(self.path)  # a folder's tar: prefix is its name
-                self._cut(what, outer.damage, f"usable: its {plural(len(outer.entries), 'member')} before that "
-                                              "point; nothing after it is read")
+                whole = sum(1 for entry in outer.entries if entry.offset + entry.size <= end)
+                self._cut(what, outer.damage, f"usable: its {plural(whole, 'member')} before that point; nothing "
+                                              "after it is read")
             for entry in resolve_links(outer):
                 self._member(fd, entry, prefix, end)
                 self.progress(entry.offset + entry.size)

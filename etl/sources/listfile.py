@@ -18,7 +18,7 @@ SNIFF_BYTES = 64 * 1024
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, which Windows editors put at a file's start
 LABEL_MAX = 2**31 - 1  # a Datum's label is an int32
 LABEL_AT_END = re.compile(r"^(.*?)[ \t]+(\S+)$")  # the label is the last token: paths may hold spaces
-WNID_LINE = re.compile(r"^(n\d{8})\s")  # synset_words.txt: 'n01440764 tench, Tinca tinca'
+WNID_LINE = re.compile(r"^(n[0-9]{8})\s")  # synset_words.txt: 'n01440764 tench, Tinca tinca'
 
 
 class Listed(list[tuple[str, int]]):
@@ -45,7 +45,7 @@ def parse_line(text: str) -> tuple[str, int] | str:
     if match is None or not match[1]:
         return "no label after the path (expected 'path label')"
     path, label = match[1], match[2]
-    if not re.fullmatch(r"[+-]?\d+", label):
+    if not re.fullmatch(r"[+-]?[0-9]+", label):  # ASCII digits only: int() also reads '٣' as 3
         return f"the label '{label}' is not a whole number"
     if int(label) < 0:
         return f"the label {label} is negative"

@@ -217,7 +217,8 @@ def _plan(s: Settings, progress: bool) -> Plan:
         raise UsageError(f"every class has fewer than --min-per-class {s.min_per_class} images (the largest has "
                          f"{max(len(f) for f in found.values())}): lower --min-per-class")
     if not any(classes.values()):
-        raise UsageError(f"no images found in class sub-folders of {s.train_dir}")
+        cut = next((f": {n}" for n in notes if n.startswith(INCOMPLETE)), "")  # a tar cut before its first class
+        raise UsageError(f"no images found in class sub-folders of {s.train_dir}{cut}")
     labels = list(classes)
     if s.val_dir is not None:
         train = [(path, label) for label, files in enumerate(classes.values()) for path in files]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -9,7 +10,9 @@ from etl.errors import UsageError
 from etl.sources.archive import ArchiveSource, TarFolderSource
 from etl.sources.base import Source
 from etl.sources.folder import FolderSource
-from etl.sources.listfile import ListSource
+from etl.sources.listfile import BOM, SNIFF_BYTES, ListSource
+from etl.sources.tarscan import BLOCK, TAIL_SLACK
+from etl.words import cut_at_word
 
 
 class SourceKind(Protocol):
@@ -31,6 +34,31 @@ SOURCES: list[SourceKind] = [
 def find_kind(path: str) -> SourceKind | None:
     """The first input kind that takes this path, if any."""
     return next((kind for kind in SOURCES if kind.accepts(path)), None)
+
+
+def found_instead(path: str) -> str:
+    """What a file that no input kind takes holds, in words: an empty file, an empty or cut tar, a list
+    without 'path label' lines; '' for some other file (the refusal says it, not only what it is not)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if size == 0:
+        return "is an empty file"
+    if head.count(0) == len(head):
+        if size <= TAIL_SLACK and size == len(head):
+            return "is an empty tar, only the zeros that end one"
+        return "starts with zeros where a tar header should be: a partly downloaded file? Download it again"
+    if b"\0" in head:
+        if size < BLOCK:
+            return f"is {size} bytes, less than one tar header: a tar cut short? Download it again"
+        return ""  # some other file: the refusal's words say it all
+    lines = [line for line in head.removeprefix(BOM).decode("utf-8", "replace").split("\n") if line.strip()]
+    if not lines:
+        return "is an empty list, only blank lines"
+    return f"is a text file whose first line {cut_at_word(lines[0].strip(), 60)!r} is not 'path label'"
 
 
 def open_source(path: str, progress: bool = False, saved: Path | None = None, root: str | None = None,

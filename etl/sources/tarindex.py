@@ -124,13 +124,31 @@ def load(folder: Path, input_path: str, files: Identity) -> ArchiveIndex | None:
             meta = json.loads(saved["meta"].tobytes().decode("utf-8", "surrogateescape"))
             blob, offsets, sizes, group = (saved[k] for k in ("paths", "offsets", "sizes", "group"))
         saved_files, groups, notes = meta["files"], meta["groups"], meta["notes"]
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        paths = blob.tobytes().decode("utf-8", "surrogateescape").split("\0") if blob.size else []
+        _check_saved(saved_files, groups, notes, paths, offsets, sizes, group)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, zipfile.BadZipFile) as exc:
         raise damaged(path, exc) from None
     if meta.get("format") != FORMAT or saved_files != files:
         changed = next((n for n in sorted(set(files) | set(saved_files)) if saved_files.get(n) != files.get(n)), "")
         which = "it" if not changed or changed == os.path.basename(input_path) else changed
         raise UsageError(f"--resume: {input_path} changed since the first run ({which}: added, removed, or another "
                          "size or modification time); convert again with --overwrite")
-    paths = blob.tobytes().decode("utf-8", "surrogateescape").split("\0") if blob.size else []
     return ArchiveIndex(paths, array("q", offsets.tobytes()), array("q", sizes.tobytes()),
                         array("i", group.tobytes()), groups, {p: i for i, p in enumerate(paths)}, notes)
+
+
+def _check_saved(files: object, groups: object, notes: object, paths: list[str], offsets: np.ndarray,
+                 sizes: np.ndarray, group: np.ndarray) -> None:
+    """ValueError where a saved index is not what save() writes (damaged or edited): using it would read
+    the wrong bytes or stop later with a traceback."""
+    if not isinstance(files, dict) or not all(isinstance(v, list) for v in files.values()):
+        raise ValueError("its 'files' is not a table of archive files")
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups) or not groups:
+        raise ValueError("its 'groups' is not a list of inner tar names")
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise ValueError("its 'notes' is not a list of notes")
+    kinds = ((offsets, np.int64), (sizes, np.int64), (group, np.int32))
+    if any(a.ndim != 1 or a.dtype != kind or len(a) != len(paths) for a, kind in kinds):
+        raise ValueError(f"its arrays do not hold one offset, size and group for each of its {len(paths)} paths")
+    if len(paths) and (group.min() < 0 or group.max() >= len(groups) or offsets.min() < 0 or sizes.min() < 0):
+        raise ValueError("it has an offset, size or group out of range")

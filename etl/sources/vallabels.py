@@ -223,10 +223,16 @@ def _meta_ids(path: str, meta: bytes) -> dict[int, str]:
     if "ILSVRC2012_ID" not in names or "WNID" not in names:
         raise UsageError(f"{where} has no synsets struct with ILSVRC2012_ID and WNID: use the devkit's meta.mat")
     try:
-        return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in np.atleast_1d(synsets)}
+        pairs = [(int(s["ILSVRC2012_ID"]), str(s["WNID"])) for s in np.atleast_1d(synsets)]
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{where} has a synset whose ILSVRC2012_ID or WNID is not one value ({exc}): use the "
                          "devkit's meta.mat") from None
+    wnid_of_id: dict[int, str] = {}
+    for wnid_id, wnid in pairs:  # one ID given two WNIDs: either choice mislabels that class's val images
+        if wnid_of_id.setdefault(wnid_id, wnid) != wnid:
+            raise UsageError(f"{where} gives ILSVRC2012_ID {wnid_id} two WNIDs, {wnid_of_id[wnid_id]} and {wnid}: "
+                             "use the devkit's own meta.mat")
+    return wnid_of_id
 
 
 def _kaggle(path: str, lines: Lines, train_classes: list[str]) -> dict[str, str]:
