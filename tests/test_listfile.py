@@ -47,6 +47,9 @@ def settings(**values):
     ("x.jpg cat", "the label 'cat' is not a whole number"),
     ("x.jpg 1.5", "the label '1.5' is not a whole number"),
     ("x.jpg -1", "the label -1 is negative"),
+    ("x.jpg \u0663", "the label '\u0663' is not a whole number"),  # an Arabic-Indic 3: int() would read it
+    ("x.jpg 1\u0661", "the label '1\u0661' is not a whole number"),
+    ("x.jpg \uff13", "the label '\uff13' is not a whole number"),  # a full-width 3
 ])
 def test_a_line_is_a_path_and_the_number_after_its_last_space(line, expected):
     assert parse_line(line) == expected

@@ -166,7 +166,7 @@ class TarIndexer:
                 return None
             if not self.group and "/" not in name and TAR_NAME.search(name):  # at the top, where class tars are
                 refuse_compressed_member(self.path, name, os.pread(fd, 8, entry.offset))
-        self._left_out(entry.kind, name, name)
+        self._left_out(entry.kind, prefix + name, name)
 
     def _inner(self, fd: int, tar: Header, prefix: str, end: int) -> None:
         """A tar inside the tar: a class. Its members' places are its place plus theirs."""
