@@ -70,7 +70,7 @@ def class_files(members: list[Member]) -> dict[str, bytes]:
 
 def the_advice(line: str) -> str:
     """The shell command a refusal gives, between its parentheses."""
-    found = re.search(r"\((mkdir .*?|cd .*?; done)\)", line)
+    found = re.search(r"\((mkdir .*?|cd .*?; done)\),", line)
     assert found, line
     return found[1]
 
@@ -140,14 +140,14 @@ def test_empty_sub_folders_beside_class_tars_are_named_and_the_tars_converted(tm
 
 
 def test_class_tars_beside_class_folders_are_refused_naming_both_and_the_advice_works(tmp_path):
-    folder = tmp_path / "train"
+    folder = tmp_path / "my train"
     extracted = class_files(FOUR)
     folder.mkdir()
     for name, data in FOUR[:2]:  # a recipe stopped half-way: n0 and n1 still tars, n1 half extracted,
         (folder / name).write_bytes(data)
     folder_of(folder, {k: v for k, v in extracted.items() if k.startswith(("n2/", "n3/")) or k == "n1/n1_10.JPEG"})
     line = refused(folder, tmp_path / "out", "--val-pct", "0")  # n2 and n3 extracted (their tars removed)
-    assert "n0.tar and 1 more" in line and "n1/ and 2 more" in line, line
+    assert "class tars (n0.tar and 1 more)" in line and "sub-folders of images (n1/ and 2 more)" in line, line
     subprocess.run(["bash", "-c", the_advice(line)], check=True)
     out, want = tmp_path / "out", tmp_path / "want"
     convert(folder, out, "--val-pct", "0")
@@ -196,12 +196,12 @@ def test_a_class_tar_present_twice_keeps_the_last_copy_as_tar_x_does(tmp_path):
 
 def test_a_compressed_class_tar_inside_the_train_tar_is_refused_and_the_advice_works(tmp_path):
     members = [class_tar("a", 2), ("b.tar.gz", gzip.compress(class_tar("b", 2, 5)[1])), class_tar("c", 2, 9)]
-    train = write_tar(tmp_path / "train.tar", members)
+    train = write_tar(tmp_path / "my data" / "train.tar", members)  # the advice quotes the path's space
     line = refused(train, tmp_path / "out")
     assert "b.tar.gz, a gzip-compressed archive" in line and "gunzip" in line, line
     subprocess.run(["bash", "-c", the_advice(line)], check=True)
     out, want = tmp_path / "out", tmp_path / "want"
-    convert(tmp_path / "train_classes", out, "--val-pct", "0")
+    convert(tmp_path / "my data" / "train_classes", out, "--val-pct", "0")
     convert(folder_of(tmp_path / "tree", class_files([class_tar("a", 2), class_tar("b", 2, 5),
                                                       class_tar("c", 2, 9)])), want, "--val-pct", "0")
     assert dataset(out) == dataset(want)

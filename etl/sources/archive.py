@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ def refuse_compressed(path: str, in_folder: bool = False) -> None:
         fmt, beside, replacing = found
         then = "then give the folder again" if in_folder else "and give the plain .tar"
         raise UsageError(f"{path} is a {fmt}-compressed archive, which cannot be read in place: decompress it "
-                         f"first ({replacing if in_folder else beside} {path}) {then}")
+                         f"first ({replacing if in_folder else beside} {shlex.quote(path)}) {then}")
 
 
 def refuse_compressed_member(archive: str, name: str, head: bytes) -> None:
@@ -87,9 +88,10 @@ def refuse_compressed_member(archive: str, name: str, head: bytes) -> None:
     if found:
         fmt, _, replacing = found
         folder = (archive[:-4] if archive.endswith(".tar") else archive) + "_classes"
+        there, member = shlex.quote(folder), shlex.quote(f"{folder}/{name}")
         raise UsageError(f"{archive} holds {name}, a {fmt}-compressed archive, which cannot be read in place: "
-                         f"extract the class tars and decompress it first (mkdir {folder} && tar -xf {archive} -C "
-                         f"{folder} && {replacing} {folder}/{name}), then give the folder {folder}")
+                         f"extract the class tars and decompress it first (mkdir {there} && tar -xf "
+                         f"{shlex.quote(archive)} -C {there} && {replacing} {member}), then give the folder {folder}")
 
 
 class Tally:
@@ -463,13 +465,13 @@ class TarFolderSource(ArchiveSource):
         folders = [d for d in self._sub_folders() if _holds_images(os.path.join(self.path, d))]
         tars = [n for n in names if is_tar(os.path.join(self.path, n))]
         if folders and tars:
-            more = f" and {plural(len(tars) - 1, 'more')}" if len(tars) > 1 else ""
-            also = f" and {plural(len(folders) - 1, 'more')}" if len(folders) > 1 else ""
+            more = f" and {len(tars) - 1:,d} more" if len(tars) > 1 else ""
+            also = f" and {len(folders) - 1:,d} more" if len(folders) > 1 else ""
+            recipe = ('for f in *.tar; do mkdir -p "${f%.tar}" && tar -xf "$f" -C "${f%.tar}" && rm "$f"; done')
             raise UsageError(f"{self.path} holds both class tars ({tars[0]}{more}) and sub-folders of images "
                              f"({folders[0]}/{also}), and etl reads one kind: extract the tars into class folders "
-                             f"as the recipe does (cd {self.path} && for f in *.tar; do mkdir -p \"${{f%.tar}}\" && "
-                             f"tar -xf \"$f\" -C \"${{f%.tar}}\" && rm \"$f\"; done), or move the sub-folders "
-                             "out of it")
+                             f"as the recipe does (cd {shlex.quote(self.path)} && {recipe}), or move the "
+                             "sub-folders out of it")
 
     def _sub_folders(self) -> list[str]:
         return byte_order([e.name for e in os.scandir(self.path) if e.is_dir()])
