@@ -136,7 +136,7 @@ def test_empty_sub_folders_beside_class_tars_are_named_and_the_tars_converted(tm
     out = tmp_path / "out"
     convert(folder, out, "--val-pct", "0")
     assert list(report(out)["splits"]["train"]["per_class"]) == ["n0", "n1"]
-    assert "2 sub-folders beside the class tars left out: no images in them" in notes(out), notes(out)
+    assert "2 sub-folders beside the class tars left out: no images in them that etl can list" in notes(out), notes(out)
 
 
 def test_class_tars_beside_class_folders_are_refused_naming_both_and_the_advice_works(tmp_path):

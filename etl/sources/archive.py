@@ -141,9 +141,9 @@ class TarIndexer:
                 whole = sum(1 for entry in outer.entries if entry.offset + entry.size <= end)
                 self._cut(what, outer.damage, f"usable: its {plural(whole, 'member')} before that point; nothing "
                                               "after it is read")
-            for entry in resolve_links(outer):
-                self._member(fd, entry, prefix, end)
-                self.progress(entry.offset + entry.size)
+            for entry, member in zip(outer.entries, resolve_links(outer), strict=True):
+                self._member(fd, member, prefix, end)
+                self.progress(entry.offset + entry.size)  # the entry's own place: a link's target lies before it
         finally:
             os.close(fd)
         self.index.notes.extend(self.tally.notes())
@@ -453,17 +453,17 @@ class TarFolderSource(ArchiveSource):
 
     def tar_files(self) -> list[str]:
         names = byte_order([e.name for e in os.scandir(self.path) if e.is_file()])
-        self._refuse_class_folders(names)
+        tars = [name for name in names if is_tar(os.path.join(self.path, name))]
+        self._refuse_class_folders(tars)
         for name in names:
             if TAR_NAME.search(name):  # a compressed class tar; other compressed files are only left out
                 refuse_compressed(os.path.join(self.path, name), in_folder=True)
-        return [os.path.join(self.path, name) for name in names if is_tar(os.path.join(self.path, name))]
+        return [os.path.join(self.path, name) for name in tars]
 
-    def _refuse_class_folders(self, names: list[str]) -> None:
+    def _refuse_class_folders(self, tars: list[str]) -> None:
         """Class tars with class folders beside them (a recipe stopped half-way): etl reads one kind, and
         taking either would drop the other's classes in silence."""
         folders = [d for d in self._sub_folders() if _holds_images(os.path.join(self.path, d))]
-        tars = [n for n in names if is_tar(os.path.join(self.path, n))]
         if folders and tars:
             more = f" and {len(tars) - 1:,d} more" if len(tars) > 1 else ""
             also = f" and {len(folders) - 1:,d} more" if len(folders) > 1 else ""
@@ -484,7 +484,7 @@ class TarFolderSource(ArchiveSource):
             index.notes.append(f"{plural(others, 'file')} that are not tars left out")
         if folders:
             index.notes.append(f"{plural(len(folders), 'sub-folder')} beside the class tars left out: no images "
-                               f"in them (e.g. {folders[0]!r})")
+                               f"in them that etl can list (e.g. {folders[0]!r})")
         with _scan_progress(sum(os.path.getsize(f) for f in files), self.show) as bar:
             for path in files:
                 name = os.path.basename(path)
