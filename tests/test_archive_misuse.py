@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import re
 import subprocess
 import tarfile
@@ -307,6 +308,13 @@ def test_an_input_no_kind_takes_is_said_for_what_it_is(tmp_path, content, said):
     train.write_bytes(content)
     line = refused(train, tmp_path / "out")
     assert said in line and str(train) in line, line
+
+
+def test_a_fifo_given_as_input_is_refused_without_being_opened(tmp_path):
+    fifo = tmp_path / "in"
+    os.mkfifo(fifo)
+    line = refused(fifo, tmp_path / "out")  # opening it to look would block: the run would never end
+    assert "it is not a regular file" in line, line
 
 
 def test_a_tar_cut_before_its_first_class_says_so(tmp_path):

@@ -39,6 +39,8 @@ def find_kind(path: str) -> SourceKind | None:
 def found_instead(path: str) -> str:
     """What a file that no input kind takes holds, in words: an empty file, an empty or cut tar, a list
     without 'path label' lines; '' for some other file (the refusal says it, not only what it is not)."""
+    if not os.path.isfile(path):
+        return "is not a regular file"  # a FIFO or a device: opening it to look could block
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fh:
