@@ -125,8 +125,9 @@ def make_parser() -> argparse.ArgumentParser:
                        ("tune", "sweep worker counts and chunk sizes; recommend a setting and plot the curve")):
         b = sub.add_parser(name, help=text, description=text)
         src = b.add_mutually_exclusive_group()
-        src.add_argument("--src", help="real images: a class folder, a flat folder of ImageNet <wnid>_*.JPEG, or an "
-                                       "archive (a tar of class tars or class folders, or a folder of class tars)")
+        src.add_argument("--src", help="real images: a folder of class folders (as etl convert reads it), a flat "
+                                       "folder of ImageNet <wnid>_*.JPEG, or an archive (a tar of class tars or "
+                                       "class folders, or a folder of class tars)")
         src.add_argument("--generate", type=int,
                          help=f"images of a generated ImageNet-like corpus (--generate 3000: {BENCH_TIME[name]})")
         b.add_argument("--repeat", type=int, default=1, help="copies of the --src files, under new names")
