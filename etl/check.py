@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from tqdm import tqdm
 from turbojpeg import TurboJPEG
 
 from etl.datum import Datum, decode_blobproto, decode_datum
 from etl.errors import UsageError
 from etl.layout import LABELS, MEAN_JPG, MEAN_PROTO, REPORT, Layout, db_name, db_path, list_path, sums_name, sums_path
+from etl.progress import ProgressBar
 from etl.reader import SHARD_MANIFEST, LmdbDataset, datum_pixels
 from etl.sinks.checksums import record_sum
 from etl.words import plural
@@ -102,8 +102,8 @@ def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], la
     try:
         with warnings.catch_warnings(record=True) as caught:  # libjpeg's warnings come as Python warnings
             warnings.simplefilter("always")
-            for i, (key, value) in enumerate(tqdm(db.raw_items(), total=count, desc=f"verify {name}", unit="rec",
-                                                  disable=not progress)):
+            for i, (key, value) in enumerate(ProgressBar(db.raw_items(), total=count, desc=f"verify {name}",
+                                                         unit="rec", disable=not progress)):
                 check.records += 1
                 where = f"{db_name(name)} record {i} ({key.decode(errors='replace')})"
                 if sums is not None:

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from tqdm import tqdm
 from turbojpeg import TurboJPEG
 
 from etl.check import Checker, check_sum, check_sum_count, open_sums
 from etl.datum import Datum, decode_datum
 from etl.dbmean import RecordError, native_pixels, open_db, show_key
 from etl.layout import CHECKPOINT_DIR, Layout, list_name, sums_name
+from etl.progress import ProgressBar
 from etl.words import plural
 
 SPLIT = "train"  # etl imageset writes its one list as the train split
@@ -128,8 +128,8 @@ def _check_records(check: Checker, env: Any, db: Path, listed: IO[bytes] | None,
     with env.begin() as txn:
         total = int(txn.stat()["entries"])
         try:
-            for i, (key, value) in enumerate(tqdm(txn.cursor(), total=total, desc=f"verify {db.name}", unit="rec",
-                                                  disable=not progress)):
+            for i, (key, value) in enumerate(ProgressBar(txn.cursor(), total=total, desc=f"verify {db.name}",
+                                                         unit="rec", disable=not progress)):
                 key, value = bytes(key), bytes(value)
                 records = check.records = i + 1
                 where = f"record {i} ({show_key(key)})"

@@ -14,7 +14,7 @@ from typing import Any
 
 from etl import __version__
 from etl.options import cli_order, help_text, kind_of, opt_of
-from etl.settings import Settings, UsageError, build_settings
+from etl.settings import Settings, UsageError, build_settings, shipped_presets
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,7 +69,8 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert an image folder into DIGITS/Caffe LMDB databases",
                        description="Defaults follow the DIGITS ImageNet recipe: 224x224 squash, 3 channels, "
                                    "JPEG q90, shuffled with a fixed seed, every core.")
-    p.add_argument("--config", help="TOML preset (see conf/); options given here override it")
+    p.add_argument("--config", help="a TOML preset file, or the name of one shipped with etl ("
+                                    f"{', '.join(shipped_presets())}); options given here override it")
     add_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
@@ -124,8 +125,9 @@ def make_parser() -> argparse.ArgumentParser:
                        ("tune", "sweep worker counts and chunk sizes; recommend a setting and plot the curve")):
         b = sub.add_parser(name, help=text, description=text)
         src = b.add_mutually_exclusive_group()
-        src.add_argument("--src", help="real images: a class folder, a flat folder of ImageNet <wnid>_*.JPEG, or an "
-                                       "archive (a tar of class tars or class folders, or a folder of class tars)")
+        src.add_argument("--src", help="real images: a folder of class folders (as etl convert reads it), a flat "
+                                       "folder of ImageNet <wnid>_*.JPEG, or an archive (a tar of class tars or "
+                                       "class folders, or a folder of class tars)")
         src.add_argument("--generate", type=int,
                          help=f"images of a generated ImageNet-like corpus (--generate 3000: {BENCH_TIME[name]})")
         b.add_argument("--repeat", type=int, default=1, help="copies of the --src files, under new names")

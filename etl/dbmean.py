@@ -15,7 +15,6 @@ import cv2
 import lmdb
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 from turbojpeg import TJFLAG_STOPONWARNING, TJPF_BGR, TJPF_GRAY, TJSAMP_GRAY, TJCS_YCbCr, TurboJPEG
 
 from etl.codec import JPEG_MAGIC, libjpeg_warnings
@@ -24,6 +23,7 @@ from etl.errors import PipelineError, UsageError
 from etl.layout import CHECKPOINT_DIR
 from etl.outlock import shared
 from etl.procs import child_signals, die_with_parent, mp_context
+from etl.progress import ProgressBar
 from etl.reader import DamagedDatabase, open_checked
 from etl.settings import usable_cores
 from etl.words import plural
@@ -288,7 +288,7 @@ def _worker_start() -> None:
     die_with_parent()
 
 
-def combine(parts: Iterable[RangeSum], bar: tqdm) -> DbMean:
+def combine(parts: Iterable[RangeSum], bar: ProgressBar) -> DbMean:
     """Add the ranges up in key order; the first record that cannot be added, in key order, ends it."""
     total: np.ndarray | None = None
     first_key, first = b"", Shape(0, 0, 0)
@@ -324,13 +324,13 @@ def compute_mean(path: str, workers: int, progress: bool = False, inprocess_belo
     if records == 0:
         raise UsageError(f"the database {path} holds no records")
     tasks = [(path, r) for r in ranges]
-    with tqdm(total=records, desc="mean", unit="rec", disable=not progress, file=sys.stderr) as bar:
+    with ProgressBar(total=records, desc="mean", unit="rec", disable=not progress, file=sys.stderr) as bar:
         if workers == 1 or records < (INPROCESS_BELOW if inprocess_below is None else inprocess_below):
             return combine(map(_sum_range_task, tasks), bar)
         return _in_workers(tasks, workers, bar)
 
 
-def _in_workers(tasks: list[tuple[str, KeyRange]], workers: int, bar: tqdm) -> DbMean:
+def _in_workers(tasks: list[tuple[str, KeyRange]], workers: int, bar: ProgressBar) -> DbMean:
     """The ranges in worker processes, their sums taken in key order (so the first odd key is found first).
     A pool of futures, not multiprocessing.Pool: a worker killed (out of memory, a decoder crash) breaks it
     with an error, where Pool would wait for the lost task for ever."""

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import lmdb
-from tqdm import tqdm
 
 from etl.errors import UsageError
 from etl.layout import CHECKPOINT_DIR, REPORT, SPLITS, db_path, sums_name, sums_path
 from etl.messages import Record
 from etl.outlock import exclusive
+from etl.progress import ProgressBar
 from etl.runners.shards import DONE, FORMAT, MANIFEST
 from etl.sinks.checksums import ChecksumSink, record_sum
 from etl.sinks.lmdb import LmdbSink
@@ -178,7 +178,7 @@ def build(p: SplitPaths, man: dict[str, Any], progress: bool) -> tuple[int, int]
     p.sums_merging.unlink(missing_ok=True)
     sink = ChecksumSink(LmdbSink(p.merging), p.sums_merging)
     try:
-        with tqdm(total=man["records"], desc=f"merge {p.split}", unit="rec", disable=not progress) as bar:
+        with ProgressBar(total=man["records"], desc=f"merge {p.split}", unit="rec", disable=not progress) as bar:
             written, data_bytes = write_chunks(sink, all_records(p, man), man, bar)
         if sink.records() != man["records"] or written != man["records"]:
             raise UsageError(f"merging {p.db.name} gave {sink.records()} records, {MANIFEST} says {man['records']}")
@@ -189,7 +189,8 @@ def build(p: SplitPaths, man: dict[str, Any], progress: bool) -> tuple[int, int]
     return written, data_bytes
 
 
-def write_chunks(sink: ChecksumSink, records: Iterator[Record], man: dict[str, Any], bar: tqdm) -> tuple[int, int]:
+def write_chunks(sink: ChecksumSink, records: Iterator[Record], man: dict[str, Any],
+                 bar: ProgressBar) -> tuple[int, int]:
     """Records in item order, added a chunk at a time; after each chunk, a commit by the writer's rule
     (etl.writer._write_chunk), and at the end one more: the one-machine run's transactions exactly."""
     chunk_size, every, limit = int(man["chunk_size"]), int(man["commit_every"]), int(man["commit_bytes"])

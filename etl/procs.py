@@ -12,13 +12,16 @@ import resource
 import signal
 import socket
 import stat
+import sys
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
-from multiprocessing.context import BaseContext
+from multiprocessing.context import BaseContext, ForkServerContext, ForkServerProcess
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 PR_SET_PDEATHSIG = 1
@@ -62,6 +65,38 @@ def child_etl_digest(ctx: BaseContext, timeout: float = 60.0) -> str | None:
             proc.kill()
 
 
+@contextmanager
+def main_module_hidden() -> Iterator[None]:
+    """While a child is started, show multiprocessing a __main__ without a file, as in an interactive session.
+
+    A forkserver child otherwise runs the caller's script again (as __mp_main__) before its target: a script
+    that calls etl.convert without `if __name__ == "__main__":` would start a second conversion in every child.
+    etl's children run etl's own functions and need nothing from the caller's __main__. Swapped back at once:
+    the start takes milliseconds, on the thread that starts every child."""
+    main = sys.modules.get("__main__")
+    if main is None or (getattr(main, "__file__", None) is None and getattr(main, "__spec__", None) is None):
+        yield
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+class _ForkServerProcess(ForkServerProcess):
+    """A forkserver child that does not run the caller's __main__ again (main_module_hidden)."""
+
+    @staticmethod
+    def _Popen(process_obj: BaseProcess) -> Any:  # noqa: N802 (multiprocessing's name)
+        with main_module_hidden():
+            return ForkServerProcess._Popen(process_obj)
+
+
+class _ForkServerContext(ForkServerContext):
+    Process = _ForkServerProcess  # type: ignore[assignment]
+
+
 def mp_context(start_method: str | None = None) -> BaseContext:
     """How worker and writer processes start.
 
@@ -75,7 +110,7 @@ def mp_context(start_method: str | None = None) -> BaseContext:
     if start_method == "fork" and "fork" in methods:
         return mp.get_context("fork")
     if "forkserver" in methods:
-        ctx = mp.get_context("forkserver")
+        ctx = _ForkServerContext()
         ctx.set_forkserver_preload(PRELOAD)
         forkserver.ensure_running()  # it imports the preload while the caller goes on (scanning)
         return ctx

@@ -196,8 +196,30 @@ PRESET_OPTIONS = frozenset(name for name, f in FIELDS.items() if opt_of(f).prese
 CAP_OPTIONS = tuple(name for name, f in FIELDS.items() if opt_of(f).parse is parse_cap)
 
 
-def load_preset(path: str) -> dict[str, Any]:
-    """Read a TOML preset; keys are option names with '_' or '-'."""
+PRESETS = Path(__file__).parent / "presets"  # shipped with the package (conf/ in the clone links to them)
+PRESET_SUFFIX = ".toml"
+
+
+def shipped_presets() -> list[str]:
+    """The names of the presets installed with etl, for --config NAME."""
+    return sorted(p.name.removesuffix(PRESET_SUFFIX) for p in PRESETS.glob("*" + PRESET_SUFFIX))
+
+
+def preset_file(given: str) -> str:
+    """--config's file: a path as given when one exists, else a shipped preset named by `given` (with or
+    without .toml), from any folder. A bare name that is neither gets the list of shipped presets."""
+    if os.path.exists(given) or os.sep in given or (os.altsep and os.altsep in given):
+        return given
+    shipped = PRESETS / (given if given.endswith(PRESET_SUFFIX) else given + PRESET_SUFFIX)
+    if shipped.is_file():
+        return str(shipped)
+    raise UsageError(f"config file not found: {given}, nor a shipped preset of that name (the shipped presets: "
+                     f"{', '.join(shipped_presets())}; or give a TOML file's path)")
+
+
+def load_preset(given: str) -> dict[str, Any]:
+    """Read a TOML preset (a file, or a shipped preset's name); keys are option names with '_' or '-'."""
+    path = preset_file(given)
     try:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)

@@ -141,6 +141,7 @@ def summary_text(out_dir: str, labels: list[str], splits: list[SplitStats], note
             lines.append(f"        {plural(len(s.worker_losses), 'worker process')} replaced, "
                          f"e.g. one {s.worker_losses[0]}")
         lines.extend(_reasons(s))
+        lines.extend(_warned(s))
     lines.extend(f"  note: {n}" for n in notes)
     lines.append(f"  report: {report or Path(out_dir, 'report.json')}")
     return "\n".join(lines)
@@ -164,4 +165,14 @@ def _reasons(s: SplitStats, shown: int = 5) -> list[str]:
         lines.append(f"        skipped {n:>6,d}: {reason}")
     for f in s.failures[:shown]:
         lines.append(f"          e.g. {f.path}: {f.reason}")
+    return lines
+
+
+def _warned(s: SplitStats, shown: int = 5) -> list[str]:
+    """The images written though libjpeg warned (a truncated or corrupt file), named as skips are, and the
+    switch that leaves them out instead."""
+    if not s.warnings:
+        return []
+    lines = [f"        warned  {len(s.warnings):>6,d}: written as libjpeg decoded them; --strict skips such images"]
+    lines.extend(f"          e.g. {f.path}: {f.reason}" for f in s.warnings[:shown])
     return lines

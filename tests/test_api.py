@@ -1,8 +1,10 @@
 """etl.convert and etl.verify: the CLI's options, defaults, report and errors, from Python."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +120,29 @@ def test_convert_runs_from_a_thread_other_than_the_main_one(small_tree, tmp_path
     worker.start()
     worker.join(120)
     assert found and found[0]["splits"]["train"]["written"] == 9
+
+
+def readme_api_example() -> str:
+    """The README's Python API example, as a user copies it into a script."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Python API", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_example_runs_as_a_script_without_the_main_guard(tmp_path):
+    # The workers' forkserver used to run the script again in every child: each child's etl.convert found
+    # out/ already started ("already holds a dataset"), and the parent advised --resume.
+    from etl.synth import TreeSpec, make_tree
+
+    make_tree(tmp_path / "train", TreeSpec(classes=2, per_class=5, seed=1, awkward=False))
+    make_tree(tmp_path / "val", TreeSpec(classes=2, per_class=2, seed=2, awkward=False))
+    script = tmp_path / "example.py"
+    script.write_text(readme_api_example(), encoding="utf-8")
+    assert "__main__" not in script.read_text()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(etl.__file__).parent.parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "10"
+    assert "already holds" not in proc.stderr and "--resume" not in proc.stderr

@@ -2,8 +2,11 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -151,3 +154,59 @@ def test_the_median_run_is_a_run_that_happened():
     assert median_run(runs)["images_per_second"] == 550 and median_run(runs)["cpu_seconds"] == 55
     assert median_run(runs)["runs_images_per_second"] == [600, 500, 550]  # in the order they ran
     assert median_run(runs[:2])["images_per_second"] == 500  # of two, the slower one
+
+
+def bench_cli(*args: str, tmp: Path, **kw) -> subprocess.Popen:
+    """`python -m etl ARGS` with its scratch folders (TMPDIR) in `tmp`, to see what it leaves there."""
+    return subprocess.Popen([sys.executable, "-m", "etl", *args], env={**os.environ, "TMPDIR": str(tmp)},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("command", ["bench", "tune"])
+def test_bench_and_tune_refuse_a_folder_without_images_in_one_line(tmp_path, command):
+    # bench used to loop for ever in its LMDB cost probe; tune gave a traceback
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    (tmp_path / "tmp").mkdir()
+    proc = bench_cli(command, "--src", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), tmp=tmp_path / "tmp")
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a regression that loops again must not outlive the test
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"etl: error: --src {tmp_path / 'empty'} holds no images" in err
+    assert list((tmp_path / "tmp").iterdir()) == [] and not (tmp_path / "o").exists()
+
+
+@pytest.mark.quick
+def test_the_corpus_follows_linked_class_folders_as_convert_does(tmp_path):
+    from etl.bench.corpus import build_corpus, corpus_files
+    from etl.synth import TreeSpec, make_tree
+
+    make_tree(tmp_path / "real", TreeSpec(classes=2, per_class=3, seed=1, awkward=False))
+    (tmp_path / "linked").mkdir()
+    for folder in sorted((tmp_path / "real").iterdir()):
+        (tmp_path / "linked" / folder.name).symlink_to(folder)
+    tree = build_corpus(tmp_path / "work", str(tmp_path / "linked"), 0)
+    assert [p.relative_to(tree) for p in corpus_files(tree)] == [p.relative_to(tmp_path / "real")
+                                                                  for p in corpus_files(tmp_path / "real")]
+
+
+def test_bench_stopped_by_sigterm_removes_its_scratch_folder(tmp_path):
+    from etl.synth import TreeSpec, make_tree
+
+    make_tree(tmp_path / "src", TreeSpec(classes=2, per_class=6, seed=1, awkward=False))
+    (tmp_path / "tmp").mkdir()
+    proc = bench_cli("bench", "--src", str(tmp_path / "src"), "--repeat", "4", "--workers", "1", "--rounds", "1",
+                     "--out", str(tmp_path / "o"), tmp=tmp_path / "tmp")
+    try:
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "tmp").glob("etl-bench-*")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the bench made no scratch folder"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert list((tmp_path / "tmp").glob("etl-bench-*")) == []

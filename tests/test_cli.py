@@ -57,6 +57,27 @@ def test_shipped_preset_is_the_seed_recipe(tree):
     assert (s.width, s.height, s.resize_mode, s.channels, s.encoding, s.quality) == (224, 224, "squash", 3, "jpg", 90)
 
 
+def test_shipped_preset_by_name_from_any_folder(tree, monkeypatch):
+    monkeypatch.chdir(tree)  # not the clone's root: conf/ is not here
+    for name in ("imagenet-digits", "imagenet-digits.toml"):
+        s = build_settings({"train_dir": "train", "out_dir": "o", "quality": 80}, name)
+        assert (s.width, s.resize_mode, s.seed, s.quality) == (224, "squash", 1385, 80)
+    clone = Path(__file__).parent.parent
+    assert (clone / "conf" / "imagenet-digits.toml").read_bytes() == (clone / "etl" / "presets" /
+                                                                       "imagenet-digits.toml").read_bytes()
+    # the CLI from another folder: the preset is found (the run then stops at the option given after it)
+    proc = run_cli("convert", "train", "o", "--config", "imagenet-digits", "--quality", "0", cwd=tree)
+    assert proc.returncode == 2 and "--quality must be from 1 to 100" in proc.stderr, proc.stderr
+
+
+def test_unknown_preset_name_lists_the_shipped_ones(tree):
+    proc = run_cli("convert", "train", "o", "--config", "imagenet", cwd=tree)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == ("etl: error: config file not found: imagenet, nor a shipped preset of that name (the shipped "
+                        "presets: imagenet-digits; or give a TOML file's path)")
+
+
 def test_verify_missing_folder(tmp_path):
     proc = run_cli("verify", str(tmp_path / "nothing"))
     assert proc.returncode == 2 and proc.stderr.startswith("etl: error: dataset folder not found")

@@ -248,3 +248,19 @@ def test_a_mean_file_that_cannot_be_written_is_one_line_and_resume_writes_it(sma
     proto.rmdir()
     assert run_cli(*args, "--resume").returncode == 0
     assert proto.read_bytes() == good
+
+
+def test_val_pct_too_small_for_any_val_image_is_said_in_summary_and_report(tmp_path):
+    # As --val says "N classes have no val images": a note, not a stop (every image is in train), also under
+    # --on-error fail, which stops at what etl leaves out.
+    from etl.synth import TreeSpec, make_tree
+
+    make_tree(tmp_path / "train", TreeSpec(classes=2, per_class=3, seed=1, awkward=False))
+    proc = run_cli("convert", str(tmp_path / "train"), str(tmp_path / "out"), "--val-pct", "10", "--workers", "1",
+                   "--on-error", "fail")
+    assert proc.returncode == 0, proc.stderr
+    note = "2 classes have no val images: --val-pct 10 of so few images rounds to none"
+    assert f"note: {note}" in proc.stdout and "no val_db is written" in proc.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert any(n.startswith(note) for n in report["notes"])
+    assert report["splits"]["train"]["written"] == 6 and not (tmp_path / "out" / "val_db").exists()

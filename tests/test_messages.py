@@ -182,3 +182,13 @@ def test_bench_and_tune_ask_for_a_source(tmp_path, command):
     one_line_error(proc, "--src")
     assert "--generate" in proc.stderr and "minutes" in proc.stderr
     assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+
+
+@pytest.mark.quick
+def test_summary_names_the_images_written_with_warnings_and_the_switch_that_skips_them():
+    warned = [Failure(f"c/{i}.jpg", "Premature end of JPEG file") for i in range(7)]
+    text = summary_text("out", ["c"], [split(written=7, warnings=warned, wall_seconds=1.0)], [])
+    assert "7 with warnings" in text
+    assert "warned       7: written as libjpeg decoded them; --strict skips such images" in text
+    assert "e.g. c/0.jpg: Premature end of JPEG file" in text and "c/4.jpg" in text and "c/5.jpg" not in text
+    assert "--strict" not in summary_text("out", ["c"], [split(written=7, wall_seconds=1.0)], [])

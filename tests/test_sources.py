@@ -90,3 +90,30 @@ def test_linked_folders_are_followed_once_and_loops_do_not_repeat(tmp_path):
     os.symlink(tmp_path / "shared", tmp_path / "a" / "extra")
     tree = scan_tree(str(tmp_path))
     assert sorted(os.path.basename(p) for p in tree["a"]) == ["1.jpg", "2.jpg", "3.jpg"]
+
+
+def test_val_pct_names_the_classes_too_small_to_give_a_val_image(tmp_path):
+    touch(tmp_path / "train", *(f"x/{i}.jpg" for i in range(8)), *(f"y/{i}.jpg" for i in range(4)))
+    job = plan(settings(tmp_path, val_pct=10.0))
+    assert [i.path.split("/")[0] for i in job.splits[1].items] == ["x"]
+    assert job.notes == ["1 class has no val images: --val-pct 10 of so few images rounds to none, e.g. 'y' "
+                         "(4 images)"]
+    assert plan(settings(tmp_path, val_pct=0.0)).notes == []  # no val split asked for: nothing to say
+
+
+def test_val_pct_that_gives_no_val_split_at_all_says_so(tmp_path):
+    touch(tmp_path / "train", *(f"{c}/{i}.jpg" for c in "ab" for i in range(3)))
+    job = plan(settings(tmp_path, val_pct=10.0))
+    assert [sp.name for sp in job.splits] == ["train"]
+    assert job.notes[0].startswith("2 classes have no val images: --val-pct 10 of so few images rounds to none, "
+                                   "e.g. 'a' (3 images); no val_db is written")
+
+
+def test_val_pct_of_a_list_names_the_label_too_small(tmp_path):
+    touch(tmp_path, *(f"img/{i}.jpg" for i in range(12)))
+    listing = tmp_path / "train.txt"
+    listing.write_text("".join(f"img/{i}.jpg {0 if i < 10 else 1}\n" for i in range(12)))
+    job = plan(Settings(train_dir=str(listing), out_dir=str(tmp_path / "out"), val_pct=10.0))
+    assert len(job.splits[1].items) == 1
+    assert job.notes == ["1 class has no val images: --val-pct 10 of so few images rounds to none, e.g. '1' "
+                         "(2 images)"]

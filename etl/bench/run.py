@@ -18,6 +18,7 @@ from etl.bench.memory import listing_memory
 from etl.bench.report import serial_figures, write_json
 from etl.bench.stages import stages
 from etl.bench.sweep import plot, recommend, sweep
+from etl.pipeline import sigterm_as_interrupt
 
 
 def _no_opencv_threads() -> None:
@@ -32,10 +33,11 @@ def run_bench(src: str | None, generate: int, repeat: int, workers: int, out: Pa
     """cold: the end-to-end runs also from an emptied page cache, interleaved with the warm ones; rounds: runs
     of each (the median counts)."""
     _no_opencv_threads()
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
+    # SIGTERM unwinds as Ctrl-C does, so the scratch folder (a copy of the corpus, databases) is removed
+    with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
         work = Path(tmp)
-        tree = build_corpus(work, src, generate, repeat)
+        tree = build_corpus(work, src, generate, repeat)  # refuses a corpus without images before out exists
+        out.mkdir(parents=True, exist_ok=True)
         files = corpus_files(tree)
         blobs = [p.read_bytes() for p in files]
         res: dict[str, Any] = {"files": len(files), "workers": workers, "cores": usable_cores()}
@@ -64,10 +66,10 @@ def run_tune(src: str | None, generate: int, repeat: int, max_workers: int, out:
     """cold: every run from an emptied page cache (the regime of a real conversion); rounds: runs of each
     point, the median counts."""
     _no_opencv_threads()
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="etl-tune-") as tmp:
+    with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="etl-tune-") as tmp:  # as run_bench's
         work = Path(tmp)
-        tree = build_corpus(work, src, generate, repeat)
+        tree = build_corpus(work, src, generate, repeat)  # refuses a corpus without images before out exists
+        out.mkdir(parents=True, exist_ok=True)
         points = sweep(tree, work, list(range(1, max_workers + 1)), [16, 64, 256], [1, 2, 4], [0, 2, 4], cold,
                        rounds)
     best = recommend(points)

@@ -50,6 +50,8 @@ def _fit(decoded: Planes | Decoded) -> tuple[np.ndarray, ...]:
 
 def _lmdb_costs(values: list[bytes], path: Path, batch: int = 1000) -> tuple[float, float]:
     """ms per record of cursor puts and of commits, every `batch` records, up to 3,000 records."""
+    if not values:  # the loop below would never reach 3,000 (build_corpus refuses a corpus without images)
+        raise ValueError("no records to measure LMDB's costs with")
     env = lmdb.open(str(path), map_size=1 << 32)  # the writer's settings: LMDB's durable defaults
     put = commit = 0.0
     n = 0

@@ -8,8 +8,6 @@ from multiprocessing.connection import wait
 from multiprocessing.context import BaseContext
 from pathlib import Path
 
-from tqdm import tqdm
-
 from etl.checkpoint import check_unchanged
 from etl.converter import WorkSpec
 from etl.errors import Interrupted, PipelineError, UsageError
@@ -19,6 +17,7 @@ from etl.memory import check_memory, commit_records, window_chunks
 from etl.messages import Progress, Ready, WriterSummary
 from etl.pagecache import CacheChoice
 from etl.procs import NO_WRITER_EXIT, exit_reason, mp_context
+from etl.progress import ProgressBar
 from etl.runners.ledger import ChunkLedger, TooManyLosses, chunks
 from etl.runners.writer_process import POLL_SECONDS, WriterProcess
 from etl.settings import Settings
@@ -29,13 +28,6 @@ from etl.workers import WorkerHandle, WorkerPool
 from etl.writer import WriterSpec
 
 BIG_CHECK = 50_000  # committed items above which the resume's check of them shows a bar of its own
-
-
-class QuietTqdm(tqdm):
-    """tqdm without its monitor thread: workers are forked while the bar is shown, and a fork
-    should find no other thread running."""
-
-    monitor_interval = 0
 
 
 def caps_for(s: Settings, split: str) -> Caps:
@@ -86,8 +78,8 @@ class SplitRun:
         self.tasks = chunks(split.items, s.chunk_size, split.give_up)
         self.workers = max(1, min(s.worker_count, max_workers or s.worker_count, len(self.tasks)))
         self.stats = SplitStats(split.name, len(split.items), worker_count=self.workers)
-        self.bar = QuietTqdm(total=len(split.items), desc=split.name, unit="img", disable=not progress,
-                             smoothing=0.05, delay=0.1)
+        self.bar = ProgressBar(total=len(split.items), desc=split.name, unit="img", disable=not progress,
+                               smoothing=0.05, delay=0.1)
         self.caps = caps_for(s, split.name)
         self.last_io_update = 0.0
         self.pool: WorkerPool | None = None
@@ -144,8 +136,8 @@ class SplitRun:
         if ready.state.input_stamp is None or not done:
             return
         # Position 0: the split's own bar, made already, shows only once this one is gone.
-        with QuietTqdm(total=len(done), desc=f"{self.split.name}: checking converted images", unit="img",
-                       position=0, leave=False, disable=not self.progress or len(done) <= BIG_CHECK) as bar:
+        with ProgressBar(total=len(done), desc=f"{self.split.name}: checking converted images", unit="img",
+                         position=0, leave=False, disable=not self.progress or len(done) <= BIG_CHECK) as bar:
             try:
                 check_unchanged(self.split.name, self.split.reader, done, ready.state.input_stamp, bar.update)
             except UsageError:

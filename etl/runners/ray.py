@@ -21,7 +21,8 @@ from etl.errors import Interrupted, PipelineError
 from etl.layout import LMDB_FILES, db_path
 from etl.pagecache import CacheChoice
 from etl.procs import child_etl_digest, etl_digest, mp_context
-from etl.runners.local import LocalRunner, QuietTqdm
+from etl.progress import ProgressBar
+from etl.runners.local import LocalRunner
 from etl.runners.shards import Shard, assemble, convert_part, cut, finished, identity, shard_part
 from etl.settings import Settings, usable_cores
 from etl.sources.base import Split
@@ -195,7 +196,7 @@ class RayRunner:
         job = job_id(s, split, out)
         faults = {k: os.environ[k] for k in FAULT_ENV if k in os.environ}
         task = build_shard.options(num_cpus=cpus, max_retries=RETRIES, retry_exceptions=True)
-        bar = QuietTqdm(total=len(split.items), desc=split.name, unit="img", disable=not progress, smoothing=0.05)
+        bar = ProgressBar(total=len(split.items), desc=split.name, unit="img", disable=not progress, smoothing=0.05)
         tally = Tally.remote() if progress and len(done) < len(shards) else None  # type: ignore[attr-defined]
         pending: dict[Any, Shard] = {}
         try:
@@ -230,7 +231,7 @@ class RayRunner:
         return stats
 
 
-def _show(bar: QuietTqdm, done: dict[str, dict[str, Any]], pending: dict[Any, Shard], shards: int,
+def _show(bar: ProgressBar, done: dict[str, dict[str, Any]], pending: dict[Any, Shard], shards: int,
           tally: Any) -> None:
     """The split's bar: the images of the finished shards, and those the running ones have committed."""
     images = sum(r["shard"]["items"] for r in done.values())

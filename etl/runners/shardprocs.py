@@ -17,7 +17,8 @@ from typing import Any
 from etl.errors import Interrupted, PipelineError, UsageError
 from etl.layout import CHECKPOINT_DIR
 from etl.pagecache import CacheChoice
-from etl.runners.local import LocalRunner, QuietTqdm
+from etl.progress import ProgressBar
+from etl.runners.local import LocalRunner
 from etl.runners.shards import Shard, convert_part, shard_part
 from etl.settings import Settings
 from etl.sources.base import Split
@@ -52,7 +53,7 @@ class ConcurrentShards:
     def run(self, shards: list[Shard], progress: bool) -> list[dict[str, Any]]:
         records: dict[str, dict[str, Any]] = {}
         waiting = list(shards)
-        bar = QuietTqdm(total=len(self.split.items), desc=self.split.name, unit="img", disable=not progress)
+        bar = ProgressBar(total=len(self.split.items), desc=self.split.name, unit="img", disable=not progress)
         try:
             while waiting or self.running:
                 while waiting and len(self.running) < self.at_once:

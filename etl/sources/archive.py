@@ -11,11 +11,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from etl.errors import UsageError
 from etl.messages import Item
 from etl.pagecache import InputSize, resident_share, scaled_sample
+from etl.progress import ProgressBar
 from etl.sources import tarindex
 from etl.sources.base import Unreadable, byte_order
 from etl.sources.folder import is_image_name
@@ -323,8 +322,8 @@ class ArchiveReader:
         return block_device(self.root)
 
 
-def _scan_progress(total: int, show: bool) -> tqdm:
-    return tqdm(total=total, unit="B", unit_scale=True, desc="indexing", disable=not show, leave=False,
+def _scan_progress(total: int, show: bool) -> ProgressBar:
+    return ProgressBar(total=total, unit="B", unit_scale=True, desc="indexing", disable=not show, leave=False,
                 mininterval=0.5)
 
 

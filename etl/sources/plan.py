@@ -47,19 +47,33 @@ def _limit_classes(classes: dict[K, list[T]], s: Settings, notes: list[str],
     return kept
 
 
-def _split_by_pct(groups: Iterable[tuple[int, list[T]]], s: Settings) -> tuple[list[tuple[T, int]],
-                                                                               list[tuple[T, int]]]:
-    """Hold out --val-pct of each class (label, its items), at random but seeded; items keep their order."""
+def _split_by_pct(groups: Iterable[tuple[int, list[T]]], s: Settings, notes: list[str],
+                  name: Callable[[int], str]) -> tuple[list[tuple[T, int]], list[tuple[T, int]]]:
+    """Hold out --val-pct of each class (label, its items), at random but seeded; items keep their order.
+    A class too small to give one val image is named in the notes, as --val names a class its folder lacks."""
     train: list[tuple[T, int]] = []
     val: list[tuple[T, int]] = []
     rng = _rng(s.seed, "split")
+    none_held: list[tuple[int, int]] = []  # (label, images) of the classes that give no val image
     for label, files in groups:
         n_val = int(len(files) * s.effective_val_pct / 100 + 0.5)
         n_val = min(n_val, len(files) - 1)
+        if n_val == 0 and s.effective_val_pct > 0:
+            none_held.append((label, len(files)))
         order = rng.permutation(len(files))
         val.extend((files[i], label) for i in sorted(order[:n_val]))
         train.extend((files[i], label) for i in sorted(order[n_val:]))
+    if none_held:
+        notes.append(_no_val_note(none_held, s, name, any_val=bool(val)))
     return train, val
+
+
+def _no_val_note(none_held: list[tuple[int, int]], s: Settings, name: Callable[[int], str], any_val: bool) -> str:
+    label, count = none_held[0]
+    pct = f"--val-pct {s.effective_val_pct:g}" + (" (the default)" if s.val_pct is None else "")
+    return (f"{plural(len(none_held), 'class')} {'has' if len(none_held) == 1 else 'have'} no val images: {pct} of "
+            f"so few images rounds to none, e.g. '{name(label)}' ({plural(count, 'image')})"
+            + ("" if any_val else "; no val_db is written: give a larger --val-pct, or --val with a val set"))
 
 
 def _val_classes(s: Settings, source: Source, train: list[str], notes: list[str]) -> dict[str, list[str]]:
@@ -224,7 +238,7 @@ def _plan(s: Settings, progress: bool) -> Plan:
         train = [(path, label) for label, files in enumerate(classes.values()) for path in files]
         val, val_source = _val_source(s, labels, list(found), notes, progress)
     else:
-        train, val = _split_by_pct(enumerate(classes.values()), s)
+        train, val = _split_by_pct(enumerate(classes.values()), s, notes, labels.__getitem__)
         val_source = source
     _stop_at_damage(notes, s)
     splits = [_ordered("train", source, train, s)]
@@ -261,7 +275,7 @@ def _plan_list(s: Settings, source: ListSource, progress: bool) -> Plan:
         val = [pair for pair in lists[1][1].pairs() if pair[1] not in dropped]
         _note_dropped_val(len(lists[1][1].pairs()) - len(val), notes)
     else:
-        train, val = _split_listed(train, s)
+        train, val = _split_listed(train, s, notes, lambda label: labels[label] if label < len(labels) else str(label))
     splits = [_ordered("train", source, train, s)]
     if val:
         splits.append(_ordered("val", lists[-1][1], val, s))
@@ -310,9 +324,9 @@ def _check_key_lengths(listed: Listed, where: str) -> None:
                              f"'%08d_' and the path may be at most {KEY_MAX} bytes in LMDB: shorten it")
 
 
-def _split_listed(pairs: Pairs, s: Settings) -> tuple[Pairs, Pairs]:
+def _split_listed(pairs: Pairs, s: Settings, notes: list[str], name: Callable[[int], str]) -> tuple[Pairs, Pairs]:
     """--val-pct of each label held out; both parts keep the list's order."""
-    train, val = _split_by_pct(positions_by_label(pairs).items(), s)
+    train, val = _split_by_pct(positions_by_label(pairs).items(), s, notes, name)
     return ([pairs[p] for p, _ in sorted(train)], [pairs[p] for p, _ in sorted(val)])
 
 

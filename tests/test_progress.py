@@ -1,0 +1,63 @@
+"""Progress bars: tqdm's redrawn line on a terminal, plain lines a log file can hold everywhere else."""
+
+import io
+import subprocess
+import sys
+
+import pytest
+
+from etl import progress
+from etl.progress import ProgressBar
+
+from .conftest import run_cli
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.quick
+def test_a_bar_into_a_file_writes_one_plain_line_per_frame(monkeypatch):
+    monkeypatch.setattr(progress, "LOG_SECONDS", 0.0)  # a line at every update: what is written, not when
+    log = io.StringIO()
+    with ProgressBar(total=3, desc="train", unit="img", file=log, mininterval=0, miniters=1) as bar:
+        for _ in range(3):
+            bar.update()
+    text = log.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert lines[0].startswith("train:   0%|          | 0/3") and lines[-1].startswith("train: 100%|##########| 3/3")
+    assert all(line == line.rstrip() and line.startswith("train:") for line in lines)
+
+
+@pytest.mark.quick
+def test_a_bar_that_leaves_nothing_adds_no_blank_line():
+    log = io.StringIO()
+    with ProgressBar(total=2, desc="indexing", file=log, leave=False) as bar:
+        bar.update(2)
+    assert log.getvalue().splitlines()[0].startswith("indexing:   0%") and "\n\n" not in log.getvalue()
+
+
+@pytest.mark.quick
+def test_a_bar_on_a_terminal_is_still_redrawn_in_place():
+    screen = Terminal()
+    with ProgressBar(total=2, desc="train", file=screen) as bar:
+        bar.update(2)
+    assert "\r" in screen.getvalue()
+
+
+def test_verify_into_a_log_writes_lines_without_carriage_returns(tmp_path):
+    from etl.synth import TreeSpec, make_tree
+
+    make_tree(tmp_path / "train", TreeSpec(classes=2, per_class=3, seed=1, awkward=False))
+    assert run_cli("convert", str(tmp_path / "train"), str(tmp_path / "out"), "--workers", "1",
+                   "--quiet").returncode == 0
+    # stderr a file, as in `etl verify OUT 2> log`; read as bytes (text mode would turn each \r into a \n)
+    with open(tmp_path / "log", "wb") as log:
+        proc = subprocess.run([sys.executable, "-m", "etl", "verify", str(tmp_path / "out")], stderr=log,
+                              stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=120)
+    text = (tmp_path / "log").read_bytes()
+    assert proc.returncode == 0 and b"\r" not in text, text
+    lines = text.decode().splitlines()
+    assert lines[0].startswith("verify train:   0%|") and lines[-1].startswith("verify val: 100%|##########| 2/2 ")
