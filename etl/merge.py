@@ -15,10 +15,11 @@ from typing import Any, NamedTuple
 import lmdb
 from tqdm import tqdm
 
-from etl.errors import UsageError
+from etl.errors import PipelineError, UsageError, write_failure
 from etl.layout import CHECKPOINT_DIR, REPORT, SPLITS, db_path, sums_name, sums_path
 from etl.messages import Record
 from etl.outlock import exclusive
+from etl.reader import DamagedDatabase, open_checked
 from etl.runners.shards import DONE, FORMAT, MANIFEST
 from etl.sinks.checksums import ChecksumSink, record_sum
 from etl.sinks.lmdb import LmdbSink
@@ -96,7 +97,19 @@ def run_merge(out_dir: str, keep_shards: bool = False, progress: bool = True) ->
     return done
 
 
+def reconvert(out: Path) -> str:
+    """What makes a sharded split whole again: a resumed convert redoes each shard without its done marker, and
+    writes the manifest last."""
+    return f"run the etl convert command that wrote {out} again, with --resume"
+
+
 def _merged_note(p: SplitPaths) -> str:
+    """A split without a manifest: one database already, or shards whose conversion never finished."""
+    if not (p.db / "data.mdb").is_file():
+        shards = sorted(d.name for d in p.db.iterdir() if (d / "data.mdb").is_file())
+        what = f"shards ({', '.join(shards[:3])}{', ...' if len(shards) > 3 else ''})" if shards else "no database"
+        raise UsageError(f"{p.db} holds {what} but no {MANIFEST}, which etl convert writes last: its conversion "
+                         f"did not finish (or the manifest was removed); {reconvert(p.out)}")
     kept = f"; its shards are kept in {p.shards.name}" if p.shards.is_dir() else ""
     return f"{p.db.name} is one database already (no {MANIFEST}): left alone{kept}"
 
@@ -121,38 +134,130 @@ def recover(p: SplitPaths) -> None:
 
 
 def check_split(p: SplitPaths) -> dict[str, Any]:
-    """The manifest, checked against the shard folders; every shard's conversion must have finished."""
-    where = f"{p.db.name}/{MANIFEST}"
-    try:
-        man = json.loads((p.db / MANIFEST).read_text(encoding="utf-8"))
-        shards, chunk = man["shards"], int(man["chunk_size"])
-        int(man["commit_every"]), int(man["commit_bytes"]), int(man["records"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"cannot read {where}: {exc}") from None
-    if man.get("format") != FORMAT or man.get("split") != p.split or chunk < 1:
-        raise UsageError(f"{where} is not an {FORMAT} manifest of split {p.split}")
-    if sum(s["records"] for s in shards) != man["records"]:
-        raise UsageError(f"{where}: its shards' records do not add up to its total {man['records']}")
-    for s in shards:
-        folder = p.db / s["name"]
-        if not (folder / "data.mdb").is_file():
-            raise UsageError(f"shard {folder} is missing: it holds records {where} lists")
-        if not (folder / CHECKPOINT_DIR / DONE).is_file():
-            raise UsageError(f"shard {folder} has no {CHECKPOINT_DIR}/{DONE}: its conversion did not finish; "
-                             "run etl convert --resume for it first")
+    """The manifest, checked against the shard folders; every shard must be whole, finished and checksummed."""
+    man = read_manifest(p)
+    for s in man["shards"]:
+        check_shard(p, s)
     if p.shards.exists():
         raise UsageError(f"{p.shards} is in the way (shards kept by an earlier merge?): move it away or remove it")
     return man
 
 
+def read_manifest(p: SplitPaths) -> dict[str, Any]:
+    """`<split>_db/manifest.json`, every field merge uses of the type it needs; a damaged one is one line."""
+    where = p.db / MANIFEST
+    try:
+        man = json.loads(where.read_text(encoding="utf-8"))
+        problem = _manifest_problem(man, p.split)
+    except (OSError, ValueError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        raise UsageError(f"{where} is damaged ({problem}); {reconvert(p.out)}: it writes the manifest again")
+    return man
+
+
+def _whole(value: Any, least: int = 0) -> bool:
+    return type(value) is int and value >= least
+
+
+def _manifest_problem(man: Any, split: str) -> str:
+    """What is wrong with a manifest's content, or ''."""
+    if not isinstance(man, dict):
+        return f"a JSON {type(man).__name__}, not an object"
+    if man.get("format") != FORMAT or man.get("split") != split:
+        return f"not an {FORMAT} manifest of split {split}"
+    if not (_whole(man.get("chunk_size"), 1) and all(_whole(man.get(k)) for k in ("commit_every", "commit_bytes",
+                                                                                    "records"))):
+        return "chunk_size, commit_every, commit_bytes or records is not a whole number"
+    shards = man.get("shards")
+    if not isinstance(shards, list) or not shards:
+        return "no list of shards"
+    for s in shards:
+        if not (isinstance(s, dict) and isinstance(s.get("name"), str) and _plain_name(s["name"])
+                and all(_whole(s.get(k)) for k in ("first_item", "items", "records"))):
+            return f"shard entry {json.dumps(s)[:80]} lacks a folder name, first_item, items or records"
+    if sum(s["records"] for s in shards) != man["records"]:
+        return f"its shards' records do not add up to its total {man['records']}"
+    return ""
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and "/" not in name and name not in (".", "..")
+
+
+def check_shard(p: SplitPaths, s: dict[str, Any]) -> None:
+    """Before anything is written: the shard's database is whole (a cut data.mdb would kill the merge with
+    SIGBUS) and holds the manifest's count, its conversion finished, and its checksums are there to check
+    each record against (without them a damaged record would be certified as good)."""
+    folder = p.db / s["name"]
+    redo = f"remove the shard folder {folder} and {reconvert(p.out)}: it converts that shard again"
+    if not (folder / "data.mdb").is_file():
+        raise UsageError(f"shard {folder} is missing: it holds records {MANIFEST} lists; {reconvert(p.out)}")
+    _check_done(folder, p.out)
+    try:
+        env = open_checked(str(folder), max_dbs=0)
+    except (DamagedDatabase, lmdb.Error, OSError) as exc:
+        raise UsageError(f"shard {folder} is damaged: {_reason(exc)}; {redo}") from None
+    try:
+        entries = int(env.stat()["entries"])
+    finally:
+        env.close()
+    if entries != s["records"]:
+        raise UsageError(f"shard {folder} holds {entries} records, {MANIFEST} says {s['records']}; {redo}")
+    sums = folder / CHECKPOINT_DIR / sums_name(p.split)
+    try:
+        with open(sums, "rb") as fh:
+            lines = sum(1 for _ in fh)
+    except OSError as exc:
+        raise UsageError(f"shard {folder} has no readable {CHECKPOINT_DIR}/{sums.name} ({exc.strerror}): its "
+                         f"records cannot be checked, and merging would certify them as good; {redo}") from None
+    if lines != entries:
+        raise UsageError(f"shard {folder}: {CHECKPOINT_DIR}/{sums.name} has {lines} lines for its {entries} records "
+                         f"(damaged); {redo}")
+
+
+def _check_done(folder: Path, out: Path) -> None:
+    """The shard's done marker, written last by its conversion: there, and a JSON object."""
+    marker = folder / CHECKPOINT_DIR / DONE
+    if not marker.is_file():
+        raise UsageError(f"shard {folder} has no {CHECKPOINT_DIR}/{DONE}: its conversion did not finish; "
+                         f"{reconvert(out)}")
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        record = exc
+    if not (isinstance(record, dict) and isinstance(record.get("job"), str) and isinstance(record.get("shard"), dict)):
+        what = f"{type(record).__name__}: {record}" if isinstance(record, Exception) else "not a done record"
+        raise UsageError(f"{marker} is damaged ({what}); remove the shard folder {folder} and {reconvert(out)}: it "
+                         "converts that shard again")
+
+
+def _reason(exc: BaseException) -> str:
+    """A damaged database's finding, without the reader's own advice (merge says what to do itself)."""
+    return str(exc).split("; copy it again")[0]
+
+
 def merge_split(p: SplitPaths, man: dict[str, Any], keep_shards: bool, progress: bool) -> MergeStats:
+    """Build, then swap; a write that fails (a full or read-only disk) is one line, and the build is removed, so
+    that running etl merge again once there is room gives the same bytes."""
     t0 = time.perf_counter()
-    records, data_bytes = build(p, man, progress)
+    try:
+        records, data_bytes = build(p, man, progress)
+    except (OSError, lmdb.Error) as exc:
+        raise PipelineError(_write_failed(exc, p.merging, p.out)) from None
     aside = p.shards if keep_shards else p.deleting
-    os.rename(p.db, aside)  # 1: the shards aside; from here recover() finishes the swap
-    _sync_dir(p.out)
-    _finish_swap(p, aside)
+    try:
+        os.rename(p.db, aside)  # 1: the shards aside; from here recover() finishes the swap
+        _sync_dir(p.out)
+        _finish_swap(p, aside)
+    except OSError as exc:
+        raise PipelineError(_write_failed(exc, p.db, p.out)) from None
     return MergeStats(p.split, records, data_bytes, time.perf_counter() - t0)
+
+
+def _write_failed(exc: BaseException, path: Path, out: Path) -> str:
+    return write_failure(exc, path, f"etl merge {out}", f"etl merge writes into {out}: make it writable (or copy "
+                         f"the dataset to a disk that is), then run etl merge on it")
 
 
 def _finish_swap(p: SplitPaths, aside: Path) -> None:
@@ -173,20 +278,30 @@ def _sync_dir(path: Path) -> None:
 
 
 def build(p: SplitPaths, man: dict[str, Any], progress: bool) -> tuple[int, int]:
-    """The merged database in `.merging`, written in the one-machine writer's transactions; (records, bytes)."""
-    shutil.rmtree(p.merging, ignore_errors=True)  # a build a kill cut short starts over
-    p.sums_merging.unlink(missing_ok=True)
-    sink = ChecksumSink(LmdbSink(p.merging), p.sums_merging)
+    """The merged database in `.merging`, written in the one-machine writer's transactions; (records, bytes).
+    A build that stops (bad record, full disk, Ctrl-C) is removed: nothing half-merged is left behind."""
+    _remove_build(p)  # a build a kill cut short starts over
     try:
-        with tqdm(total=man["records"], desc=f"merge {p.split}", unit="rec", disable=not progress) as bar:
-            written, data_bytes = write_chunks(sink, all_records(p, man), man, bar)
-        if sink.records() != man["records"] or written != man["records"]:
-            raise UsageError(f"merging {p.db.name} gave {sink.records()} records, {MANIFEST} says {man['records']}")
-    finally:
-        sink.close()
-    _sync_dir(p.merging)
-    _sync_dir(p.out)
+        sink = ChecksumSink(LmdbSink(p.merging), p.sums_merging)
+        try:
+            with tqdm(total=man["records"], desc=f"merge {p.split}", unit="rec", disable=not progress) as bar:
+                written, data_bytes = write_chunks(sink, all_records(p, man), man, bar)
+            if sink.records() != man["records"] or written != man["records"]:
+                raise UsageError(f"merging {p.db.name} gave {sink.records()} records, {MANIFEST} says "
+                                 f"{man['records']}")
+        finally:
+            sink.close()
+        _sync_dir(p.merging)
+        _sync_dir(p.out)
+    except BaseException:
+        _remove_build(p)
+        raise
     return written, data_bytes
+
+
+def _remove_build(p: SplitPaths) -> None:
+    shutil.rmtree(p.merging, ignore_errors=True)
+    p.sums_merging.unlink(missing_ok=True)
 
 
 def write_chunks(sink: ChecksumSink, records: Iterator[Record], man: dict[str, Any], bar: tqdm) -> tuple[int, int]:
@@ -234,21 +349,21 @@ def all_records(p: SplitPaths, man: dict[str, Any]) -> Iterator[Record]:
 
 
 def shard_records(folder: Path, split: str) -> Iterator[Record]:
-    """One shard's records in key order; the label and item index come from the key."""
+    """One shard's records in key order, each against its checksum line; the label and item index come from the
+    key. check_shard has made sure that the database is whole and its sums are there."""
     sums_file = folder / CHECKPOINT_DIR / sums_name(split)
-    env = lmdb.open(str(folder), readonly=True, lock=False, readahead=False, max_dbs=0)
-    sums = open(sums_file, "rb") if sums_file.is_file() else None
+    where = f"{CHECKPOINT_DIR}/{sums_file.name}"
+    env = open_checked(str(folder), readahead=False, max_dbs=0)
     try:
-        with env.begin() as txn:
+        with env.begin() as txn, open(sums_file, "rb") as sums:
             for key, value in txn.cursor():
                 rec = _record(folder, bytes(key), bytes(value))
-                if sums is not None and sums.readline() != b"%s %s\n" % (key, record_sum(value, rec.crc)):
-                    raise UsageError(f"shard {folder.name}: record {bytes(key).decode(errors='replace')} "
-                                     f"disagrees with its line in {CHECKPOINT_DIR}/{sums_file.name}")
+                if sums.readline() != b"%s %s\n" % (key, record_sum(value, rec.crc)):
+                    raise UsageError(f"shard {folder}: record {bytes(key).decode(errors='replace')} disagrees with "
+                                     f"its line in {where}: the record or the line is damaged; remove the shard "
+                                     f"folder and {reconvert(folder.parent.parent)}: it converts that shard again")
                 yield rec
     finally:
-        if sums is not None:
-            sums.close()
         env.close()
 
 

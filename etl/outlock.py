@@ -36,8 +36,12 @@ def _lock(fd: int, how: int, refusal: Callable[[], str]) -> None:
 def exclusive(out: str | Path) -> Iterator[None]:
     """Held for a whole conversion; the kernel releases it when the process ends, however it ends."""
     path = lock_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:  # a read-only disk, or a folder this user may not write: before any work
+        raise UsageError(f"cannot write in {out} ({exc.strerror}: {exc.filename}): etl writes its output there; "
+                         "make it writable, or work on a copy on a disk that is") from None
     try:
         _lock(fd, fcntl.LOCK_EX, lambda: f"{out} is in use by another etl run ({_holder(path)}): wait for it to "
                                          "end, or choose another output folder")
