@@ -145,26 +145,39 @@ def check_split(p: SplitPaths) -> dict[str, Any]:
 
 def read_manifest(p: SplitPaths) -> dict[str, Any]:
     """`<split>_db/manifest.json`, every field merge uses of the type it needs; a damaged one is one line."""
-    where = p.db / MANIFEST
+    return load_manifest(p.db, p.split, p.out)
+
+
+def load_manifest(folder: Path, split: str | None, out: Path) -> dict[str, Any]:
+    """A sharded split's manifest (etl merge, mean and verify read it), checked; a damaged one is one line naming
+    it and what writes it again. split: the split it must be of (None: any)."""
+    where = folder / MANIFEST
     try:
         man = json.loads(where.read_text(encoding="utf-8"))
-        problem = _manifest_problem(man, p.split)
+        problem = _manifest_problem(man, split or (man.get("split") if isinstance(man, dict) else None))
     except (OSError, ValueError) as exc:
         problem = f"{type(exc).__name__}: {exc}"
     if problem:
-        raise UsageError(f"{where} is damaged ({problem}); {reconvert(p.out)}: it writes the manifest again")
+        raise UsageError(f"{where} is damaged ({problem}); {reconvert(out)}: it writes the manifest again")
     return man
+
+
+def shard_folders(folder: Path) -> list[Path]:
+    """A sharded split's shards in write order, from its manifest (checked)."""
+    out = folder.parent
+    split = folder.name[:-len("_db")] if folder.name.endswith("_db") else None
+    return [folder / s["name"] for s in load_manifest(folder, split, out)["shards"]]
 
 
 def _whole(value: Any, least: int = 0) -> bool:
     return type(value) is int and value >= least
 
 
-def _manifest_problem(man: Any, split: str) -> str:
+def _manifest_problem(man: Any, split: str | None) -> str:
     """What is wrong with a manifest's content, or ''."""
     if not isinstance(man, dict):
         return f"a JSON {type(man).__name__}, not an object"
-    if man.get("format") != FORMAT or man.get("split") != split:
+    if man.get("format") != FORMAT or not isinstance(split, str) or man.get("split") != split:
         return f"not an {FORMAT} manifest of split {split}"
     if not (_whole(man.get("chunk_size"), 1) and all(_whole(man.get(k)) for k in ("commit_every", "commit_bytes",
                                                                                     "records"))):

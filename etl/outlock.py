@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from etl.errors import UsageError
@@ -71,3 +71,24 @@ def shared(out: str | Path, then: str = "verify it") -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def owners(path: Path) -> list[Path]:
+    """The folders whose lock an etl run writing `path` holds: the folder itself (a dataset, or etl imageset's
+    database), the folder around it (the dataset around a split's database), and around a shard
+    (OUT/<split>_db/<shard>) the dataset too. A folder without etl's checkpoint folder has no lock: shared()
+    passes it."""
+    path = path.absolute()
+    around = [path, path.parent]
+    if path.parent.name.endswith("_db"):
+        around.append(path.parent.parent)
+    return around
+
+
+@contextmanager
+def shared_around(path: str | Path, then: str = "verify it") -> Iterator[None]:
+    """shared() on every folder whose lock covers `path` (owners): a shard is read only while no run writes OUT."""
+    with ExitStack() as stack:
+        for folder in owners(Path(path)):
+            stack.enter_context(shared(folder, then))
+        yield

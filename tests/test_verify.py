@@ -140,11 +140,17 @@ def test_the_reader_raises_a_clear_error_on_a_cut_data_mdb(ds):
     assert "data.mdb" in proc.stdout and "cut short" in proc.stdout
 
 
-def test_a_db_folder_given_for_the_dataset_is_a_usage_error(pristine):
-    proc = run_cli("verify", str(pristine / "train_db"))
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("etl: error: give the dataset folder (the one holding labels.txt), not ")
-    assert len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
+def test_a_split_database_folder_verifies_that_split_of_the_dataset(ds):
+    """README: `etl verify DB_NAME` checks one LMDB; a split's folder is checked as that split of its dataset
+    (its checksums, list and labels), not refused."""
+    proc = run_cli("verify", str(ds / "val_db"), "--quiet")
+    val = len(all_records(ds / "val_db"))
+    assert proc.returncode == 0 and proc.stdout.startswith(f"etl verify: OK, {val} records checked"), proc.stdout
+    (ds / "train.txt").write_text("")  # another split's damage is not this split's
+    assert run_cli("verify", str(ds / "val_db"), "--quiet").returncode == 0
+    damage_on_disk(ds / "val_db", 1, 0.5)
+    proc = run_cli("verify", str(ds / "val_db"), "--quiet")
+    assert proc.returncode == 1 and "val_db.sums" in proc.stdout
 
 
 def test_records_damaged_through_lmdb_are_found_too(ds):
