@@ -147,3 +147,161 @@ def test_a_sums_line_that_disagrees_stops_the_merge_and_leaves_nothing(sharded):
     err = one_line(run_cli("merge", str(out), "--quiet"), 2)
     assert "disagrees" in err and str(shard(out, 3)) in err
     assert leftovers(out) == [] and (out / "train_db" / MANIFEST).is_file()
+
+
+# ---- case 11: etl mean on a full or read-only disk -------------------------------------------------------
+
+def test_mean_on_a_full_disk_is_one_line_and_leaves_no_tmp(one_machine, tmp_path):  # noqa: F811
+    ref, _ = one_machine
+    with small_disk(tmp_path / "small", "64k") as disk:  # the BlobProto of 3x224x224 floats is ~600 KB
+        target = disk / "mean.binaryproto"
+        err = one_line(run_cli("mean", str(ref / "train_db"), str(target), "--quiet"), 1)
+        assert "disk is full" in err and f"etl mean {ref / 'train_db'} {target}" in err
+        assert sorted(p.name for p in disk.iterdir()) == []
+        remount(disk, "size=8m")  # room made: the advice works
+        assert run_cli("mean", str(ref / "train_db"), str(target), "--quiet").returncode == 0
+        assert run_cli("mean", str(ref / "train_db"), str(tmp_path / "room.binaryproto"), "--quiet").returncode == 0
+        assert target.read_bytes() == (tmp_path / "room.binaryproto").read_bytes()
+
+
+def test_mean_into_a_read_only_folder_is_one_line_before_the_work(one_machine, tmp_path):  # noqa: F811
+    ref, _ = one_machine
+    with small_disk(tmp_path / "small", "1m") as disk:
+        remount(disk, "ro")
+        err = one_line(run_cli("mean", str(ref / "train_db"), str(disk / "mean.binaryproto"), "--quiet"), 2)
+        assert "cannot write in" in err and str(disk) in err
+        assert list(disk.iterdir()) == []
+
+
+# ---- a sharded split is the one split it is ---------------------------------------------------------------
+
+def test_mean_of_a_sharded_split_is_the_one_database_mean(sharded, tmp_path):
+    ref, out = sharded
+    for name, db in (("sharded", out / "train_db"), ("one", ref / "train_db")):
+        proc = run_cli("mean", str(db), str(tmp_path / f"{name}.binaryproto"), "--quiet")
+        assert proc.returncode == 0, proc.stderr
+    for ext in ("binaryproto", "jpg"):
+        assert (tmp_path / f"sharded.{ext}").read_bytes() == (tmp_path / f"one.{ext}").read_bytes()
+    err = one_line(run_cli("mean", str(out)), 2)  # the dataset folder: its splits are named, not its shards
+    assert f"{out / 'train_db'}, {out / 'val_db'}" in err and "00000-of-" not in err
+
+
+def test_verify_of_a_sharded_split_checks_that_split(sharded):
+    _, out = sharded
+    proc = run_cli("verify", str(out / "train_db"), "--quiet")
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
+    (shard(out, 1) / CHECKPOINT_DIR / "train_db.sums").unlink()
+    proc = run_cli("verify", str(out / "train_db"), "--quiet")
+    assert proc.returncode == 1 and "train_db.sums" in proc.stdout and str(shard(out, 1)) in proc.stdout
+
+
+@pytest.mark.parametrize("damage", [*DAMAGES, "missing"])
+def test_a_damaged_manifest_is_one_line_for_mean_and_verify(sharded, damage):
+    _, out = sharded
+    manifest = out / "train_db" / MANIFEST
+    if damage == "missing":
+        manifest.unlink()
+    else:
+        manifest.write_bytes(DAMAGES[damage])
+    mean = run_cli("mean", str(out / "train_db"), "--quiet")
+    verify = run_cli("verify", str(out), "--quiet")
+    assert verify.returncode == 1 and "Traceback" not in verify.stderr
+    if damage == "missing":  # then train_db is a folder of LMDBs with no database of its own
+        assert "no data.mdb" in one_line(mean, 2)
+        assert "train_db" in verify.stdout
+    else:
+        assert MANIFEST in one_line(mean, 2) and "--resume" in mean.stderr
+        assert [ln for ln in verify.stdout.splitlines() if MANIFEST in ln and "--resume" in ln], verify.stdout
+
+
+@pytest.mark.parametrize("damage", [*DAMAGES, "missing"])
+def test_a_damaged_report_is_one_problem_naming_it(sharded, damage):
+    _, out = sharded
+    report = out / "report.json"
+    if damage == "missing":
+        report.unlink()
+    else:
+        report.write_bytes(DAMAGES[damage])
+    proc = run_cli("verify", str(out), "--quiet")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "report.json" in proc.stdout and len(proc.stdout.splitlines()) == 2, proc.stdout
+
+
+# ---- the output lock covers every database inside OUT ----------------------------------------------------
+
+def test_no_tool_reads_or_merges_a_dataset_a_run_is_writing(sharded):
+    from etl.outlock import exclusive
+
+    _, out = sharded
+    with exclusive(out):  # as a convert --resume of OUT holds it
+        for args in (("merge", out), ("mean", out / "train_db"), ("mean", shard(out, 0)), ("verify", out),
+                     ("verify", out / "train_db"), ("verify", shard(out, 0)), ("mean", out / "val_db")):
+            err = one_line(run_cli(args[0], str(args[1]), "--quiet"), 2)
+            assert str(out) in err and ("in use" in err or "being written" in err), (args, err)
+    assert leftovers(out) == [] and (out / "train_db" / MANIFEST).is_file()
+
+
+# ---- case 12: labels.txt with two lines swapped ------------------------------------------------------------
+
+def swap_labels(out: Path, a: int, b: int) -> None:
+    lines = (out / "labels.txt").read_text().splitlines()
+    lines[a], lines[b] = lines[b], lines[a]
+    (out / "labels.txt").write_text("".join(f"{line}\n" for line in lines))
+
+
+def equal_classes(out: Path, split: str = "train") -> tuple[int, int]:
+    """Two labels whose classes have as many records: a swap of their lines passes every count."""
+    per_class = json.loads((out / "report.json").read_text())["splits"][split]["per_class"]
+    names = (out / "labels.txt").read_text().splitlines()
+    counts = [per_class.get(name, 0) for name in names]
+    a, b = next((a, b) for a in range(len(counts)) for b in range(a + 1, len(counts)) if counts[a] == counts[b])
+    return a, b
+
+
+def verify_swapped(out: Path) -> str:
+    assert run_cli("verify", str(out), "--quiet").returncode == 0
+    swap_labels(out, *equal_classes(out))
+    proc = run_cli("verify", str(out), "--quiet")
+    assert proc.returncode == 1, proc.stdout
+    return proc.stdout
+
+
+def test_swapped_labels_of_a_folder_tree_are_found(tmp_path):
+    from etl.synth import TreeSpec, make_tree
+
+    make_tree(tmp_path / "train", TreeSpec(classes=3, per_class=4, seed=3, awkward=False))
+    out = tmp_path / "ds"
+    assert run_cli("convert", str(tmp_path / "train"), str(out), "--val-pct", "25", "--workers", "1",
+                   "--quiet").returncode == 0
+    report = verify_swapped(out)
+    assert "train.txt line" in report and "val.txt line" in report and "but its path is in class" in report
+
+
+def test_swapped_labels_of_an_archive_are_found_and_a_flat_val_says_nothing(tmp_path):
+    from etl.synthilsvrc import IlsvrcSpec, make_ilsvrc
+
+    made = make_ilsvrc(tmp_path / "il", IlsvrcSpec(classes=3, per_class=3, val_per_class=2, seed=5,
+                                                   extracted=False))
+    out = tmp_path / "ds"
+    proc = run_cli("convert", str(made.train_tar), str(out), "--val", str(made.val_tar), "--val-labels",
+                   str(made.labels["devkit tar.gz"]), "--workers", "1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = verify_swapped(out)
+    assert "train.txt line" in report and ".tar" not in report.split("class '")[-1]
+    assert "val.txt line" not in report  # the val images' paths name no class: nothing to cross-check
+
+
+def test_a_list_files_own_labels_are_not_taken_for_a_swap(tmp_path):
+    """A list file's labels are the list's: its paths' folders need not be labels.txt's names."""
+    from etl.synth import TreeSpec, make_tree
+
+    make_tree(tmp_path / "t", TreeSpec(classes=2, per_class=3, seed=4, awkward=False))
+    classes = sorted(p.name for p in (tmp_path / "t").iterdir())
+    images = sorted((tmp_path / "t").rglob("*.JPEG"))
+    (tmp_path / "list.txt").write_text("".join(f"{p} {classes.index(p.parent.name)}\n" for p in images))
+    (tmp_path / "names.txt").write_text("".join(f"{name}\n" for name in reversed(classes)))
+    out = tmp_path / "ds"
+    assert run_cli("convert", str(tmp_path / "list.txt"), str(out), "--labels", str(tmp_path / "names.txt"),
+                   "--val-pct", "0", "--workers", "1", "--quiet").returncode == 0
+    proc = run_cli("verify", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stdout
