@@ -76,8 +76,25 @@ def verify(out_dir: str, progress: bool = True) -> Checker:
     if (out / "data.mdb").exists():
         from etl.checkdb import verify_db  # one database: etl imageset's, Caffe's, DIGITS'
 
+        if split_of(out.parent) is not None:
+            return verify_shard(out, progress)
         return verify_db(out, progress)
     return verify_dataset(out, progress)
+
+
+def verify_shard(shard: Path, progress: bool) -> Checker:
+    """One shard of a sharded split, as one LMDB: each record a Datum whose image decodes; the split's folder
+    is what is checked with its checksums, list and labels."""
+    from etl.checkdb import verify_db
+    from etl.merge import shard_entries
+
+    split = shard.parent
+    shard_entries(shard, split.parent)  # a cut data.mdb: one line, with what makes the shard whole again
+    check = verify_db(shard, progress)
+    check.notes = [note for note in check.notes if not note.startswith("no etl imageset report")]
+    check.notes.append(f"{shard} is one shard of {split}: etl verify {split} checks the whole split, with its "
+                       "checksums, list and labels")
+    return check
 
 
 def split_of(folder: Path) -> str | None:

@@ -150,12 +150,19 @@ def check_db_path(path: str) -> None:
 
 
 def databases(path: str) -> list[str]:
-    """The LMDB folders of a database: itself, or a sharded split's shards in write order (its mean is theirs)."""
-    if not (Path(path) / SHARD_MANIFEST).is_file():
-        return [path]
-    from etl.merge import shard_folders  # the manifest, checked as etl merge checks it
+    """The LMDB folders of a database: itself, or a sharded split's shards in write order (its mean is theirs).
+    A shard, or a split's shards, checked as etl merge checks them: a damaged one is one line saying what makes
+    it whole again."""
+    where = Path(path)
+    if (where / SHARD_MANIFEST).is_file():
+        from etl.merge import shard_folders  # only for shards: merge's imports cost a quarter of a second
 
-    return [str(folder) for folder in shard_folders(Path(path))]
+        return [str(folder) for folder in shard_folders(where)]
+    if (where.parent / SHARD_MANIFEST).is_file():  # one shard
+        from etl.merge import shard_entries
+
+        shard_entries(where, where.parent.parent)
+    return [path]
 
 
 def plan_ranges(path: str, workers: int, range_records: int | None = None) -> list[KeyRange]:

@@ -16,7 +16,7 @@ import lmdb
 from tqdm import tqdm
 
 from etl.errors import PipelineError, UsageError, write_failure
-from etl.layout import CHECKPOINT_DIR, REPORT, SPLITS, db_path, sums_name, sums_path
+from etl.layout import CHECKPOINT_DIR, REPORT, SPLITS, db_name, db_path, sums_name, sums_path
 from etl.messages import Record
 from etl.outlock import exclusive
 from etl.reader import DamagedDatabase, open_checked
@@ -74,12 +74,14 @@ class MergeStats(NamedTuple):
 
 def run_merge(out_dir: str, keep_shards: bool = False, progress: bool = True) -> list[MergeStats]:
     """Merge every sharded split of the dataset in OUT; a split merged already is left alone, with a note."""
-    out = Path(out_dir)
+    out, only = Path(out_dir), None
+    if (split := _split_named(out)) is not None:  # OUT/<split>_db: that split of the dataset
+        out, only = out.resolve().parent, split
     if not (out / REPORT).is_file():
         raise UsageError(f"{out} is not an etl dataset folder (no {REPORT}): give the folder etl convert wrote")
     done: list[MergeStats] = []
     with exclusive(out):
-        paths = [SplitPaths(out, split) for split in SPLITS]
+        paths = [SplitPaths(out, split) for split in SPLITS if only in (None, split)]
         for p in paths:
             recover(p)
         manifests = {p.split: check_split(p) for p in paths if (p.db / MANIFEST).is_file()}
@@ -95,6 +97,15 @@ def run_merge(out_dir: str, keep_shards: bool = False, progress: bool = True) ->
         for st in done:
             print(summary_line(st))
     return done
+
+
+def _split_named(folder: Path) -> str | None:
+    """The split whose database folder (sharded or not) `folder` is, when its parent is an etl dataset."""
+    name = folder.resolve().name
+    inside = (folder / MANIFEST).is_file() or (folder / "data.mdb").is_file()
+    if not inside or not (folder.resolve().parent / REPORT).is_file():
+        return None
+    return next((split for split in SPLITS if name == db_name(split)), None)
 
 
 def reconvert(out: Path) -> str:
@@ -163,10 +174,14 @@ def load_manifest(folder: Path, split: str | None, out: Path) -> dict[str, Any]:
 
 
 def shard_folders(folder: Path) -> list[Path]:
-    """A sharded split's shards in write order, from its manifest (checked)."""
+    """A sharded split's shards in write order, from its manifest; the manifest and each shard's data.mdb
+    checked (etl mean and etl verify read them as one split)."""
     out = folder.parent
     split = folder.name[:-len("_db")] if folder.name.endswith("_db") else None
-    return [folder / s["name"] for s in load_manifest(folder, split, out)["shards"]]
+    shards = [folder / s["name"] for s in load_manifest(folder, split, out)["shards"]]
+    for shard in shards:
+        shard_entries(shard, out)
+    return shards
 
 
 def _whole(value: Any, least: int = 0) -> bool:
@@ -203,18 +218,9 @@ def check_shard(p: SplitPaths, s: dict[str, Any]) -> None:
     SIGBUS) and holds the manifest's count, its conversion finished, and its checksums are there to check
     each record against (without them a damaged record would be certified as good)."""
     folder = p.db / s["name"]
-    redo = f"remove the shard folder {folder} and {reconvert(p.out)}: it converts that shard again"
-    if not (folder / "data.mdb").is_file():
-        raise UsageError(f"shard {folder} is missing: it holds records {MANIFEST} lists; {reconvert(p.out)}")
+    redo = redo_shard(folder, p.out)
+    entries = shard_entries(folder, p.out)
     _check_done(folder, p.out)
-    try:
-        env = open_checked(str(folder), max_dbs=0)
-    except (DamagedDatabase, lmdb.Error, OSError) as exc:
-        raise UsageError(f"shard {folder} is damaged: {_reason(exc)}; {redo}") from None
-    try:
-        entries = int(env.stat()["entries"])
-    finally:
-        env.close()
     if entries != s["records"]:
         raise UsageError(f"shard {folder} holds {entries} records, {MANIFEST} says {s['records']}; {redo}")
     sums = folder / CHECKPOINT_DIR / sums_name(p.split)
@@ -227,6 +233,25 @@ def check_shard(p: SplitPaths, s: dict[str, Any]) -> None:
     if lines != entries:
         raise UsageError(f"shard {folder}: {CHECKPOINT_DIR}/{sums.name} has {lines} lines for its {entries} records "
                          f"(damaged); {redo}")
+
+
+def redo_shard(folder: Path, out: Path) -> str:
+    return f"remove the shard folder {folder} and {reconvert(out)}: it converts that shard again"
+
+
+def shard_entries(folder: Path, out: Path) -> int:
+    """A shard's record count, once its data.mdb is known whole (a cut one would kill its reader with SIGBUS);
+    one line with what to do when it is missing or damaged."""
+    if not (folder / "data.mdb").is_file():
+        raise UsageError(f"shard {folder} is missing: it holds records {MANIFEST} lists; {reconvert(out)}")
+    try:
+        env = open_checked(str(folder), max_dbs=0)
+    except (DamagedDatabase, lmdb.Error, OSError) as exc:
+        raise UsageError(f"shard {folder} is damaged: {_reason(exc)}; {redo_shard(folder, out)}") from None
+    try:
+        return int(env.stat()["entries"])
+    finally:
+        env.close()
 
 
 def _check_done(folder: Path, out: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -304,3 +305,31 @@ def test_a_list_files_own_labels_are_not_taken_for_a_swap(tmp_path):
                    "--val-pct", "0", "--workers", "1", "--quiet").returncode == 0
     proc = run_cli("verify", str(out), "--quiet")
     assert proc.returncode == 0, proc.stdout
+
+
+def test_the_advice_for_a_damaged_shard_works_when_followed(small_tree, tmp_path):
+    """A shard cut short: merge, mean and verify say to remove it and resume the convert; done literally, the
+    merge gives the bytes of a run without shards."""
+    args = [str(small_tree / "train"), "--val-pct", "0", "--workers", "2", "--chunk-size", "4", "--quiet"]
+    assert run_cli("convert", args[0], str(tmp_path / "one"), *args[1:]).returncode == 0
+    out = tmp_path / "sh"
+    assert run_cli("convert", args[0], str(out), *args[1:], "--shard-size", "8").returncode == 0
+    cut = shard(out, 1)
+    os.truncate(cut / "data.mdb", (cut / "data.mdb").stat().st_size // 2)
+    for command in (("merge", out), ("mean", out / "train_db"), ("mean", cut), ("verify", cut)):
+        err = one_line(run_cli(command[0], str(command[1]), "--quiet"), 2)
+        assert f"remove the shard folder {cut} and run the etl convert command that wrote {out} again, with " \
+               "--resume" in err, err
+    verify = run_cli("verify", str(out), "--quiet")
+    assert verify.returncode == 1 and f"remove the shard folder {cut}" in verify.stdout
+    shutil.rmtree(cut)
+    assert run_cli("convert", args[0], str(out), *args[1:], "--shard-size", "8", "--resume").returncode == 0
+    assert run_cli("merge", str(out / "train_db"), "--quiet").returncode == 0  # one split: the split named
+    assert_same(tmp_path / "one", out, splits=("train",))
+
+
+def test_verify_of_one_shard_says_what_checks_the_split(sharded):
+    _, out = sharded
+    proc = run_cli("verify", str(shard(out, 0)), "--quiet")
+    assert proc.returncode == 0 and f"etl verify {out / 'train_db'} checks the whole split" in proc.stdout
+    assert "etl imageset" not in proc.stdout
