@@ -47,6 +47,15 @@ def one_line(proc: subprocess.CompletedProcess, code: int) -> str:
     return proc.stderr
 
 
+def in_process(capsys, *args: object) -> subprocess.CompletedProcess:
+    """`etl ARGS --quiet` run by etl.cli.main in this process (no interpreter to start), as run_cli returns it."""
+    from etl.cli import main
+
+    code = main([*map(str, args), "--quiet"])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 def leftovers(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if p.name.endswith((".merging", ".shards", ".deleting", ".tmp")))
 
@@ -125,7 +134,7 @@ DAMAGES = {"garbage": b"\x00not json{", "empty": b"", "a list": b"[1, 2]", "a st
 
 @pytest.mark.parametrize("damage", [*DAMAGES, "missing"])
 @pytest.mark.parametrize("which", ["manifest", "done marker", "shard sums"])
-def test_every_file_merge_reads_back_damaged_is_one_line_naming_it(sharded, which, damage):
+def test_every_file_merge_reads_back_damaged_is_one_line_naming_it(sharded, which, damage, capsys):
     _, out = sharded
     path = {"manifest": out / "train_db" / MANIFEST, "done marker": shard(out, 1) / CHECKPOINT_DIR / DONE,
             "shard sums": shard(out, 1) / CHECKPOINT_DIR / "train_db.sums"}[which]
@@ -133,7 +142,7 @@ def test_every_file_merge_reads_back_damaged_is_one_line_naming_it(sharded, whic
         path.unlink()
     else:
         path.write_bytes(DAMAGES[damage])
-    err = one_line(run_cli("merge", str(out)), 2)
+    err = one_line(in_process(capsys, "merge", out), 2)
     assert path.name in err and "--resume" in err, err
     assert leftovers(out) == [] and not (out / "train_db" / "data.mdb").exists()
 
@@ -196,15 +205,15 @@ def test_verify_of_a_sharded_split_checks_that_split(sharded):
 
 
 @pytest.mark.parametrize("damage", [*DAMAGES, "missing"])
-def test_a_damaged_manifest_is_one_line_for_mean_and_verify(sharded, damage):
+def test_a_damaged_manifest_is_one_line_for_mean_and_verify(sharded, damage, capsys):
     _, out = sharded
     manifest = out / "train_db" / MANIFEST
     if damage == "missing":
         manifest.unlink()
     else:
         manifest.write_bytes(DAMAGES[damage])
-    mean = run_cli("mean", str(out / "train_db"), "--quiet")
-    verify = run_cli("verify", str(out), "--quiet")
+    mean = in_process(capsys, "mean", out / "train_db")
+    verify = in_process(capsys, "verify", out)
     assert verify.returncode == 1 and "Traceback" not in verify.stderr
     if damage == "missing":  # then train_db is a folder of LMDBs with no database of its own
         assert "no data.mdb" in one_line(mean, 2)
@@ -215,14 +224,14 @@ def test_a_damaged_manifest_is_one_line_for_mean_and_verify(sharded, damage):
 
 
 @pytest.mark.parametrize("damage", [*DAMAGES, "missing"])
-def test_a_damaged_report_is_one_problem_naming_it(sharded, damage):
+def test_a_damaged_report_is_one_problem_naming_it(sharded, damage, capsys):
     _, out = sharded
     report = out / "report.json"
     if damage == "missing":
         report.unlink()
     else:
         report.write_bytes(DAMAGES[damage])
-    proc = run_cli("verify", str(out), "--quiet")
+    proc = in_process(capsys, "verify", out)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "report.json" in proc.stdout and len(proc.stdout.splitlines()) == 2, proc.stdout
 
