@@ -1,6 +1,7 @@
 """`etl verify` finds damage: changed record bytes (checksum sidecar), altered list labels, a bad mean, a cut
 data.mdb, and a db folder given for the dataset; the reader refuses a cut data.mdb."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -84,11 +85,19 @@ def test_damage_that_makes_libjpeg_warn_is_a_problem_in_verifys_words_not_a_pyth
 def test_a_dataset_without_checksums_verifies_with_a_one_line_note(ds):
     for split in ("train", "val"):
         (ds / f"{split}_db.sums").unlink()
+    job = ds / ".etl" / "job.json"
+    job.write_text(json.dumps({**json.loads(job.read_text()), "etl_version": "0.3.0"}))  # before checksums
     proc = run_cli("verify", str(ds), "--quiet")
     assert proc.returncode == 0, proc.stdout
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("etl verify: OK")
     assert len(lines) == 2 and "could not be checked against checksums" in lines[1], proc.stdout
+
+
+def test_checksums_lost_from_a_dataset_an_etl_with_checksums_wrote_are_a_problem(ds):
+    (ds / "val_db.sums").unlink()
+    proc = run_cli("verify", str(ds), "--quiet")
+    assert proc.returncode == 1 and "no val_db.sums, though etl " in proc.stdout, proc.stdout
 
 
 def test_a_sidecar_cut_short_or_for_other_records_is_a_problem(ds):
