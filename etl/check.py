@@ -196,6 +196,11 @@ def _report_problem(report: Any) -> str:
 
 def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], labels: list[str],
                  settings: dict[str, Any], progress: bool) -> None:
+    if not (db_path(out, name) / "data.mdb").is_file() and not _sharded(out, name):
+        from etl.merge import unfinished
+
+        check.fail(unfinished(db_path(out, name), out))
+        return
     try:
         if _sharded(out, name):
             from etl.merge import shard_folders  # the manifest, checked as etl merge checks it

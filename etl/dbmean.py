@@ -23,6 +23,7 @@ from etl.checkpoint import fsync_write
 from etl.codec import JPEG_MAGIC, libjpeg_warnings
 from etl.datum import Datum, decode_datum, encode_blobproto
 from etl.errors import PipelineError, UsageError, write_failure
+from etl.layout import REPORT
 from etl.outlock import shared_around
 from etl.procs import child_signals, die_with_parent, mp_context
 from etl.reader import SHARD_MANIFEST, DamagedDatabase, open_checked
@@ -143,6 +144,10 @@ def check_db_path(path: str) -> None:
     if where.is_file():
         raise UsageError(f"give the database folder (the one holding data.mdb), not the file {path}")
     if not (where / "data.mdb").is_file() and not (where / SHARD_MANIFEST).is_file():
+        if where.resolve().name.endswith("_db") and (where.resolve().parent / REPORT).is_file():
+            from etl.merge import unfinished  # a split's folder of shards: the split is asked for, not a shard
+
+            raise UsageError(unfinished(where, where.resolve().parent))
         inside = sorted(str(p.parent) for pattern in ("*/data.mdb", f"*/{SHARD_MANIFEST}")
                         for p in where.glob(pattern) if p.is_file())
         hint = f"; give one of the databases it holds: {', '.join(inside)}" if inside else ""

@@ -117,12 +117,18 @@ def reconvert(out: Path) -> str:
 def _merged_note(p: SplitPaths) -> str:
     """A split without a manifest: one database already, or shards whose conversion never finished."""
     if not (p.db / "data.mdb").is_file():
-        shards = sorted(d.name for d in p.db.iterdir() if (d / "data.mdb").is_file())
-        what = f"shards ({', '.join(shards[:3])}{', ...' if len(shards) > 3 else ''})" if shards else "no database"
-        raise UsageError(f"{p.db} holds {what} but no {MANIFEST}, which etl convert writes last: its conversion "
-                         f"did not finish (or the manifest was removed); {reconvert(p.out)}")
+        raise UsageError(unfinished(p.db, p.out))
     kept = f"; its shards are kept in {p.shards.name}" if p.shards.is_dir() else ""
     return f"{p.db.name} is one database already (no {MANIFEST}): left alone{kept}"
+
+
+def unfinished(folder: Path, out: Path) -> str:
+    """What a split's folder without a database nor a manifest is told: a sharded conversion that did not finish
+    (the manifest is written last), to be resumed; never which shard to use instead."""
+    shards = sorted(d.name for d in folder.iterdir() if (d / "data.mdb").is_file()) if folder.is_dir() else []
+    what = f"shards ({', '.join(shards[:3])}{', ...' if len(shards) > 3 else ''})" if shards else "no database"
+    return (f"{folder} holds {what} but no {MANIFEST}, which etl convert writes last: its conversion did not finish "
+            f"(or the manifest was removed); {reconvert(out)}")
 
 
 def summary_line(st: MergeStats) -> str:
