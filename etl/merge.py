@@ -383,8 +383,9 @@ def all_records(p: SplitPaths, man: dict[str, Any]) -> Iterator[Record]:
         count = 0
         for rec in shard_records(p.db / s["name"], p.split):
             if not max(first, last + 1) <= rec.index < end:
-                raise UsageError(f"shard {s['name']}: item {rec.index} is out of order or outside its items "
-                                 f"{first}..{end - 1}")
+                folder = p.db / s["name"]
+                raise UsageError(f"shard {folder}: item {rec.index} is out of order or outside its items "
+                                 f"{first}..{end - 1}; {redo_shard(folder, p.out)}")
             last = rec.index
             count += 1
             yield rec
@@ -404,8 +405,8 @@ def shard_records(folder: Path, split: str) -> Iterator[Record]:
                 rec = _record(folder, bytes(key), bytes(value))
                 if sums.readline() != b"%s %s\n" % (key, record_sum(value, rec.crc)):
                     raise UsageError(f"shard {folder}: record {bytes(key).decode(errors='replace')} disagrees with "
-                                     f"its line in {where}: the record or the line is damaged; remove the shard "
-                                     f"folder and {reconvert(folder.parent.parent)}: it converts that shard again")
+                                     f"its line in {where}: the record or the line is damaged; "
+                                     f"{redo_shard(folder, folder.parent.parent)}")
                 yield rec
     finally:
         env.close()
@@ -414,5 +415,6 @@ def shard_records(folder: Path, split: str) -> Iterator[Record]:
 def _record(folder: Path, key: bytes, value: bytes) -> Record:
     index, _, label = key.partition(b"_")
     if not (index.isdigit() and label.isdigit() and key == b"%08d_%d" % (int(index), int(label))):
-        raise UsageError(f"shard {folder.name}: key {key.decode(errors='replace')!r} is not <item>_<label>")
+        raise UsageError(f"shard {folder}: key {key.decode(errors='replace')!r} is not <item>_<label>; "
+                         f"{redo_shard(folder, folder.parent.parent)}")
     return Record(int(index), int(label), "", value, zlib.crc32(value))
