@@ -196,9 +196,10 @@ def _report_problem(report: Any) -> str:
 
 def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], labels: list[str],
                  settings: dict[str, Any], progress: bool) -> None:
-    if not (db_path(out, name) / "data.mdb").is_file() and not _sharded(out, name):
-        from etl.merge import unfinished
+    from etl.merge import shards_inside, unfinished
 
+    if not (db_path(out, name) / "data.mdb").is_file() and shards_inside(db_path(out, name)) \
+            and not _sharded(out, name):  # shards without their manifest: the split, not a shard, is asked about
         check.fail(unfinished(db_path(out, name), out))
         return
     try:

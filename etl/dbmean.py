@@ -144,9 +144,10 @@ def check_db_path(path: str) -> None:
     if where.is_file():
         raise UsageError(f"give the database folder (the one holding data.mdb), not the file {path}")
     if not (where / "data.mdb").is_file() and not (where / SHARD_MANIFEST).is_file():
-        if where.resolve().name.endswith("_db") and (where.resolve().parent / REPORT).is_file():
-            from etl.merge import unfinished  # a split's folder of shards: the split is asked for, not a shard
+        from etl.merge import shards_inside, unfinished
 
+        if where.resolve().name.endswith("_db") and (where.resolve().parent / REPORT).is_file() \
+                and shards_inside(where):  # a split's folder of shards: the split is asked for, not a shard
             raise UsageError(unfinished(where, where.resolve().parent))
         inside = sorted(str(p.parent) for pattern in ("*/data.mdb", f"*/{SHARD_MANIFEST}")
                         for p in where.glob(pattern) if p.is_file())

@@ -122,10 +122,15 @@ def _merged_note(p: SplitPaths) -> str:
     return f"{p.db.name} is one database already (no {MANIFEST}): left alone{kept}"
 
 
+def shards_inside(folder: Path) -> list[str]:
+    """The names of the LMDB folders inside `folder` (a split's folder of shards), sorted."""
+    return sorted(d.name for d in folder.iterdir() if (d / "data.mdb").is_file()) if folder.is_dir() else []
+
+
 def unfinished(folder: Path, out: Path) -> str:
     """What a split's folder without a database nor a manifest is told: a sharded conversion that did not finish
     (the manifest is written last), to be resumed; never which shard to use instead."""
-    shards = sorted(d.name for d in folder.iterdir() if (d / "data.mdb").is_file()) if folder.is_dir() else []
+    shards = shards_inside(folder)
     what = f"shards ({', '.join(shards[:3])}{', ...' if len(shards) > 3 else ''})" if shards else "no database"
     return (f"{folder} holds {what} but no {MANIFEST}, which etl convert writes last: its conversion did not finish "
             f"(or the manifest was removed); {reconvert(out)}")
