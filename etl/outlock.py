@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from etl.errors import UsageError
+from etl.errors import UsageError, write_failure
 from etl.layout import CHECKPOINT_DIR, LOCK
 
 
@@ -39,9 +39,9 @@ def exclusive(out: str | Path) -> Iterator[None]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:  # a read-only disk, or a folder this user may not write: before any work
-        raise UsageError(f"cannot write in {out} ({exc.strerror}: {exc.filename}): etl writes its output there; "
-                         "make it writable, or work on a copy on a disk that is") from None
+    except OSError as exc:  # a read-only or full disk, or a folder this user may not write: before any work
+        raise UsageError(write_failure(exc, path, "the same command", f"etl writes its output in {out}: make it "
+                                       "writable, or work on a copy on a disk that is")) from None
     try:
         _lock(fd, fcntl.LOCK_EX, lambda: f"{out} is in use by another etl run ({_holder(path)}): wait for it to "
                                          "end, or choose another output folder")
