@@ -8,7 +8,7 @@ from typing import Any
 
 from etl.check import Checker
 from etl.check import verify as check_dataset
-from etl.outlock import shared
+from etl.outlock import shared_around
 from etl.pipeline import PipelineError
 from etl.pipeline import convert as run_pipeline
 from etl.settings import PRESET_OPTIONS, UsageError, build_settings
@@ -68,5 +68,5 @@ def verify(out: PathLike, progress: bool = True) -> Checker:
     Returns the check: its .problems (empty when the dataset is sound) and .records (how many were read)."""
     if not Path(out).is_dir():
         raise UsageError(f"dataset folder not found: {os.fspath(out)}")
-    with shared(out):
+    with shared_around(out):  # a split or shard too: the lock of the dataset around it
         return check_dataset(os.fspath(out), progress=progress)

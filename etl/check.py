@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
 from array import array
 from collections import Counter
@@ -13,9 +14,24 @@ from typing import IO, Any
 import numpy as np
 from turbojpeg import TurboJPEG
 
+from etl.checkpoint import _release
 from etl.datum import Datum, decode_blobproto, decode_datum
 from etl.errors import UsageError
-from etl.layout import LABELS, MEAN_JPG, MEAN_PROTO, REPORT, Layout, db_name, db_path, list_path, sums_name, sums_path
+from etl.layout import (
+    CHECKPOINT_DIR,
+    JOB,
+    LABELS,
+    MEAN_JPG,
+    MEAN_PROTO,
+    REPORT,
+    SPLITS,
+    Layout,
+    db_name,
+    db_path,
+    list_path,
+    sums_name,
+    sums_path,
+)
 from etl.progress import ProgressBar
 from etl.reader import SHARD_MANIFEST, LmdbDataset, datum_pixels
 from etl.sinks.checksums import record_sum
@@ -54,49 +70,155 @@ class Checker:
 
 
 def verify(out_dir: str, progress: bool = True) -> Checker:
-    check = Checker()
+    """A dataset folder whole; one split of it (OUT/train_db, sharded or not); or one LMDB (etl imageset's,
+    Caffe's, DIGITS')."""
     out = Path(out_dir)
+    split = split_of(out)
+    if split is not None:
+        return verify_dataset(out.resolve().parent, progress, only=split)
     if (out / "data.mdb").exists():
-        parent = out.resolve().parent
-        if (parent / REPORT).is_file() and (parent / LABELS).is_file():  # an etl dataset: check it whole
-            raise UsageError(f"give the dataset folder (the one holding {LABELS}), not the database folder {out} "
-                             f"({parent} here)")
         from etl.checkdb import verify_db  # one database: etl imageset's, Caffe's, DIGITS'
 
+        if split_of(out.parent) is not None:
+            return verify_shard(out, progress)
         return verify_db(out, progress)
-    try:
-        report = json.loads((out / REPORT).read_text(encoding="utf-8"))
-        labels = (out / LABELS).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-    except (OSError, ValueError) as exc:
-        check.fail(f"cannot read report.json or labels.txt: {exc}")
+    return verify_dataset(out, progress)
+
+
+def verify_shard(shard: Path, progress: bool) -> Checker:
+    """One shard of a sharded split, as one LMDB: each record a Datum whose image decodes; the split's folder
+    is what is checked with its checksums, list and labels."""
+    from etl.checkdb import verify_db
+    from etl.merge import shard_entries
+
+    split = shard.parent
+    shard_entries(shard, split.parent)  # a cut data.mdb: one line, with what makes the shard whole again
+    check = verify_db(shard, progress)
+    check.notes = [note for note in check.notes if not note.startswith("no etl imageset report")]
+    check.notes.append(f"{shard} is one shard of {split}: etl verify {split} checks the whole split, with its "
+                       "checksums, list and labels")
+    return check
+
+
+def split_of(folder: Path) -> str | None:
+    """The split whose database (or folder of shards) `folder` is, inside an etl dataset; None otherwise."""
+    dataset = folder.resolve().parent
+    if not ((dataset / REPORT).is_file() and (dataset / LABELS).is_file()):
+        return None
+    if not ((folder / "data.mdb").exists() or (folder / SHARD_MANIFEST).is_file()):
+        return None
+    return next((s for s in SPLITS if folder.resolve().name == db_name(s)), None)
+
+
+def verify_dataset(out: Path, progress: bool, only: str | None = None) -> Checker:
+    """Every split of the dataset (only: that one), its lists, labels and mean."""
+    check = Checker()
+    dataset = read_dataset(check, out)
+    if dataset is None:
         return check
+    report, labels = dataset
+    splits = {name: split for name, split in report["splits"].items() if only in (None, name)}
+    if only is not None and not splits:
+        check.fail(f"{REPORT} has no {only} split, though {db_name(only)} is there")
     if len(labels) != report.get("labels"):
         check.fail(f"labels.txt has {plural(len(labels), 'class')}, report.json says {report.get('labels')}")
-    unsummed = [sums_name(name) for name in report["splits"]
+    unsummed = [sums_name(name) for name in splits
                 if not sums_path(out, name).is_file() and not _sharded(out, name)]
-    for name, split in report["splits"].items():
+    for name, split in splits.items():
         _check_split(check, out, name, split, labels, report["settings"], progress)
-    if "train" in report["splits"]:
+    if "train" in splits:
         _check_mean(check, out, report["settings"])
     if unsummed:
-        check.notes.append(f"records could not be checked against checksums: no {', '.join(unsummed)} "
-                           "(a dataset written by etl 0.3.0 or earlier)")
+        _no_sums(check, out, unsummed)
     check.finish()
     return check
 
 
+SUMS_SINCE = (0, 4)  # the etl release that began writing <split>_db.sums
+
+
+def _no_sums(check: Checker, out: Path, unsummed: list[str]) -> None:
+    """Missing checksum sidecars: expected of a dataset etl 0.3.0 or earlier wrote (a note); a problem when the
+    etl that started the job (.etl/job.json) writes them, since then they were lost."""
+    missing = ", ".join(unsummed)
+    version = _started_by(out)
+    if version is not None and _release(version) >= SUMS_SINCE:
+        check.fail(f"no {missing}, though etl {version}, which wrote this dataset, writes it: its records cannot be "
+                   "checked against their checksums; restore it from a copy of the dataset, or convert again with "
+                   "--overwrite")
+        return
+    check.notes.append(f"records could not be checked against checksums: no {missing} (a dataset written by etl "
+                       "0.3.0 or earlier)")
+
+
+def _started_by(out: Path) -> str | None:
+    """The etl version that started the job, from .etl/job.json; None when that cannot be read (a copy without
+    the checkpoint folder, or a damaged file: verify does not need it)."""
+    try:
+        job = json.loads((out / CHECKPOINT_DIR / JOB).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    version = job.get("etl_version") if isinstance(job, dict) else None
+    return version if isinstance(version, str) and _release(version) else None
+
+
+SETTINGS_READ = {"height": int, "width": int, "channels": int, "encoding": str}
+
+
+def read_dataset(check: Checker, out: Path) -> tuple[dict[str, Any], list[str]] | None:
+    """report.json and labels.txt, each of the shape verify reads; None, the problem noted, when one is not."""
+    try:
+        labels = (out / LABELS).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+        report = json.loads((out / REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        check.fail(f"cannot read report.json or labels.txt: {exc}")
+        return None
+    problem = _report_problem(report)
+    if problem:
+        check.fail(f"{out / REPORT} is damaged ({problem}): the dataset cannot be checked against it; run the etl "
+                   f"convert command that wrote {out} again, with --resume: it writes {REPORT} again")
+        return None
+    return report, labels
+
+
+def _report_problem(report: Any) -> str:
+    if not isinstance(report, dict):
+        return f"a JSON {type(report).__name__}, not an object"
+    settings, splits = report.get("settings"), report.get("splits")
+    if not isinstance(settings, dict) or not all(isinstance(settings.get(k), t) for k, t in SETTINGS_READ.items()):
+        return "its settings lack the image size, channels or encoding"
+    if not isinstance(splits, dict) or not all(
+            isinstance(split, dict) and type(split.get("written")) is int and isinstance(split.get("per_class"), dict)
+            for split in splits.values()):
+        return "its splits lack their written or per_class counts"
+    return ""
+
+
 def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], labels: list[str],
                  settings: dict[str, Any], progress: bool) -> None:
+    from etl.merge import shards_inside, unfinished
+
+    if not (db_path(out, name) / "data.mdb").is_file() and shards_inside(db_path(out, name)) \
+            and not _sharded(out, name):  # shards without their manifest: the split, not a shard, is asked about
+        check.fail(unfinished(db_path(out, name), out))
+        return
     try:
+        if _sharded(out, name):
+            from etl.merge import shard_folders  # the manifest, checked as etl merge checks it
+
+            shard_folders(db_path(out, name))
         db = LmdbDataset(db_path(out, name))
         count = len(db)
+    except UsageError as exc:  # a damaged manifest: its message says which and what to do
+        check.fail(str(exc))
+        return
     except Exception as exc:  # any failure to open is the finding itself
         check.fail(f"{db_name(name)} cannot be opened: {exc}")
         return
     if count != split["written"]:
         check.fail(f"{db_name(name)} holds {count} records, report.json says {split['written']} were written")
     sharded = _sharded(out, name)
-    sums = _shard_sums(out, name) if sharded else open_sums(check, sums_path(out, name))
+    sums = _shard_sums(check, out, name) if sharded else open_sums(check, sums_path(out, name))
     record_labels = array("q")
     tj = TurboJPEG()
     try:
@@ -118,19 +240,30 @@ def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], la
     expected = {labels.index(c): n for c, n in split["per_class"].items() if n and c in labels}
     if dict(counts) != expected:
         check.fail(f"{db_name(name)}: records per class differ from report.json")
-    _check_list(check, list_path(out, name), record_labels, len(labels))
+    lines = _check_list(check, list_path(out, name), record_labels, len(labels))
+    if _paths_may_name_classes(name, labels, settings):
+        check_classes(check, list_path(out, name).name, lines, labels)
 
 
 def _sharded(out: Path, name: str) -> bool:
     return (db_path(out, name) / SHARD_MANIFEST).is_file()
 
 
-def _shard_sums(out: Path, name: str) -> IO[bytes]:
-    """A sharded split's checksum lines: each shard keeps its own, in its .etl/; joined in write order."""
-    manifest = json.loads((db_path(out, name) / SHARD_MANIFEST).read_text(encoding="utf-8"))
-    lines = b"".join(Layout(db_path(out, name) / shard["name"], single_db=True).sums(name).read_bytes()
-                     for shard in manifest["shards"])
-    return io.BytesIO(lines)
+def _shard_sums(check: Checker, out: Path, name: str) -> IO[bytes] | None:
+    """A sharded split's checksum lines: each shard keeps its own, in its .etl/; joined in write order. None,
+    the shard named, when one has none (every shard etl writes has them)."""
+    from etl.merge import shard_folders
+
+    lines = []
+    for folder in shard_folders(db_path(out, name)):
+        path = Layout(folder, single_db=True).sums(name)
+        try:
+            lines.append(path.read_bytes())
+        except OSError as exc:
+            check.fail(f"cannot read {path} ({exc.strerror}): the records of {db_name(name)} were not checked against "
+                       "their checksums")
+            return None
+    return io.BytesIO(b"".join(lines))
 
 
 def open_sums(check: Checker, path: Path) -> IO[bytes] | None:
@@ -204,13 +337,13 @@ def _key_fits(key: bytes, i: int, label: int, sharded: bool) -> bool:
     return number.isdigit() and len(number) >= 8 and int(number) >= i and tail == b"%d" % label
 
 
-def _check_list(check: Checker, path: Path, record_labels: array, n_labels: int) -> None:
-    """Line i of the list file names record i's image and label."""
+def _check_list(check: Checker, path: Path, record_labels: array, n_labels: int) -> list[str]:
+    """Line i of the list file names record i's image and label; the lines."""
     try:
         lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
     except OSError as exc:
         check.fail(f"cannot read {path.name}: {exc}")
-        return
+        return []
     if len(lines) != len(record_labels):
         check.fail(f"{path.name} has {len(lines)} lines, the database {len(record_labels)} records")
     bad = [ln for ln in lines if not ln.rsplit(" ", 1)[-1].isdigit() or int(ln.rsplit(" ", 1)[-1]) >= n_labels]
@@ -222,6 +355,50 @@ def _check_list(check: Checker, path: Path, record_labels: array, n_labels: int)
         if label >= 0 and listed.isdigit() and int(listed) != label:
             check.fail_each(kind, f"{path.name} line {i + 1} says label {listed}, but record {i} "
                                   f"({i:08d}_{label}) has label {label}")
+    return lines
+
+
+def _paths_may_name_classes(split: str, labels: list[str], settings: dict[str, Any]) -> bool:
+    """Whether a split's source paths can name their classes: a class folder or class tar (a folder or an
+    archive input). Not a list file's paths (its labels are its own: --labels names them, or labels.txt holds
+    the numbers), nor a flat val set labelled by --val-labels."""
+    if settings.get("labels") or settings.get("caffe_imageset") or labels == [str(n) for n in range(len(labels))]:
+        return False
+    return not (split == "val" and settings.get("val_labels"))
+
+
+def check_classes(check: Checker, list_name: str, lines: list[str], labels: list[str]) -> None:
+    """Each record's class as labels.txt names it against the class its source path names: the first folder
+    (or `<class>.tar`) under the input every path shares. Two swapped lines of labels.txt pass every count
+    when the two classes have as many images, and mislabel every record of both. Says nothing when the paths
+    do not all name a class of labels.txt (then they are not a class tree's)."""
+    pairs = [line.rsplit(" ", 1) for line in lines]
+    if len(pairs) < 2 or any(len(p) != 2 or not p[1].isdigit() or int(p[1]) >= len(labels) for p in pairs):
+        return  # _check_list has said what is wrong with the lines
+    named = _classes_named(pairs, set(labels))
+    if named is None:
+        return
+    kind = f"{list_name} lines whose label's class in {LABELS} is not the class their path names"
+    for i, ((_, label), name) in enumerate(zip(pairs, named, strict=True)):
+        if labels[int(label)] != name:
+            check.fail_each(kind, f"{list_name} line {i + 1}: label {label} is '{labels[int(label)]}' in "
+                                  f"{LABELS}, but its path is in class '{name}'")
+
+
+def _classes_named(pairs: list[list[str]], classes: set[str]) -> list[str] | None:
+    """The class each path names (the first component under the paths' common folder, a trailing .tar taken
+    off), or None when one of them names no class of labels.txt, or all are in one class folder."""
+    paths = [path for path, _ in pairs]
+    root = os.path.commonprefix(paths)
+    root = root[:root.rfind("/") + 1]
+    named = []
+    for path in paths:
+        first = path[len(root):].split("/", 1)[0]
+        name = first if first in classes else first.removesuffix(".tar")
+        if name not in classes or "/" not in path[len(root):]:
+            return None
+        named.append(name)
+    return named
 
 
 def _check_mean(check: Checker, out: Path, settings: dict[str, Any]) -> None:

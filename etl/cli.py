@@ -117,8 +117,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.commands = sub.choices
     _convert_parser(sub)
     v = sub.add_parser("verify", help="decode and check every record of a converted dataset, or of one LMDB")
-    v.add_argument("out_dir", metavar="OUT_DIR", help="the dataset folder (the one holding labels.txt), or one LMDB "
-                                                      "folder: etl imageset's DB_NAME, or a database Caffe wrote")
+    v.add_argument("out_dir", metavar="OUT_DIR", help="the dataset folder (the one holding labels.txt), one split of "
+                                                      "it (OUT_DIR/train_db, sharded or not), or one LMDB folder: "
+                                                      "etl imageset's DB_NAME, or a database Caffe wrote")
     v.add_argument("--quiet", action="store_true")
     for name, text in (("bench", "measure kernels, stages, the limit, etl against the baselines, the serial "
                                   "ceiling and memory"),
@@ -152,14 +153,15 @@ def make_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mean", help="the mean image of any Datum LMDB, as Caffe's compute_image_mean, on every core",
                        description="Prints each channel's mean; writes the BlobProto to OUTPUT_FILE when given "
                                    "(and NAME.jpg beside NAME.binaryproto).")
-    m.add_argument("db", metavar="DB", help="an LMDB folder of Datum records (etl, Caffe or DIGITS)")
+    m.add_argument("db", metavar="DB", help="an LMDB folder of Datum records (etl, Caffe or DIGITS), or a sharded "
+                                            "split's folder (OUT/train_db of --shard-size)")
     m.add_argument("output", metavar="OUTPUT_FILE", nargs="?", help="where the mean BlobProto goes")
     m.add_argument("--workers", type=int, help="worker processes (default: every usable core)")
     m.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     g = sub.add_parser("merge", help="join a sharded dataset's shards (convert --shard-size) into one LMDB per split",
                        description="Each sharded split's shards become the one database a one-machine run "
                                    "writes, byte for byte, with its checksums; then `etl verify OUT` checks it.")
-    g.add_argument("out_dir", metavar="OUT", help="the dataset folder etl convert wrote")
+    g.add_argument("out_dir", metavar="OUT", help="the dataset folder etl convert wrote (or OUT/train_db: that split)")
     g.add_argument("--keep-shards", action="store_true", help="keep the shards, as <split>_db.shards/")
     g.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     sub.add_parser("imageset", help="Caffe's convert_imageset, same flags: etl imageset [FLAGS] ROOTFOLDER/ LISTFILE "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -17,14 +18,15 @@ import numpy as np
 from PIL import Image
 from turbojpeg import TJFLAG_STOPONWARNING, TJPF_BGR, TJPF_GRAY, TJSAMP_GRAY, TJCS_YCbCr, TurboJPEG
 
+from etl.checkpoint import fsync_write
 from etl.codec import JPEG_MAGIC, libjpeg_warnings
 from etl.datum import Datum, decode_datum, encode_blobproto
-from etl.errors import PipelineError, UsageError
-from etl.layout import CHECKPOINT_DIR
-from etl.outlock import shared
+from etl.errors import PipelineError, UsageError, write_failure
+from etl.layout import REPORT
+from etl.outlock import shared_around
 from etl.procs import child_signals, die_with_parent, mp_context
 from etl.progress import ProgressBar
-from etl.reader import DamagedDatabase, open_checked
+from etl.reader import SHARD_MANIFEST, DamagedDatabase, open_checked
 from etl.settings import usable_cores
 from etl.words import plural
 
@@ -134,16 +136,39 @@ def open_db(path: str) -> lmdb.Environment:
 
 
 def check_db_path(path: str) -> None:
-    """One line for a path that is not an LMDB folder, naming the database folder when given the dataset's."""
+    """One line for a path that is not an LMDB folder nor a sharded split, naming the databases (a sharded split
+    as one) when given the dataset's folder."""
     where = Path(path)
     if not where.exists():
         raise UsageError(f"database not found: {path}")
     if where.is_file():
         raise UsageError(f"give the database folder (the one holding data.mdb), not the file {path}")
-    if not (where / "data.mdb").is_file():
-        inside = sorted(str(p.parent) for p in where.glob("*/data.mdb") if p.is_file())
+    if not (where / "data.mdb").is_file() and not (where / SHARD_MANIFEST).is_file():
+        from etl.merge import shards_inside, unfinished
+
+        if where.resolve().name.endswith("_db") and (where.resolve().parent / REPORT).is_file() \
+                and shards_inside(where):  # a split's folder of shards: the split is asked for, not a shard
+            raise UsageError(unfinished(where, where.resolve().parent))
+        inside = sorted(str(p.parent) for pattern in ("*/data.mdb", f"*/{SHARD_MANIFEST}")
+                        for p in where.glob(pattern) if p.is_file())
         hint = f"; give one of the databases it holds: {', '.join(inside)}" if inside else ""
         raise UsageError(f"{path} is not an LMDB database: no data.mdb in it{hint}")
+
+
+def databases(path: str) -> list[str]:
+    """The LMDB folders of a database: itself, or a sharded split's shards in write order (its mean is theirs).
+    A shard, or a split's shards, checked as etl merge checks them: a damaged one is one line saying what makes
+    it whole again."""
+    where = Path(path)
+    if (where / SHARD_MANIFEST).is_file():
+        from etl.merge import shard_folders  # only for shards: merge's imports cost a quarter of a second
+
+        return [str(folder) for folder in shard_folders(where)]
+    if (where.parent / SHARD_MANIFEST).is_file():  # one shard
+        from etl.merge import shard_entries
+
+        shard_entries(where, where.parent.parent)
+    return [path]
 
 
 def plan_ranges(path: str, workers: int, range_records: int | None = None) -> list[KeyRange]:
@@ -319,11 +344,10 @@ def compute_mean(path: str, workers: int, progress: bool = False, inprocess_belo
     if workers < 1:
         raise UsageError("--workers must be at least 1")
     check_db_path(path)
-    ranges = plan_ranges(path, workers, range_records)
-    records = sum(r.count for r in ranges)
+    tasks = [(db, r) for db in databases(path) for r in plan_ranges(db, workers, range_records)]
+    records = sum(r.count for _, r in tasks)
     if records == 0:
         raise UsageError(f"the database {path} holds no records")
-    tasks = [(path, r) for r in ranges]
     with ProgressBar(total=records, desc="mean", unit="rec", disable=not progress, file=sys.stderr) as bar:
         if workers == 1 or records < (INPROCESS_BELOW if inprocess_below is None else inprocess_below):
             return combine(map(_sum_range_task, tasks), bar)
@@ -362,36 +386,38 @@ def check_output_path(output: Path) -> None:
         raise UsageError(f"OUTPUT_FILE is a folder: {output} (give a file name, such as {output / 'mean.binaryproto'})")
     if not output.parent.is_dir():
         raise UsageError(f"folder not found for the output file: {output.parent}")
+    if not os.access(output.parent, os.W_OK):  # a read-only disk (EROFS holds for root too): before the work
+        raise UsageError(f"cannot write in {output.parent} (read-only, or not yours to write): give an OUTPUT_FILE "
+                         "in a folder that can be written")
 
 
-def write_outputs(result: DbMean, output: Path) -> list[Path]:
-    """The BlobProto (num=1, CHW float32, BGR for colour), and its picture beside a .binaryproto."""
+def write_outputs(result: DbMean, output: Path, again: str = "etl mean") -> list[Path]:
+    """The BlobProto (num=1, CHW float32, BGR for colour), and its picture beside a .binaryproto; each whole or
+    not at all (a Caffe run started meanwhile never reads half a file). A write that fails is one line and leaves
+    no temporary file; again: the command that writes them, for the advice."""
     check_output_path(output)
     mean = result.mean()
-    _write_atomic(output, encode_blobproto(mean))
+    files = [(output, encode_blobproto(mean))]
     jpg = mean_jpg_path(output)
-    if jpg is None or result.shape.channels not in (1, 3, 4):
-        return [output]
-    # The picture is rounded, as DIGITS' mean.jpg; RGB (an alpha plane, from PNG records, is left out).
+    if jpg is not None and result.shape.channels in (1, 3, 4):
+        files.append((jpg, _picture(mean, result.shape.channels)))
+    for path, data in files:
+        try:
+            fsync_write(path, data)
+        except OSError as exc:
+            path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+            raise PipelineError(write_failure(exc, path, again, "give an OUTPUT_FILE on a disk that can be "
+                                                                "written")) from None
+    return [path for path, _ in files]
+
+
+def _picture(mean: np.ndarray, channels: int) -> bytes:
+    """mean.jpg: rounded, as DIGITS' mean.jpg; RGB (an alpha plane, from PNG records, is left out)."""
     image = np.clip(np.rint(mean), 0, 255).astype(np.uint8).transpose(1, 2, 0)
-    picture = Image.fromarray(image[:, :, 0] if result.shape.channels == 1 else image[:, :, 2::-1])
-    tmp = jpg.with_name(jpg.name + ".tmp")
-    picture.save(tmp, format="JPEG", quality=90)
-    os.replace(tmp, jpg)
-    return [output, jpg]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Whole or not at all: a Caffe run started meanwhile never reads half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _owner(db: Path) -> Path:
-    """The folder whose lock an etl run writing this database holds: the database itself (etl imageset), or
-    the dataset folder around it (etl convert)."""
-    return db if (db / CHECKPOINT_DIR).is_dir() else db.parent
+    picture = Image.fromarray(image[:, :, 0] if channels == 1 else image[:, :, 2::-1])
+    buf = io.BytesIO()
+    picture.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
 
 
 def run_mean(db: str, output: str | None, workers: int | None = None, progress: bool = True) -> int:
@@ -399,9 +425,10 @@ def run_mean(db: str, output: str | None, workers: int | None = None, progress: 
     workers: None for every usable core."""
     if output is not None:
         check_output_path(Path(output))  # before the work, not after it
-    with shared(_owner(Path(db)), "take the mean"):  # a database etl is writing is not read meanwhile
+    with shared_around(db, "take the mean"):  # a database etl is writing, shard or whole, is not read meanwhile
         result = compute_mean(db, usable_cores() if workers is None else workers, progress)
-    written = write_outputs(result, Path(output)) if output is not None else []
+    again = f"etl mean {db} {output}"
+    written = write_outputs(result, Path(output), again) if output is not None else []
     print(render_means(result))
     if progress:
         what = f"{plural(result.count, 'record')} of {result.shape}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 
 DISK_FULL_BYTES = 1 << 20  # numpy and others report a short write without ENOSPC: check what is left
@@ -32,3 +33,24 @@ def describe_write_error(exc: BaseException, out_dir: str, what: str = "the data
         return f"the disk is full ({text}); free space, then run the same command with --resume"
     return (f"writing {what} failed ({type(exc).__name__}: {text}); the database holds its last commit: "
             "fix the cause, then run the same command with --resume")
+
+
+def _full(exc: BaseException, folder: str) -> bool:
+    """ENOSPC, or (LMDB reports a short write as EIO) almost no room left where the file was written."""
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in str(exc):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < DISK_FULL_BYTES
+    except OSError:
+        return False
+
+
+def write_failure(exc: BaseException, path: str | os.PathLike[str], retry: str, elsewhere: str) -> str:
+    """A file of etl merge or etl mean that could not be written, in one line (the caller has removed what it
+    half-wrote). retry: the command to run again once there is room; elsewhere: what to do on a read-only disk."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    if _full(exc, os.path.dirname(os.path.abspath(path))):
+        return f"cannot write {path}: the disk is full ({text}); free space, then run {retry} again"
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {path}: {text}; {elsewhere}"
+    return f"cannot write {path} ({type(exc).__name__}: {text}); fix the cause, then run {retry} again"

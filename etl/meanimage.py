@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from etl.checkpoint import fsync_write
 from etl.colour import ycc_to_rgb
 from etl.datum import encode_blobproto
 from etl.layout import MEAN_FILES
@@ -35,6 +37,13 @@ def write_mean(out_dir: str | Path, mean: np.ndarray) -> None:
     image = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
     channels = image.shape[2]
     planes = image[:, :, ::-1] if channels == 3 else image
-    proto, jpg = (Path(out_dir, name) for name in MEAN_FILES)
-    proto.write_bytes(encode_blobproto(planes.transpose(2, 0, 1).astype(np.float32)))
-    Image.fromarray(image if channels == 3 else image[:, :, 0]).save(jpg, quality=90)
+    picture = io.BytesIO()
+    Image.fromarray(image if channels == 3 else image[:, :, 0]).save(picture, format="JPEG", quality=90)
+    files = zip((Path(out_dir, name) for name in MEAN_FILES),
+                (encode_blobproto(planes.transpose(2, 0, 1).astype(np.float32)), picture.getvalue()), strict=True)
+    for path, data in files:  # each whole or not at all; a failed write (a full disk) leaves no temporary file
+        try:
+            fsync_write(path, data)
+        except OSError:
+            path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+            raise

@@ -5,10 +5,10 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from etl.errors import UsageError
+from etl.errors import UsageError, write_failure
 from etl.layout import CHECKPOINT_DIR, LOCK
 
 
@@ -36,8 +36,12 @@ def _lock(fd: int, how: int, refusal: Callable[[], str]) -> None:
 def exclusive(out: str | Path) -> Iterator[None]:
     """Held for a whole conversion; the kernel releases it when the process ends, however it ends."""
     path = lock_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:  # a read-only or full disk, or a folder this user may not write: before any work
+        raise UsageError(write_failure(exc, path, "the same command", f"etl writes its output in {out}: make it "
+                                       "writable, or work on a copy on a disk that is")) from None
     try:
         _lock(fd, fcntl.LOCK_EX, lambda: f"{out} is in use by another etl run ({_holder(path)}): wait for it to "
                                          "end, or choose another output folder")
@@ -67,3 +71,24 @@ def shared(out: str | Path, then: str = "verify it") -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def owners(path: Path) -> list[Path]:
+    """The folders whose lock an etl run writing `path` holds: the folder itself (a dataset, or etl imageset's
+    database), the folder around it (the dataset around a split's database), and around a shard
+    (OUT/<split>_db/<shard>) the dataset too. A folder without etl's checkpoint folder has no lock: shared()
+    passes it."""
+    path = path.absolute()
+    around = [path, path.parent]
+    if path.parent.name.endswith("_db"):
+        around.append(path.parent.parent)
+    return around
+
+
+@contextmanager
+def shared_around(path: str | Path, then: str = "verify it") -> Iterator[None]:
+    """shared() on every folder whose lock covers `path` (owners): a shard is read only while no run writes OUT."""
+    with ExitStack() as stack:
+        for folder in owners(Path(path)):
+            stack.enter_context(shared(folder, then))
+        yield

@@ -67,7 +67,7 @@ def make_shards(ref: Path, out: Path, s, split: str, shard_size: int, items: lis
         (folder / CHECKPOINT_DIR / f"{split}_db.sums").write_bytes(
             b"".join(key + sums[i][sums[i].index(b" "):] for key, i in zip(keys, mine, strict=True)))
         (folder / CHECKPOINT_DIR / f"{split}.txt").write_text("".join(lines[i] for i in mine))
-        (folder / CHECKPOINT_DIR / DONE).write_text("{}")
+        (folder / CHECKPOINT_DIR / DONE).write_text('{"job": "", "shard": {}, "stats": {}}')
         shards.append({"name": name, "first_item": k * shard_size, "records": len(mine),
                        "items": min(shard_size, n_items - k * shard_size)})
     manifest = {"format": FORMAT, "split": split, "shard_size": shard_size, "chunk_size": s.chunk_size,

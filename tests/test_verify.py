@@ -1,6 +1,7 @@
 """`etl verify` finds damage: changed record bytes (checksum sidecar), altered list labels, a bad mean, a cut
 data.mdb, and a db folder given for the dataset; the reader refuses a cut data.mdb."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -84,11 +85,19 @@ def test_damage_that_makes_libjpeg_warn_is_a_problem_in_verifys_words_not_a_pyth
 def test_a_dataset_without_checksums_verifies_with_a_one_line_note(ds):
     for split in ("train", "val"):
         (ds / f"{split}_db.sums").unlink()
+    job = ds / ".etl" / "job.json"
+    job.write_text(json.dumps({**json.loads(job.read_text()), "etl_version": "0.3.0"}))  # before checksums
     proc = run_cli("verify", str(ds), "--quiet")
     assert proc.returncode == 0, proc.stdout
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("etl verify: OK")
     assert len(lines) == 2 and "could not be checked against checksums" in lines[1], proc.stdout
+
+
+def test_checksums_lost_from_a_dataset_an_etl_with_checksums_wrote_are_a_problem(ds):
+    (ds / "val_db.sums").unlink()
+    proc = run_cli("verify", str(ds), "--quiet")
+    assert proc.returncode == 1 and "no val_db.sums, though etl " in proc.stdout, proc.stdout
 
 
 def test_a_sidecar_cut_short_or_for_other_records_is_a_problem(ds):
@@ -140,11 +149,17 @@ def test_the_reader_raises_a_clear_error_on_a_cut_data_mdb(ds):
     assert "data.mdb" in proc.stdout and "cut short" in proc.stdout
 
 
-def test_a_db_folder_given_for_the_dataset_is_a_usage_error(pristine):
-    proc = run_cli("verify", str(pristine / "train_db"))
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("etl: error: give the dataset folder (the one holding labels.txt), not ")
-    assert len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
+def test_a_split_database_folder_verifies_that_split_of_the_dataset(ds):
+    """README: `etl verify DB_NAME` checks one LMDB; a split's folder is checked as that split of its dataset
+    (its checksums, list and labels), not refused."""
+    proc = run_cli("verify", str(ds / "val_db"), "--quiet")
+    val = len(all_records(ds / "val_db"))
+    assert proc.returncode == 0 and proc.stdout.startswith(f"etl verify: OK, {val} records checked"), proc.stdout
+    (ds / "train.txt").write_text("")  # another split's damage is not this split's
+    assert run_cli("verify", str(ds / "val_db"), "--quiet").returncode == 0
+    damage_on_disk(ds / "val_db", 1, 0.5)
+    proc = run_cli("verify", str(ds / "val_db"), "--quiet")
+    assert proc.returncode == 1 and "val_db.sums" in proc.stdout
 
 
 def test_records_damaged_through_lmdb_are_found_too(ds):
