@@ -13,6 +13,7 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,11 +33,16 @@ STAMP_MOD = 1 << 64
 def fsync_write(path: Path, data: bytes) -> None:
     """Write to a temporary name, fsync, rename: the file is either old or new, never half."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with suppress(OSError):  # a full disk: leave no half file behind to be taken for a run's output
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def plan_digest(items: list[Item]) -> str:

@@ -32,6 +32,16 @@ def _lock(fd: int, how: int, refusal: Callable[[], str]) -> None:
         raise UsageError(refusal()) from None
 
 
+def _say_holder(fd: int) -> None:
+    """The holder's pid, for the refusal of a second run: only a hint, so a full disk must not stop the run here
+    (the flock holds without it, and the run's first real write says the disk is full, in one line)."""
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass
+
+
 @contextmanager
 def exclusive(out: str | Path) -> Iterator[None]:
     """Held for a whole conversion; the kernel releases it when the process ends, however it ends."""
@@ -41,8 +51,7 @@ def exclusive(out: str | Path) -> Iterator[None]:
     try:
         _lock(fd, fcntl.LOCK_EX, lambda: f"{out} is in use by another etl run ({_holder(path)}): wait for it to "
                                          "end, or choose another output folder")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        _say_holder(fd)
         yield
     finally:
         os.close(fd)

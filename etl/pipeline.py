@@ -35,19 +35,30 @@ def check_output(s: Settings) -> None:
     parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write to {parent}: choose an output folder you can write to")
+    existing = [n for n in s.layout.entries() if (out / n).exists() and not _only_the_lock(out / n)]
     if s.resume:
         if not (out / CHECKPOINT_DIR / JOB).is_file():
-            raise UsageError(f"nothing to resume in {out}: no checkpoint from an earlier run")
+            raise _nothing_to_resume(out, existing)
         return
-    existing = [n for n in s.layout.entries() if (out / n).exists() and not _only_the_lock(out / n)]
     if existing and not s.overwrite:
         raise UsageError(f"{out} already holds a dataset ({existing[0]}): pass --resume to continue it "
                          "or --overwrite to replace it")
 
 
+def _nothing_to_resume(out: Path, existing: list[str]) -> UsageError:
+    """--resume where no run got as far as its checkpoint: advice that works for what the folder holds."""
+    if not existing:  # never started, or stopped before its first word (a full disk at job.json)
+        return UsageError(f"nothing to resume in {out}: no checkpoint from an earlier run (it stopped before "
+                          "writing one, or never ran); run the same command without --resume")
+    return UsageError(f"nothing to resume in {out}: it holds {existing[0]} but no checkpoint "
+                      f"({CHECKPOINT_DIR}/{JOB}) to continue from; convert again with --overwrite in place of --resume")
+
+
 def _only_the_lock(path: Path) -> bool:
-    """The checkpoint folder of a run that stopped before its first word: only the output lock is in it."""
-    return path.name == CHECKPOINT_DIR and path.is_dir() and {p.name for p in path.iterdir()} <= {LOCK}
+    """The checkpoint folder of a run that stopped before its first word: only the output lock is in it, and
+    perhaps the temporary file of a job record an older etl could not finish (a full disk)."""
+    return path.name == CHECKPOINT_DIR and path.is_dir() and all(
+        p.name == LOCK or p.name == f"{JOB}.tmp" for p in path.iterdir())
 
 
 def create_output(s: Settings) -> Path:
@@ -98,6 +109,16 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def writing(out: Path, what: str, fresh: bool = False) -> Iterator[None]:
+    """A failed write (a full disk, above all) ends the run with one line whose advice works: --resume once
+    the job record exists, the same command again before (fresh). etl.errors.describe_write_error words it."""
+    try:
+        yield
+    except OSError as exc:
+        raise PipelineError(describe_write_error(exc, str(out), what, fresh)) from None
+
+
 def start_job(s: Settings, job: Plan, out: Path) -> None:
     """The checkpoint's job record (or the check that a resume matches it), and labels.txt."""
     checkpoint = Checkpoint(out)
@@ -105,13 +126,16 @@ def start_job(s: Settings, job: Plan, out: Path) -> None:
     if s.resume:
         checkpoint.check_resume(s.output_settings(), digests)
     else:
-        checkpoint.start_job(s.output_settings(), digests)
-    for source in job.sources:
-        source.save(checkpoint.dir)
+        with writing(out, f"the checkpoint ({CHECKPOINT_DIR}/{JOB})", fresh=True):
+            checkpoint.start_job(s.output_settings(), digests)
+    with writing(out, "the archive index"):
+        for source in job.sources:
+            source.save(checkpoint.dir)
     if not s.layout.side_files:
         return
-    (out / LABELS).write_text("".join(f"{name}\n" for name in job.labels), encoding="utf-8",
-                              errors="surrogateescape")
+    with writing(out, LABELS):
+        (out / LABELS).write_text("".join(f"{name}\n" for name in job.labels), encoding="utf-8",
+                                  errors="surrogateescape")
 
 
 def convert(s: Settings, progress: bool = True, start_method: str | None = None) -> dict[str, Any]:
@@ -147,14 +171,17 @@ def run_job(s: Settings, job: Plan, out: Path, runner: Runner, progress: bool) -
     done: list[SplitStats] = []
     with sigterm_as_interrupt():
         for split in job.splits:
-            done.append(runner.run_split(split, s, out, cache, progress))
+            with writing(out, f"the {split.name} split's files"):  # a shard's marker, manifest, list, sum
+                done.append(runner.run_split(split, s, out, cache, progress))
         if s.layout.side_files:
             write_mean_files(s, out, done)
     if not any(sp.name == "val" for sp in job.splits) and s.layout.side_files:
-        s.layout.list("val").write_text("")
+        with writing(out, s.layout.list("val").name):
+            s.layout.list("val").write_text("")
     # --check_size decides no byte, so it is not among the output settings; etl verify needs to know it was asked
     shown = {**s.output_settings(), **({"check_size": s.check_size} if s.caffe_imageset else {})}
-    report = write_report(s.layout.report, shown, job.labels, done, job.notes, resumed=s.resume)
+    with writing(out, s.layout.report.name):
+        report = write_report(s.layout.report, shown, job.labels, done, job.notes, resumed=s.resume)
     if progress:
         command = "etl imageset" if s.caffe_imageset else "etl convert"
         print(printable(summary_text(str(out), job.labels, done, job.notes, s.layout.report, command)))
