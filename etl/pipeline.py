@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import threading
@@ -144,23 +145,29 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
     start_method: None (a forkserver, safe from any caller) or "fork" (see etl.procs.mp_context)."""
     check_output(s)
     runner = make_runner(s, start_method)
-    job = plan(s, progress)
-    out = create_output(s)
-    with exclusive(out):
-        check_output(s)  # again, now that no other run can change the folder
-        clear_output(s, out)
-        try:
+    try:
+        job = plan(s, progress)
+        out = create_output(s)
+        with exclusive(out):
+            check_output(s)  # again, now that no other run can change the folder
+            clear_output(s, out)
             return run_job(s, job, out, runner, progress)
-        except (PipelineError, Interrupted) as exc:
-            raise _advice_fits(exc, s) from None
-        finally:
-            close_runner(runner)
+    except (PipelineError, Interrupted, UsageError) as exc:
+        raise _advice_fits(exc, s) from None
+    finally:
+        close_runner(runner)
 
 
-def _advice_fits(exc: PipelineError | Interrupted, s: Settings) -> PipelineError | Interrupted:
-    """Advice to resume must work when followed literally: --resume and --overwrite do not go together."""
+Stop = PipelineError | Interrupted | UsageError
+
+
+def _advice_fits(exc: Stop, s: Settings) -> Stop:
+    """Advice must work when followed literally: --resume and --overwrite do not go together, so the one
+    advised replaces the one given."""
     if s.overwrite:
-        exc.args = (str(exc).replace("with --resume", "with --resume in place of --overwrite"),)
+        exc.args = (re.sub(r"with --resume(?! in place)", "with --resume in place of --overwrite", str(exc)),)
+    if s.resume:
+        exc.args = (re.sub(r"with --overwrite(?! in place)", "with --overwrite in place of --resume", str(exc)),)
     return exc
 
 
@@ -199,7 +206,7 @@ def write_mean_files(s: Settings, out: Path, done: list[SplitStats]) -> None:
             continue
         try:
             sums = MeanSink(layout, Checkpoint(out), stats.name)
-            sums.resume(summary.sum_chunks)
+            sums.resume(summary.sum_chunks, required=True)
             assert sums.total is not None, "the last commit saved the sum"
             write_mean(out, mean_image(layout, sums.total, summary.written))
         except OSError as exc:

@@ -3,6 +3,7 @@ works, and every checkpoint file a resume reads may be damaged, empty, missing o
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -94,3 +95,73 @@ def test_a_full_disk_at_any_file_gives_one_line_and_its_advice_works(tree, refer
     again = follow(proc.stderr, tree, out)
     assert again.returncode == 0, again.stderr
     assert dataset(out) == reference
+
+
+# ---- every file --resume reads back may be damaged, empty, missing or the wrong JSON type -------------
+
+@pytest.fixture(scope="module")
+def converted(tree, tmp_path_factory):
+    """A finished one-database run and a finished sharded run: --resume reads every checkpoint file of each."""
+    base = tmp_path_factory.mktemp("converted")
+    for name, extra in (("one", ()), ("sharded", ("--shard-size", "10"))):
+        proc = etl("convert", tree, base / name, *ARGS, *extra)
+        assert proc.returncode == 0, proc.stderr
+    return base
+
+
+NOT_A_SUM = b"\x93NUMPY\x01\x00v\x00{'descr': '<i8', 'fortran_order': False, 'shape': (2, 2), }" + b" " * 47 + \
+    b"\n" + bytes(32)
+DAMAGE = {  # (file under OUT, damage): the bytes it is left with (None: removed)
+    ("job.json", "empty"): b"", ("job.json", "wrong JSON type"): b"[]", ("job.json", "missing"): None,
+    ("job.json", "a field of the wrong type"): b'{"settings": [], "splits": {}}',
+    ("train.state.json", "empty"): b"", ("train.state.json", "wrong JSON type"): b'"done"',
+    ("train.state.json", "a field of the wrong type"): b'{"records": "all"}', ("train.state.json", "missing"): None,
+    ("train.sum.npy", "not an array"): b"garbage", ("train.sum.npy", "the wrong shape"): NOT_A_SUM,
+    ("train.sum.npy", "missing"): None,
+    ("train.skipped.jsonl", "a damaged line"): b'not json\n{"chunk": 0}\n',
+    ("train.skipped.jsonl", "wrong JSON type"): b"[1, 2]\n", ("train.skipped.jsonl", "missing"): None,
+    ("train.txt", "empty"): b"", ("train.txt", "cut"): b"n0/a.JPEG 0\n", ("train.txt", "missing"): None,
+    ("done.json", "empty"): b"", ("done.json", "wrong JSON type"): b"{}",
+    ("done.json", "a field of the wrong type"): None,  # written below: its stats' count is text
+}
+
+
+def damage(out: Path, name: str, how: str) -> Path:
+    where = {"job.json": out / ".etl" / "job.json", "train.txt": out / "train.txt",
+             "done.json": out / "train_db" / "00000-of-00002" / ".etl" / "done.json"}.get(name)
+    if where is None:
+        stem = name.split(".")[1]
+        where = next((out / ".etl").glob(f"train.{stem}*")) if stem == "sum" else out / ".etl" / name
+    data = DAMAGE[name, how]
+    if name == "done.json" and data is None:
+        record = json.loads(where.read_text())
+        data = json.dumps({**record, "stats": {**record["stats"], "written": "ten"}}).encode()
+    if data is None:
+        where.unlink()
+    else:
+        where.write_bytes(data)
+    return where
+
+
+@pytest.mark.parametrize("name,how", list(DAMAGE))
+def test_each_file_a_resume_reads_back_damaged_gives_one_line_naming_it(converted, tree, tmp_path, reference,
+                                                                         name, how):
+    out = tmp_path / "out"
+    sharded = name == "done.json"
+    shutil.copytree(converted / ("sharded" if sharded else "one"), out)
+    where = damage(out, name, how)
+    extra = ("--shard-size", "10") if sharded else ()
+    proc = etl("convert", tree, out, *ARGS, *extra, "--resume")
+    assert proc.returncode in (1, 2) and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, \
+        proc.stderr
+    assert str(where if how != "missing" or name != "job.json" else ".etl/job.json") in proc.stderr
+    # what to do, taken literally
+    if "remove it and run the same command with --resume" in proc.stderr:
+        where.unlink()
+        again = etl("convert", tree, out, *ARGS, *extra, "--resume")
+    else:
+        assert "convert again with --overwrite in place of --resume" in proc.stderr
+        again = etl("convert", tree, out, *ARGS, *extra, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    if not sharded:
+        assert dataset(out) == reference

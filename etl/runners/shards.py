@@ -99,7 +99,18 @@ def finished(where: Path, job: str) -> dict[str, Any] | None:
     marker = where / CHECKPOINT_DIR / DONE
     if not marker.is_file():
         return None
-    record = json.loads(marker.read_text())
+    try:
+        record = json.loads(marker.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("shard"), dict):
+            raise TypeError(f"a JSON {type(record).__name__} that is not a done record")
+        if record.get("job") == job:  # what assemble will read of it, and add up
+            parts = [_stats_from(record)]
+            combine(parts[0].name, parts, 0.0)
+            if not isinstance(record["shard"]["items"], int):
+                raise TypeError(f"its shard is {record['shard']!r}")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UsageError(f"the shard's done marker {marker} is damaged ({type(exc).__name__}: {exc}): remove it "
+                         "and run the same command with --resume (the shard goes on from its last commit)") from None
     return {**record, "resumed": True} if record.get("job") == job else None
 
 
@@ -231,7 +242,7 @@ def _join_sums(split: str, shard_dirs: list[Path], parts: list[SplitStats], s: S
         if part.writer is None or not part.writer.sum_chunks:
             continue
         sums = MeanSink(layout, Checkpoint(where), split)
-        sums.resume(part.writer.sum_chunks)
+        sums.resume(part.writer.sum_chunks, required=True)
         if sums.total is not None:
             total += sums.total
         chunks += part.writer.sum_chunks
