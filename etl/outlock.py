@@ -44,17 +44,42 @@ def _say_holder(fd: int) -> None:
 
 @contextmanager
 def exclusive(out: str | Path) -> Iterator[None]:
-    """Held for a whole conversion; the kernel releases it when the process ends, however it ends."""
+    """Held for a whole conversion; the kernel releases it when the process ends, however it ends. The lock
+    covers every database inside OUT (its shards too): a run into a folder inside another run's OUT is refused
+    while that run holds it, and holds a shared lock on that OUT meanwhile, so that no run replaces it."""
     path = lock_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fds = [os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)]
     try:
-        _lock(fd, fcntl.LOCK_EX, lambda: f"{out} is in use by another etl run ({_holder(path)}): wait for it to "
-                                         "end, or choose another output folder")
-        _say_holder(fd)
+        _lock(fds[0], fcntl.LOCK_EX, lambda: f"{out} is in use by another etl run ({_holder(path)}): wait for it "
+                                             "to end, or choose another output folder")
+        for outer in _enclosing_locks(out):
+            fd = _open_existing(outer)
+            if fd is None:
+                continue
+            fds.append(fd)
+            _lock(fd, fcntl.LOCK_SH, lambda lock=outer: f"{out} is inside {lock.parent.parent}, which is in use "
+                                                        f"by another etl run ({_holder(lock)}): wait for it to end, "
+                                                        "or choose an output folder outside it")
+        _say_holder(fds[0])
         yield
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
+
+
+def _enclosing_locks(out: str | Path) -> list[Path]:
+    """The output locks of the folders that hold OUT (a dataset whose shard folder OUT is, for one)."""
+    return [lock_path(folder) for folder in Path(out).resolve().parents if lock_path(folder).is_file()]
+
+
+def _open_existing(path: Path) -> int | None:
+    """An enclosing lock, never made here; None where it cannot be opened (another user's: etl cannot be
+    writing there as this user either)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 @contextmanager
