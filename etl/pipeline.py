@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,8 @@ from etl.meansum import mean_layout
 from etl.outlock import exclusive
 from etl.pagecache import CacheChoice, InputSize, choose_page_cache, free_memory_bytes
 from etl.runners import Runner, close_runner, make_runner
-from etl.settings import Settings, UsageError
+from etl.runners.shards import shard_images
+from etl.settings import Settings, UsageError, usable_cores
 from etl.sinks import MeanSink
 from etl.sources import Plan, plan
 from etl.stats import SplitStats, summary_text, write_report
@@ -145,6 +147,9 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
     start_method: None (a forkserver, safe from any caller) or "fork" (see etl.procs.mp_context)."""
     check_output(s)
     runner = make_runner(s, start_method)
+    if progress:
+        for note in start_notes(s):
+            print(f"etl: note: {note}", file=sys.stderr)
     try:
         job = plan(s, progress)
         out = create_output(s)
@@ -156,6 +161,19 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
         raise _advice_fits(exc, s) from None
     finally:
         close_runner(runner)
+
+
+def start_notes(s: Settings) -> list[str]:
+    """What the run does other than the options say, said once before any work."""
+    notes = []
+    cores = usable_cores()
+    if s.runner == "local" and s.workers > cores:
+        notes.append(f"--workers {s.workers} is more than the {cores} usable cores: the workers share the cores, "
+                     "and more workers than cores slows the run (leave --workers out for one per core)")
+    if s.shard_size is not None and shard_images(s) != s.shard_size:
+        notes.append(f"shards of {shard_images(s):,d} images (--shard-size {s.shard_size:,d} rounded up to a "
+                     f"multiple of --chunk-size {s.chunk_size})")
+    return notes
 
 
 Stop = PipelineError | Interrupted | UsageError

@@ -20,6 +20,7 @@ from etl.reader import LmdbDataset
 from etl.settings import build_settings
 from etl.synth import TreeSpec, make_tree
 
+from .conftest import run_cli
 from .test_end_to_end import all_records
 
 
@@ -187,3 +188,25 @@ def test_ctrl_c_in_a_sharded_split_gives_the_splits_figures_and_the_lock_covers_
     assert said and 18 <= int(said[1]) < int(said[2]) == len(order), err  # the split's figures, not one shard's
     assert etl("convert", tree, out, *args, "--resume").returncode == 0
     assert [r for d in shard_dirs(out) for r in records(d)] == [r for d in shard_dirs(ref) for r in records(d)]
+
+
+@pytest.mark.quick
+def test_shard_writers_without_shards_is_refused_before_any_work(small_tree, tmp_path):
+    proc = run_cli("convert", str(small_tree / "train"), str(tmp_path / "out"), "--shard-writers", "2")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "--shard-writers" in proc.stderr and "give --shard-size N too" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_run_says_once_how_big_its_shards_are_and_that_workers_outnumber_the_cores(small_tree, tmp_path):
+    from etl.settings import usable_cores
+
+    many = usable_cores() + 1
+    proc = run_cli("convert", str(small_tree / "val"), str(tmp_path / "out"), "--val-pct", "0", "--shard-size", "5",
+                   "--chunk-size", "4", "--workers", str(many))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("shards of 8 images (--shard-size 5 rounded up to a multiple of --chunk-size 4)") == 1
+    assert proc.stderr.count(f"--workers {many} is more than the {usable_cores()} usable cores") == 1
+    assert json.loads((tmp_path / "out" / "train_db" / "manifest.json").read_text())["shard_size"] == 8
+    shown = "".join(run_cli("convert", "--help").stdout.split())  # argparse breaks lines at hyphens too
+    assert "images per shard, rounded up to a multiple of --chunk-size (500 gives 512".replace(" ", "") in shown
