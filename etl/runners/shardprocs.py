@@ -13,7 +13,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from etl.errors import Interrupted, PipelineError, UsageError
+from etl.errors import Interrupted, PipelineError, UsageError, describe_write_error
 from etl.pagecache import CacheChoice
 from etl.runners.local import LocalRunner, QuietTqdm
 from etl.runners.shards import Shard, committed_images, convert_part, interrupted_text, shard_part
@@ -33,6 +33,8 @@ def _child(start_method: str, part: Split, shard: Shard, s: Settings, where: Pat
         conn.send(("error", f"{type(exc).__name__}", str(exc)))
     except (Interrupted, KeyboardInterrupt):
         conn.send(("interrupted", "", ""))
+    except OSError as exc:  # its done marker, a full disk above all: the advice the one-process run gives
+        conn.send(("error", "PipelineError", describe_write_error(exc, str(where), "its files")))
     except Exception as exc:  # a defect: say which shard it stopped, and why
         conn.send(("error", "PipelineError", f"{type(exc).__name__}: {exc}"))
 
