@@ -11,7 +11,7 @@ from etl.check import verify as check_dataset
 from etl.outlock import shared_around
 from etl.pipeline import PipelineError
 from etl.pipeline import convert as run_pipeline
-from etl.settings import PRESET_OPTIONS, UsageError, build_settings
+from etl.settings import PRESET_OPTIONS, Settings, UsageError, build_settings
 
 PathLike = str | os.PathLike[str]
 
@@ -55,10 +55,13 @@ def run_convert(values: dict[str, Any], preset: str | None = None, progress: boo
 
     start_method: None, a forkserver (safe from any caller), or "fork" (see etl.procs.mp_context)."""
     settings = build_settings(values, preset)
-    report = run_pipeline(settings, progress=progress, start_method=start_method)
+    return wrote_something(run_pipeline(settings, progress=progress, start_method=start_method), settings)
+
+
+def wrote_something(report: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The report of a run that wrote at least one record; NothingConverted (exit status 1) otherwise."""
     if not any(split["written"] for split in report["splits"].values()):
-        raise NothingConverted(f"no image could be converted; the reasons are in {settings.out_dir}/report.json",
-                               report)
+        raise NothingConverted(f"no image could be converted; the reasons are in {settings.layout.report}", report)
     return report
 
 

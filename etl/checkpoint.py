@@ -13,6 +13,7 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,11 +33,16 @@ STAMP_MOD = 1 << 64
 def fsync_write(path: Path, data: bytes) -> None:
     """Write to a temporary name, fsync, rename: the file is either old or new, never half."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with suppress(OSError):  # a full disk: leave no half file behind to be taken for a run's output
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def plan_digest(items: list[Item]) -> str:
@@ -107,6 +113,7 @@ class Checkpoint:
             raise UsageError(f"nothing to resume in {self.dir.parent}: no checkpoint from an earlier run") from None
         except ValueError as exc:
             raise damaged(self.path(JOB), exc) from None
+        _check_job(self.path(JOB), job)
         started_by = job.get("etl_version", "0.2")  # versions before 0.3 did not record themselves
         if _release(started_by) > _release(__version__):
             raise UsageError(f"--resume: this run was started by etl {started_by}, newer than this etl "
@@ -143,16 +150,21 @@ class Checkpoint:
             if int(path.name.split(".")[2]) not in keep:
                 path.unlink(missing_ok=True)
 
-    def load_sum(self, split: str, chunks: int, size: int) -> np.ndarray | None:
+    def load_sum(self, split: str, chunks: int, size: int, required: bool = False) -> np.ndarray | None:
         """The sum vector saved at that commit, whole (size entries, int64); an (H, W, C) array as etl 0.1
-        saved it comes back as it is."""
+        saved it comes back as it is. required: records were committed, so their sum was saved: its absence
+        is damage (a mean made without it would be wrong in silence)."""
         path = self.path(f"{split}.sum.{chunks}.npy")
         if not path.exists():
+            if required:
+                raise damaged(path, FileNotFoundError("missing"))
             return None
         try:
-            saved = np.load(path).astype(np.int64)
-        except (OSError, ValueError) as exc:
+            saved = np.load(path, allow_pickle=False).astype(np.int64)
+        except (OSError, ValueError, EOFError) as exc:
             raise damaged(path, exc) from None
+        if saved.ndim not in (1, 3) or saved.size > size:
+            raise damaged(path, ValueError(f"an array of shape {saved.shape}, not a sum of {size} values"))
         if saved.ndim != 1 or saved.size == size:
             return saved
         return np.concatenate([np.zeros(size - saved.size, np.int64), saved])  # the zeros save_sum left out
@@ -162,7 +174,7 @@ class Checkpoint:
         candidates, broken = [], []
         for name in (f"{split}.state.json", f"{split}.pending.json"):
             try:
-                candidates.append(SplitState.from_json(json.loads(self.path(name).read_text())))
+                candidates.append(checked_state(json.loads(self.path(name).read_text())))
             except FileNotFoundError:
                 continue
             except (ValueError, TypeError) as exc:  # not JSON, or not a state's fields
@@ -175,7 +187,38 @@ class Checkpoint:
         if records_in_db == 0:
             return SplitState()
         raise UsageError(f"cannot resume {split}: its database holds {records_in_db} records but no checkpoint "
-                         "matches that count; convert again with --overwrite")
+                         f"({self.path(f'{split}.state.json')}) matches that count; convert again with --overwrite")
+
+
+def _check_job(path: Path, job: Any) -> None:
+    """job.json must be the object start_job wrote: any other JSON is damage, said as such (not a traceback)."""
+    fields = {"settings": dict, "splits": dict, "etl_version": str}
+    if not isinstance(job, dict):
+        raise damaged(path, TypeError(f"a JSON {type(job).__name__}, not an object"))
+    for name, kind in fields.items():
+        if not isinstance(job.get(name, "" if name == "etl_version" else None), kind):
+            raise damaged(path, TypeError(f"its {name} is {job.get(name)!r}"))
+
+
+STATE_TYPES: dict[str, tuple[type, ...]] = {"chunks": (int,), "records": (int,), "complete": (bool,),
+                                            "per_label": (dict,), "bytes_read": (int,), "stage_seconds": (dict,),
+                                            "input_stamp": (int, type(None))}
+
+
+def checked_state(raw: Any) -> SplitState:
+    """A split's state as read back: TypeError when it is not the object a commit wrote (the wrong JSON type, a
+    field of the wrong type, a count below zero)."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"a JSON {type(raw).__name__}, not an object")
+    state = SplitState.from_json(raw)
+    for name, kinds in STATE_TYPES.items():
+        value = getattr(state, name)
+        wrong_int = isinstance(value, bool) and bool not in kinds  # JSON true is no count
+        if not isinstance(value, kinds) or wrong_int or (isinstance(value, int) and value < 0):
+            raise TypeError(f"its {name} is {value!r}")
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in state.per_label.values()):
+        raise TypeError(f"its per_label is {state.per_label!r}")
+    return state
 
 
 PATH_SETTINGS = ("train_dir", "val_dir", "val_labels", "root", "val_root", "labels")
@@ -195,30 +238,54 @@ def damaged(path: Path, exc: Exception) -> UsageError:
 
 
 def truncate_lines(path: Path, keep: int) -> None:
-    """Cut a text file back to its first `keep` lines (lines are written before their commit)."""
-    if not path.exists():
+    """Cut a list file back to its first `keep` lines (lines are written before their commit); a list that holds
+    fewer whole lines than that lost some since (cut, emptied, replaced or removed): damage, never a shorter list."""
+    if keep == 0 and not path.exists():
         return
-    with open(path, "rb+") as fh:
-        offset = 0
-        for _ in range(keep):
-            line = fh.readline()
-            if not line:
-                break
-            offset += len(line)
-        fh.truncate(offset)
+    try:
+        with open(path, "rb+") as fh:
+            offset = 0
+            for n in range(keep):
+                line = fh.readline()
+                if not line.endswith(b"\n"):
+                    raise ValueError(f"it holds {n} whole lines, and the last commit counted {keep} records")
+                offset += len(line)
+            fh.truncate(offset)
+    except (FileNotFoundError, ValueError) as exc:
+        raise damaged(path, exc) from None
+
+
+SKIP_FIELDS = {"chunk": int, "kind": str, "path": str, "reason": str}
+SKIP_KINDS = ("skipped", "warning")
 
 
 def skips_before(path: Path, chunks: int) -> list[dict[str, Any]]:
-    """The skip/warning entries of chunks already committed; rewrites the file to hold only those."""
+    """The skip/warning entries of chunks already committed; rewrites the file to hold only those. Only its last
+    line may be unreadable (half-written when the run died); any other would drop a skip from the report."""
     if not path.exists():
+        if chunks:  # written (empty) when the run began: without it the report would lose its skips
+            raise damaged(path, FileNotFoundError("missing"))
         return []
     kept = []
-    for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    lines = text.splitlines()
+    for n, line in enumerate(lines):
         try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line half-written when the run died
+            entry = _skip_entry(line)
+        except (ValueError, TypeError) as exc:
+            if n == len(lines) - 1 and not text.endswith("\n"):
+                continue  # a line half-written when the run died
+            raise damaged(path, ValueError(f"line {n + 1}: {exc}")) from None
         if entry["chunk"] < chunks:
             kept.append(entry)
     fsync_write(path, "".join(json.dumps(e) + "\n" for e in kept).encode("utf-8", "surrogateescape"))
     return kept
+
+
+def _skip_entry(line: str) -> dict[str, Any]:
+    entry = json.loads(line)
+    if not isinstance(entry, dict) or entry.get("kind") not in SKIP_KINDS or any(
+            not isinstance(entry.get(name), kind) or isinstance(entry.get(name), bool)
+            for name, kind in SKIP_FIELDS.items()):
+        raise TypeError(f"not a skip entry: {line[:80]!r}")
+    return entry

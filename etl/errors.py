@@ -25,14 +25,15 @@ class Interrupted(Exception):
         self.exit_code = exit_code
 
 
-def describe_write_error(exc: BaseException, out_dir: str, what: str = "the database") -> str:
-    """A failed write to the dataset, in words that say what to do: the last commit stands, so --resume."""
+def describe_write_error(exc: BaseException, out_dir: str, what: str = "the database", fresh: bool = False) -> str:
+    """A failed write to the dataset, in words that say what to do: the last commit stands, so --resume.
+    fresh: the run failed before its checkpoint existed, so there is nothing to resume: the same command again."""
     text = str(exc)
-    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in text
-    if full or shutil.disk_usage(out_dir).free < DISK_FULL_BYTES:
-        return f"the disk is full ({text}); free space, then run the same command with --resume"
-    return (f"writing {what} failed ({type(exc).__name__}: {text}); the database holds its last commit: "
-            "fix the cause, then run the same command with --resume")
+    again = "run the same command" if fresh else "run the same command with --resume"
+    if _full(exc, out_dir):
+        return f"the disk is full: etl could not write {what} ({text}); free space, then {again}"
+    held = "nothing is converted yet" if fresh else "the database holds its last commit"
+    return f"writing {what} failed ({type(exc).__name__}: {text}); {held}: fix the cause, then {again}"
 
 
 def _full(exc: BaseException, folder: str) -> bool:

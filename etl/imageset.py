@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from etl.errors import UsageError
@@ -126,6 +127,7 @@ def imageset_settings(flags: dict[str, Any], positional: list[str]) -> Settings:
     root, listfile, db = positional
     root = root or "."  # Caffe joins ROOTFOLDER and the path as text: an empty one reads from here
     _check_inputs(root, listfile)
+    _check_db(root, db)
     keep = width == 0
     encoded = flags["encoded"] or bool(flags["encode_type"])  # convert_imageset: "assuming encoded=true"
     encoding = ("png" if flags["encode_type"].lower() == "png" else "jpg") if encoded else "none"
@@ -172,10 +174,21 @@ def _check_inputs(root: str, listfile: str) -> None:
         raise UsageError(f"LISTFILE {listfile} does not start with a 'path label' line")
 
 
+def _check_db(root: str, db: str) -> None:
+    """DB_NAME is a folder etl fills with data.mdb, lock.mdb and .etl/ (and clears with --overwrite): never the
+    image folder itself (a folder inside it is fine, as Caffe's examples do)."""
+    if Path(db).resolve() == Path(root).resolve():
+        raise UsageError(f"DB_NAME {db} is ROOTFOLDER {root}: the LMDB would be written among the images; give the "
+                         "LMDB a folder of its own (a new name)")
+
+
 HELP = ("-h", "-help", "--help", "-helpfull", "--helpfull")
 
 
 def run_imageset(argv: list[str], start_method: str | None = None) -> int:
+    """Exit codes as `etl convert`'s: 0 when records were written, 1 when none could be (NothingConverted) or the
+    run failed, 2 for a usage error, 130 when interrupted."""
+    from etl.api import wrote_something
     from etl.pipeline import convert
 
     if any(arg in HELP for arg in argv):
@@ -184,7 +197,7 @@ def run_imageset(argv: list[str], start_method: str | None = None) -> int:
     flags, positional = parse_gflags(argv)
     settings = imageset_settings(flags, positional)
     try:
-        convert(settings, progress=not flags["quiet"], start_method=start_method)
+        wrote_something(convert(settings, progress=not flags["quiet"], start_method=start_method), settings)
     except UsageError as exc:  # a resume's refusal names the settings: say them as flags
         raise UsageError(in_flags(str(exc))) from None
     return 0

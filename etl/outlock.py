@@ -32,24 +32,58 @@ def _lock(fd: int, how: int, refusal: Callable[[], str]) -> None:
         raise UsageError(refusal()) from None
 
 
+def _say_holder(fd: int) -> None:
+    """The holder's pid, for the refusal of a second run: only a hint, so a full disk must not stop the run here
+    (the flock holds without it, and the run's first real write says the disk is full, in one line)."""
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass
+
+
 @contextmanager
 def exclusive(out: str | Path) -> Iterator[None]:
-    """Held for a whole conversion; the kernel releases it when the process ends, however it ends."""
+    """Held for a whole conversion; the kernel releases it when the process ends, however it ends. The lock
+    covers every database inside OUT (its shards too): a run into a folder inside another run's OUT is refused
+    while that run holds it, and holds a shared lock on that OUT meanwhile, so that no run replaces it."""
     path = lock_path(out)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fds = [os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)]
     except OSError as exc:  # a read-only or full disk, or a folder this user may not write: before any work
         raise UsageError(write_failure(exc, path, "the same command", f"etl writes its output in {out}: make it "
                                        "writable, or work on a copy on a disk that is")) from None
     try:
-        _lock(fd, fcntl.LOCK_EX, lambda: f"{out} is in use by another etl run ({_holder(path)}): wait for it to "
-                                         "end, or choose another output folder")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        _lock(fds[0], fcntl.LOCK_EX, lambda: f"{out} is in use by another etl run ({_holder(path)}): wait for it "
+                                             "to end, or choose another output folder")
+        for outer in _enclosing_locks(out):
+            fd = _open_existing(outer)
+            if fd is None:
+                continue
+            fds.append(fd)
+            _lock(fd, fcntl.LOCK_SH, lambda lock=outer: f"{out} is inside {lock.parent.parent}, which is in use "
+                                                        f"by another etl run ({_holder(lock)}): wait for it to end, "
+                                                        "or choose an output folder outside it")
+        _say_holder(fds[0])
         yield
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
+
+
+def _enclosing_locks(out: str | Path) -> list[Path]:
+    """The output locks of the folders that hold OUT (a dataset whose shard folder OUT is, for one)."""
+    return [lock_path(folder) for folder in Path(out).resolve().parents if lock_path(folder).is_file()]
+
+
+def _open_existing(path: Path) -> int | None:
+    """An enclosing lock, never made here; None where it cannot be opened (another user's: etl cannot be
+    writing there as this user either)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 @contextmanager
@@ -75,14 +109,9 @@ def shared(out: str | Path, then: str = "verify it") -> Iterator[None]:
 
 def owners(path: Path) -> list[Path]:
     """The folders whose lock an etl run writing `path` holds: the folder itself (a dataset, or etl imageset's
-    database), the folder around it (the dataset around a split's database), and around a shard
-    (OUT/<split>_db/<shard>) the dataset too. A folder without etl's checkpoint folder has no lock: shared()
-    passes it."""
-    path = path.absolute()
-    around = [path, path.parent]
-    if path.parent.name.endswith("_db"):
-        around.append(path.parent.parent)
-    return around
+    database) and every folder around it that has an output lock (the dataset around a split's database or a
+    shard). A folder without etl's checkpoint folder has no lock: shared() passes it."""
+    return [path.absolute(), *(lock.parent.parent for lock in _enclosing_locks(path))]
 
 
 @contextmanager

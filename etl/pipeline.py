@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +21,8 @@ from etl.meansum import mean_layout
 from etl.outlock import exclusive
 from etl.pagecache import CacheChoice, InputSize, choose_page_cache, free_memory_bytes
 from etl.runners import Runner, close_runner, make_runner
-from etl.settings import Settings, UsageError
+from etl.runners.shards import shard_images
+from etl.settings import Settings, UsageError, usable_cores
 from etl.sinks import MeanSink
 from etl.sources import Plan, plan
 from etl.stats import SplitStats, summary_text, write_report
@@ -35,19 +38,30 @@ def check_output(s: Settings) -> None:
     parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write to {parent}: choose an output folder you can write to")
+    existing = [n for n in s.layout.entries() if (out / n).exists() and not _only_the_lock(out / n)]
     if s.resume:
         if not (out / CHECKPOINT_DIR / JOB).is_file():
-            raise UsageError(f"nothing to resume in {out}: no checkpoint from an earlier run")
+            raise _nothing_to_resume(out, existing)
         return
-    existing = [n for n in s.layout.entries() if (out / n).exists() and not _only_the_lock(out / n)]
     if existing and not s.overwrite:
         raise UsageError(f"{out} already holds a dataset ({existing[0]}): pass --resume to continue it "
                          "or --overwrite to replace it")
 
 
+def _nothing_to_resume(out: Path, existing: list[str]) -> UsageError:
+    """--resume where no run got as far as its checkpoint: advice that works for what the folder holds."""
+    if not existing:  # never started, or stopped before its first word (a full disk at job.json)
+        return UsageError(f"nothing to resume in {out}: no checkpoint from an earlier run (it stopped before "
+                          "writing one, or never ran); run the same command without --resume")
+    return UsageError(f"nothing to resume in {out}: it holds {existing[0]} but no checkpoint "
+                      f"({CHECKPOINT_DIR}/{JOB}) to continue from; convert again with --overwrite in place of --resume")
+
+
 def _only_the_lock(path: Path) -> bool:
-    """The checkpoint folder of a run that stopped before its first word: only the output lock is in it."""
-    return path.name == CHECKPOINT_DIR and path.is_dir() and {p.name for p in path.iterdir()} <= {LOCK}
+    """The checkpoint folder of a run that stopped before its first word: only the output lock is in it, and
+    perhaps the temporary file of a job record an older etl could not finish (a full disk)."""
+    return path.name == CHECKPOINT_DIR and path.is_dir() and all(
+        p.name == LOCK or p.name == f"{JOB}.tmp" for p in path.iterdir())
 
 
 def create_output(s: Settings) -> Path:
@@ -98,6 +112,16 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def writing(out: Path, what: str, fresh: bool = False) -> Iterator[None]:
+    """A failed write (a full disk, above all) ends the run with one line whose advice works: --resume once
+    the job record exists, the same command again before (fresh). etl.errors.describe_write_error words it."""
+    try:
+        yield
+    except OSError as exc:
+        raise PipelineError(describe_write_error(exc, str(out), what, fresh)) from None
+
+
 def start_job(s: Settings, job: Plan, out: Path) -> None:
     """The checkpoint's job record (or the check that a resume matches it), and labels.txt."""
     checkpoint = Checkpoint(out)
@@ -105,13 +129,16 @@ def start_job(s: Settings, job: Plan, out: Path) -> None:
     if s.resume:
         checkpoint.check_resume(s.output_settings(), digests)
     else:
-        checkpoint.start_job(s.output_settings(), digests)
-    for source in job.sources:
-        source.save(checkpoint.dir)
+        with writing(out, f"the checkpoint ({CHECKPOINT_DIR}/{JOB})", fresh=True):
+            checkpoint.start_job(s.output_settings(), digests)
+    with writing(out, "the archive index"):
+        for source in job.sources:
+            source.save(checkpoint.dir)
     if not s.layout.side_files:
         return
-    (out / LABELS).write_text("".join(f"{name}\n" for name in job.labels), encoding="utf-8",
-                              errors="surrogateescape")
+    with writing(out, LABELS):
+        (out / LABELS).write_text("".join(f"{name}\n" for name in job.labels), encoding="utf-8",
+                                  errors="surrogateescape")
 
 
 def convert(s: Settings, progress: bool = True, start_method: str | None = None) -> dict[str, Any]:
@@ -120,23 +147,45 @@ def convert(s: Settings, progress: bool = True, start_method: str | None = None)
     start_method: None (a forkserver, safe from any caller) or "fork" (see etl.procs.mp_context)."""
     check_output(s)
     runner = make_runner(s, start_method)
-    job = plan(s, progress)
-    out = create_output(s)
-    with exclusive(out):
-        check_output(s)  # again, now that no other run can change the folder
-        clear_output(s, out)
-        try:
+    if progress:
+        for note in start_notes(s):
+            print(f"etl: note: {note}", file=sys.stderr)
+    try:
+        job = plan(s, progress)
+        out = create_output(s)
+        with exclusive(out):
+            check_output(s)  # again, now that no other run can change the folder
+            clear_output(s, out)
             return run_job(s, job, out, runner, progress)
-        except (PipelineError, Interrupted) as exc:
-            raise _advice_fits(exc, s) from None
-        finally:
-            close_runner(runner)
+    except (PipelineError, Interrupted, UsageError) as exc:
+        raise _advice_fits(exc, s) from None
+    finally:
+        close_runner(runner)
 
 
-def _advice_fits(exc: PipelineError | Interrupted, s: Settings) -> PipelineError | Interrupted:
-    """Advice to resume must work when followed literally: --resume and --overwrite do not go together."""
+def start_notes(s: Settings) -> list[str]:
+    """What the run does other than the options say, said once before any work."""
+    notes = []
+    cores = usable_cores()
+    if s.runner == "local" and s.workers > cores:
+        notes.append(f"--workers {s.workers} is more than the {cores} usable cores: the workers share the cores, "
+                     "and more workers than cores slows the run (leave --workers out for one per core)")
+    if s.shard_size is not None and shard_images(s) != s.shard_size:
+        notes.append(f"shards of {shard_images(s):,d} images (--shard-size {s.shard_size:,d} rounded up to a "
+                     f"multiple of --chunk-size {s.chunk_size})")
+    return notes
+
+
+Stop = PipelineError | Interrupted | UsageError
+
+
+def _advice_fits(exc: Stop, s: Settings) -> Stop:
+    """Advice must work when followed literally: --resume and --overwrite do not go together, so the one
+    advised replaces the one given."""
     if s.overwrite:
-        exc.args = (str(exc).replace("with --resume", "with --resume in place of --overwrite"),)
+        exc.args = (re.sub(r"with --resume(?! in place)", "with --resume in place of --overwrite", str(exc)),)
+    if s.resume:
+        exc.args = (re.sub(r"with --overwrite(?! in place)", "with --overwrite in place of --resume", str(exc)),)
     return exc
 
 
@@ -147,14 +196,17 @@ def run_job(s: Settings, job: Plan, out: Path, runner: Runner, progress: bool) -
     done: list[SplitStats] = []
     with sigterm_as_interrupt():
         for split in job.splits:
-            done.append(runner.run_split(split, s, out, cache, progress))
+            with writing(out, f"the {split.name} split's files"):  # a shard's marker, manifest, list, sum
+                done.append(runner.run_split(split, s, out, cache, progress))
         if s.layout.side_files:
             write_mean_files(s, out, done)
     if not any(sp.name == "val" for sp in job.splits) and s.layout.side_files:
-        s.layout.list("val").write_text("")
+        with writing(out, s.layout.list("val").name):
+            s.layout.list("val").write_text("")
     # --check_size decides no byte, so it is not among the output settings; etl verify needs to know it was asked
     shown = {**s.output_settings(), **({"check_size": s.check_size} if s.caffe_imageset else {})}
-    report = write_report(s.layout.report, shown, job.labels, done, job.notes, resumed=s.resume)
+    with writing(out, s.layout.report.name):
+        report = write_report(s.layout.report, shown, job.labels, done, job.notes, resumed=s.resume)
     if progress:
         command = "etl imageset" if s.caffe_imageset else "etl convert"
         print(printable(summary_text(str(out), job.labels, done, job.notes, s.layout.report, command)))
@@ -172,7 +224,7 @@ def write_mean_files(s: Settings, out: Path, done: list[SplitStats]) -> None:
             continue
         try:
             sums = MeanSink(layout, Checkpoint(out), stats.name)
-            sums.resume(summary.sum_chunks)
+            sums.resume(summary.sum_chunks, required=True)
             assert sums.total is not None, "the last commit saved the sum"
             write_mean(out, mean_image(layout, sums.total, summary.written))
         except OSError as exc:

@@ -101,7 +101,8 @@ class Settings:
     quality: int = option(90, "JPEG quality (default {default})", low=1, high=100)
     seed: int = option(DEFAULT_SEED, "seed for the shuffle, the val split and noise padding", low=0)
     shuffle: bool = option(True, "keep class order", flag="--no-shuffle", const=False)
-    shard_size: int | None = option(None, "images per shard: each split becomes a folder of LMDB shards "
+    shard_size: int | None = option(None, "images per shard, rounded up to a multiple of --chunk-size (500 gives "
+                                          "512 with the default 64): each split becomes a folder of LMDB shards "
                                           "(OUT/train_db/00000-of-00029/, ...) read in order by DALI; etl merge makes "
                                           "the one LMDB Caffe and DIGITS read", low=1)
     shard_writers: int = option(0, "shards converted at once, each with its own writer and a share of the workers "
@@ -309,7 +310,9 @@ def check_settings(s: Settings) -> None:
 
 
 def _check_runner(s: Settings) -> None:
-    """The Ray options go with --runner ray, which runs shards."""
+    """The Ray options go with --runner ray, which runs shards; --shard-writers goes with shards too."""
+    if s.shard_writers and s.shard_size is None:
+        raise UsageError("--shard-writers sets how many shards are converted at once: give --shard-size N too")
     if s.runner == "ray" and s.shard_size is None:
         raise UsageError("--runner ray runs each shard as one Ray task: give --shard-size N too")
     for flag, value in (("--ray-address", s.ray_address), ("--cpus-per-shard", s.cpus_per_shard),

@@ -96,7 +96,7 @@ class SplitWriter:
         if self.spec.resume:
             self.state = self.checkpoint.state_for(self.spec.split, self.db.records())
             if self.mean is not None:
-                self.mean.resume(self.state.chunks)
+                self.mean.resume(self.state.chunks, required=self.state.records > 0)
         if self.sizes is not None:
             self.sizes.seed(self.db.first_value())
         skipped, warned = self.lists.open(self.spec.resume, self.state)

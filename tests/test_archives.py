@@ -418,7 +418,8 @@ def test_resume_refuses_an_archive_changed_since_the_first_run(ilsvrc, tmp_path)
     proc = run_cli("convert", str(train), str(out), "--val-pct", "20", "--resume", *SMALL)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"etl: error: --resume: {train} changed since the first run (it: added, removed, "
-                                   "or another size or modification time); convert again with --overwrite")
+                                   "or another size or modification time); convert again with --overwrite in place of "
+                                   "--resume")
 
 
 def test_on_error_fail_at_a_bad_member_gives_advice_that_works(tmp_path):

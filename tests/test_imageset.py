@@ -283,3 +283,20 @@ def test_huge_label_numbers_need_no_labels_list(images, tmp_path):
     listed.write_text("b/im0.jpg 0\nb/im2.jpg 20000000\n")
     report = run(root, listed, tmp_path / "db", "--encoded")
     assert report["splits"]["train"]["per_class"] == {"0": 1, "20000000": 1}
+
+
+def test_a_run_that_writes_nothing_exits_1_as_convert_does(images, tmp_path):
+    root, listed = images
+    wrong = tmp_path / "elsewhere"  # a ROOTFOLDER that exists but holds none of the listed files
+    wrong.mkdir()
+    proc = run_cli("imageset", f"{wrong}/", str(listed), str(tmp_path / "db"), "--workers", "1", "--quiet")
+    assert proc.returncode == 1 and "no image could be converted" in proc.stderr
+    assert str(tmp_path / "db" / ".etl" / "report.json") in proc.stderr  # where the reasons are
+
+
+@pytest.mark.quick
+def test_the_lmdb_is_never_written_into_the_image_folder(images, tmp_path):
+    root, listed = images
+    proc = run_cli("imageset", str(root), str(listed), f"{root}/", "--quiet")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is ROOTFOLDER" in proc.stderr
+    assert not (root / "data.mdb").exists() and not (root / ".etl").exists()

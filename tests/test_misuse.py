@@ -204,7 +204,8 @@ def test_a_damaged_database_says_so_and_what_to_do(small_tree, tmp_path):
     proc = run_cli(*args, "--resume")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith(f"etl: error: {out / 'train_db'} is damaged (")
-    assert proc.stderr.strip().endswith("MDB_INVALID: File is not an LMDB file): convert again with --overwrite")
+    assert proc.stderr.strip().endswith("MDB_INVALID: File is not an LMDB file): convert again with --overwrite in "
+                                        "place of --resume")
     assert run_cli(*args, "--overwrite").returncode == 0
 
 
@@ -219,7 +220,7 @@ def test_a_damaged_checkpoint_file_is_named_with_advice_that_works(small_tree, t
     proc = run_cli(*args, "--resume")
     assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr
     assert f"the checkpoint file {path} is damaged" in proc.stderr
-    assert proc.stderr.strip().endswith("convert again with --overwrite")
+    assert proc.stderr.strip().endswith("convert again with --overwrite in place of --resume")
     assert run_cli(*args, "--overwrite").returncode == 0  # the advice, followed
 
 

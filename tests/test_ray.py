@@ -179,3 +179,31 @@ def test_a_killed_driver_then_resume_gives_the_same_output(cluster, job, tmp_pat
     convert(build_settings({**common, "out_dir": str(out), "runner": "ray", "resume": True, "cpus_per_shard": 1}),
             progress=False)
     assert_same_as_local(base, out)
+
+
+def test_a_driver_killed_alone_leaves_no_ray_process_and_ray_prints_nothing_of_its_own(job, tmp_path):
+    """SIGKILL to the driver only (the OOM killer's choice): the Ray it started goes too, agents included; and
+    Ray's own log lines (its start, its warnings) never reach the user's terminal before etl's."""
+    import psutil
+
+    base, common, _ = job
+    victim = Path((base / "local" / "train.txt").read_text().splitlines()[-1].rsplit(" ", 1)[0]).name
+    argv = [sys.executable, "-m", "etl", "convert", common["train_dir"], str(tmp_path / "out"), "--val-pct", "25",
+            "--chunk-size", "4", "--shard-size", "10", "--runner", "ray", "--cpus-per-shard", "1", "--quiet"]
+    env = {**os.environ, "ETL_TEST_FAULTS": f"hang_once={victim}", "ETL_TEST_FAULT_DIR": str(tmp_path)}
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (tmp_path / f"{victim}.fired").exists():
+            time.sleep(0.2)
+        assert (tmp_path / f"{victim}.fired").exists(), "the stuck image was never reached"
+        started = [p for p in psutil.Process(proc.pid).children(recursive=True) if "raywatch" not in " ".join(
+            p.cmdline())]
+        assert any(p.name().startswith("ray::") for p in started)  # the agents and the task: Ray's own processes
+    finally:
+        proc.kill()  # the driver alone
+        _, err = proc.communicate()
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert alive == [], ([p.name() for p in alive], err.decode())
+    assert err.decode() == ""

@@ -125,7 +125,8 @@ def test_resume_refuses_images_already_converted_that_were_replaced(tree, tmp_pa
     proc = etl("convert", root, out, *ARGS, "--resume")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().endswith("train images already converted have changed since they were converted "
-                                        "(replaced or modified under the same name); convert again with --overwrite")
+                                        "(replaced or modified under the same name); convert again with --overwrite in "
+                                        "place of --resume")
     assert len(all_records(out / "train_db")) == records  # nothing new converted
     assert etl("convert", root, out, *ARGS, "--overwrite").returncode == 0  # the advice, followed literally
     assert (out / "train.txt").read_text().count(str(changed.relative_to(root))) == 1

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import lmdb
@@ -15,7 +18,9 @@ from etl.check import verify
 from etl.pipeline import convert
 from etl.reader import LmdbDataset
 from etl.settings import build_settings
+from etl.synth import TreeSpec, make_tree
 
+from .conftest import run_cli
 from .test_end_to_end import all_records
 
 
@@ -149,3 +154,59 @@ def test_a_sharded_dataset_pickles_for_dataloader_workers(runs):
     ds.close()  # py-lmdb opens an environment once per process: as in a worker, only the clone reads
     assert len(clone) == size and clone[size - 1][1] == last
     clone.close()
+
+
+def test_ctrl_c_in_a_sharded_split_gives_the_splits_figures_and_the_lock_covers_the_shards(tmp_path):
+    from .test_faults import etl, start
+
+    tree = tmp_path / "tree"
+    make_tree(tree, TreeSpec(classes=3, per_class=8, seed=41, awkward=False))
+    args = ("--val-pct", "0", "--chunk-size", "2", "--commit-every", "2", "--workers", "1", "--quiet",
+            "--shard-size", "6")
+    ref = tmp_path / "ref"
+    assert etl("convert", tree, ref, *args).returncode == 0
+    order = (ref / "train.txt").read_text().splitlines()
+    victim = Path(order[-1].rsplit(" ", 1)[0]).name  # the last image of the write order: in the last shard
+    out = tmp_path / "out"
+    proc = start("convert", tree, out, *args, env={"ETL_TEST_FAULTS": f"hang={victim}"})
+    last = out / "train_db" / "00003-of-00004" / ".etl" / "train.state.json"
+    deadline = time.monotonic() + 60
+    while not last.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert last.exists(), "the last shard never committed"
+        second = etl("convert", tree, out, *args, "--resume")  # the same OUT, while its shards are written
+        assert second.returncode == 2 and second.stderr.count("\n") == 1 and "in use by another etl run" in \
+            second.stderr
+        inside = etl("convert", tree, out / "train_db" / "00000-of-00004", "--val-pct", "0", "--overwrite", "--quiet")
+        assert inside.returncode == 2 and "in use by another etl run" in inside.stderr, inside.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    said = re.search(r"train has (\d+) of (\d+) images converted and committed \(3 of 4 shards complete\)", err)
+    assert said and 18 <= int(said[1]) < int(said[2]) == len(order), err  # the split's figures, not one shard's
+    assert etl("convert", tree, out, *args, "--resume").returncode == 0
+    assert [r for d in shard_dirs(out) for r in records(d)] == [r for d in shard_dirs(ref) for r in records(d)]
+
+
+@pytest.mark.quick
+def test_shard_writers_without_shards_is_refused_before_any_work(small_tree, tmp_path):
+    proc = run_cli("convert", str(small_tree / "train"), str(tmp_path / "out"), "--shard-writers", "2")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "--shard-writers" in proc.stderr and "give --shard-size N too" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_run_says_once_how_big_its_shards_are_and_that_workers_outnumber_the_cores(small_tree, tmp_path):
+    from etl.settings import usable_cores
+
+    many = usable_cores() + 1
+    proc = run_cli("convert", str(small_tree / "val"), str(tmp_path / "out"), "--val-pct", "0", "--shard-size", "5",
+                   "--chunk-size", "4", "--workers", str(many))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("shards of 8 images (--shard-size 5 rounded up to a multiple of --chunk-size 4)") == 1
+    assert proc.stderr.count(f"--workers {many} is more than the {usable_cores()} usable cores") == 1
+    assert json.loads((tmp_path / "out" / "train_db" / "manifest.json").read_text())["shard_size"] == 8
+    shown = "".join(run_cli("convert", "--help").stdout.split())  # argparse breaks lines at hyphens too
+    assert "images per shard, rounded up to a multiple of --chunk-size (500 gives 512".replace(" ", "") in shown

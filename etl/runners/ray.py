@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -13,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray
 from ray.exceptions import RayError, RayTaskError
 
@@ -22,6 +25,7 @@ from etl.layout import LMDB_FILES, db_path
 from etl.pagecache import CacheChoice
 from etl.procs import child_etl_digest, etl_digest, mp_context
 from etl.progress import ProgressBar
+from etl.runners import raywatch
 from etl.runners.local import LocalRunner
 from etl.runners.shards import Shard, assemble, convert_part, cut, finished, identity, shard_part
 from etl.settings import Settings, usable_cores
@@ -153,15 +157,21 @@ class RayRunner:
     def __init__(self, s: Settings) -> None:
         self.s = s
         self.owned = False  # this runner started (or connected) the Ray it uses, and ends it at close()
+        self.watch: subprocess.Popen | None = None  # ends the Ray this runner started, if this process is killed
 
     def start(self) -> None:
         if ray.is_initialized():
             return
+        # etl says what happened in one line: Ray's own log lines (its start, its warnings) and the tasks' output
+        # forwarded to this terminal would come first and bury it; a task's failure comes back as its exception.
+        quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
         try:
             if self.s.ray_address:
-                ray.init(address=self.s.ray_address)
+                ray.init(address=self.s.ray_address, **quiet)
             else:
-                ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False)
+                before = {child.pid for child in psutil.Process().children()}
+                ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False, **quiet)
+                self.watch = raywatch.start([c.pid for c in psutil.Process().children() if c.pid not in before])
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ... with long texts
             where = f"the Ray cluster at {self.s.ray_address}" if self.s.ray_address else "a local Ray"
             raise PipelineError(f"cannot start or reach {where}: {_first_line(exc)}") from None
@@ -170,7 +180,8 @@ class RayRunner:
     def close(self) -> None:
         if self.owned and ray.is_initialized():
             ray.shutdown()
-        self.owned = False
+        raywatch.stop(self.watch)
+        self.owned, self.watch = False, None
 
     def cpus_per_shard(self) -> int:
         """--cpus-per-shard, or the cores of the smallest node with any: a shard fits on every node."""

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -14,12 +13,11 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from etl.errors import Interrupted, PipelineError, UsageError
-from etl.layout import CHECKPOINT_DIR
+from etl.errors import Interrupted, PipelineError, UsageError, describe_write_error
 from etl.pagecache import CacheChoice
 from etl.progress import ProgressBar
 from etl.runners.local import LocalRunner
-from etl.runners.shards import Shard, convert_part, shard_part
+from etl.runners.shards import Shard, committed_images, convert_part, interrupted_text, shard_part
 from etl.settings import Settings
 from etl.sources.base import Split
 
@@ -36,6 +34,8 @@ def _child(start_method: str, part: Split, shard: Shard, s: Settings, where: Pat
         conn.send(("error", f"{type(exc).__name__}", str(exc)))
     except (Interrupted, KeyboardInterrupt):
         conn.send(("interrupted", "", ""))
+    except OSError as exc:  # its done marker, a full disk above all: the advice the one-process run gives
+        conn.send(("error", "PipelineError", describe_write_error(exc, str(where), "its files")))
     except Exception as exc:  # a defect: say which shard it stopped, and why
         conn.send(("error", "PipelineError", f"{type(exc).__name__}: {exc}"))
 
@@ -60,12 +60,12 @@ class ConcurrentShards:
                     self._start(waiting.pop(0))
                 for conn in wait(list(self.running), timeout=POLL_SECONDS):
                     self._collect(conn, records)
-                bar.n = self._committed(shards, records)
+                bar.n = committed_images(self.split.name, shards, self.folder, self.s.chunk_size, set(records))
                 bar.refresh()
         except KeyboardInterrupt:
             self._stop()
-            raise Interrupted(f"interrupted: {self.split.name}'s finished shards are kept, and each other shard "
-                              "holds its last commit; run the same command with --resume to continue", 130) from None
+            raise Interrupted(interrupted_text(self.split, shards, self.folder, self.s.chunk_size, set(records)),
+                              130) from None
         except BaseException:
             self._stop()
             raise
@@ -97,20 +97,6 @@ class ConcurrentShards:
             raise KeyboardInterrupt
         kind = UsageError if word[1] == "UsageError" else PipelineError
         raise kind(f"shard {shard.name} of {self.split.name}: {word[2]}")
-
-    def _committed(self, shards: list[Shard], records: dict[str, dict[str, Any]]) -> int:
-        """Images done: the finished shards' items, and the others' committed records (read from their state)."""
-        total = 0
-        for shard in shards:
-            if shard.name in records:
-                total += shard.items
-                continue
-            state = self.folder / shard.name / CHECKPOINT_DIR / f"{self.split.name}.state.json"
-            try:
-                total += json.loads(state.read_text())["records"]
-            except (OSError, ValueError, KeyError):
-                pass
-        return total
 
     def _stop(self) -> None:
         """Each shard's coordinator stops as Ctrl-C stops a run: its commit stands."""

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from etl.checkpoint import Checkpoint, fsync_write, plan_digest
-from etl.errors import UsageError
+from etl.errors import Interrupted, UsageError
 from etl.layout import CHECKPOINT_DIR, Layout, db_path, list_path
 from etl.meansum import mean_layout
 from etl.memory import MB, commit_records
@@ -68,8 +68,15 @@ class ShardedRunner:
         shards = cut(split, s)
         at_once = shard_writers(s, len(shards))
         if at_once == 1:
-            done = [convert_shard(self.inner, split, shard, s, folder / shard.name, cache, progress)
-                    for shard in shards]
+            done: list[dict[str, Any]] = []
+            for shard in shards:
+                try:
+                    done.append(convert_shard(self.inner, split, shard, s, folder / shard.name, cache, progress))
+                except (Interrupted, KeyboardInterrupt) as exc:
+                    if isinstance(exc, Interrupted) and exc.exit_code != 130:  # --on-error fail: it names the file
+                        raise
+                    finished = {d["shard"]["name"] for d in done}
+                    raise Interrupted(interrupted_text(split, shards, folder, s.chunk_size, finished), 130) from None
         else:
             from etl.runners.shardprocs import ConcurrentShards  # it runs convert_part, from here
 
@@ -87,6 +94,28 @@ def shard_writers(s: Settings, shards: int) -> int:
     return max(1, min(wanted, shards, s.worker_count))
 
 
+def committed_images(split: str, shards: list[Shard], folder: Path, chunk_size: int, finished: set[str]) -> int:
+    """Images done: every image of a finished shard, and those of the others' committed chunks (their state)."""
+    total = 0
+    for shard in shards:
+        if shard.name in finished:
+            total += shard.items
+            continue
+        state = folder / shard.name / CHECKPOINT_DIR / f"{split}.state.json"
+        try:
+            total += min(int(json.loads(state.read_text())["chunks"]) * chunk_size, shard.items)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not begun, or its state unreadable: the resume says so
+    return total
+
+
+def interrupted_text(split: Split, shards: list[Shard], folder: Path, chunk_size: int, finished: set[str]) -> str:
+    """Ctrl-C in a sharded split: the split's figures (never one shard's), and how to go on."""
+    images = committed_images(split.name, shards, folder, chunk_size, finished)
+    return (f"interrupted: {split.name} has {images:,d} of {len(split.items):,d} images converted and committed "
+            f"({len(finished)} of {len(shards)} shards complete); run the same command with --resume to continue")
+
+
 def shard_part(split: Split, shard: Shard) -> Split:
     """The shard's own split: its items (which keep their places in the whole write order) and their skips."""
     end = shard.first + shard.items
@@ -99,7 +128,18 @@ def finished(where: Path, job: str) -> dict[str, Any] | None:
     marker = where / CHECKPOINT_DIR / DONE
     if not marker.is_file():
         return None
-    record = json.loads(marker.read_text())
+    try:
+        record = json.loads(marker.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("shard"), dict):
+            raise TypeError(f"a JSON {type(record).__name__} that is not a done record")
+        if record.get("job") == job:  # what assemble will read of it, and add up
+            parts = [_stats_from(record)]
+            combine(parts[0].name, parts, 0.0)
+            if not isinstance(record["shard"]["items"], int):
+                raise TypeError(f"its shard is {record['shard']!r}")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UsageError(f"the shard's done marker {marker} is damaged ({type(exc).__name__}: {exc}): remove it "
+                         "and run the same command with --resume (the shard goes on from its last commit)") from None
     return {**record, "resumed": True} if record.get("job") == job else None
 
 
@@ -231,7 +271,7 @@ def _join_sums(split: str, shard_dirs: list[Path], parts: list[SplitStats], s: S
         if part.writer is None or not part.writer.sum_chunks:
             continue
         sums = MeanSink(layout, Checkpoint(where), split)
-        sums.resume(part.writer.sum_chunks)
+        sums.resume(part.writer.sum_chunks, required=True)
         if sums.total is not None:
             total += sums.total
         chunks += part.writer.sum_chunks

@@ -22,6 +22,8 @@ def gone(code: int | None) -> str:
     text = f"the LMDB writer {exit_reason(code)}"
     if code == -signal.SIGKILL:
         text += "; --resume may take a lower --max-buffer-mb or --workers"
+    if code == -signal.SIGBUS:  # LMDB writes through memory maps: a full disk (a tmpfs above all) ends it so
+        text += " (most often the output disk is full: free space first)"
     return text
 
 

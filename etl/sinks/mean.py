@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from etl.checkpoint import Checkpoint
+from etl.checkpoint import Checkpoint, damaged
 from etl.meansum import SumLayout
 from etl.messages import ChunkResult
 
@@ -16,10 +16,14 @@ class MeanSink:
         self.layout, self.checkpoint, self.split = layout, checkpoint, split
         self.total: np.ndarray | None = None
 
-    def resume(self, chunks: int) -> None:
-        self.total = self.checkpoint.load_sum(self.split, chunks, self.layout.size)
+    def resume(self, chunks: int, required: bool = False) -> None:
+        """The sum saved at that commit; required: records were committed, so it must be there."""
+        self.total = self.checkpoint.load_sum(self.split, chunks, self.layout.size, required)
         if self.total is not None and self.total.ndim == 3:  # written before planes were summed
-            self.total = self.layout.from_pixel_sum(self.total)
+            try:
+                self.total = self.layout.from_pixel_sum(self.total)
+            except ValueError as exc:  # not this layout's (H, W, C)
+                raise damaged(self.checkpoint.path(f"{self.split}.sum.{chunks}.npy"), exc) from None
 
     def add(self, result: ChunkResult) -> None:
         if result.pixel_sum is None:
