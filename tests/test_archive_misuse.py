@@ -19,8 +19,9 @@ import pytest
 from etl.errors import UsageError
 from etl.sources import tarindex
 from etl.sources.archive import NESTED_NOTE, UNLINKED_NOTE, ArchiveSource, TarFolderSource
-from etl.sources.tarscan import TAIL_SLACK
+from etl.sources.tarscan import RECORD, TAIL_SLACK
 
+from .conftest import run_cli
 from .test_archives import (
     OUTPUTS,
     Member,
@@ -111,18 +112,61 @@ def test_a_missing_tail_of_zeros_is_an_incomplete_archive(tmp_path, kind):
     else:
         data = tar_bytes(FOUR)
     path = tmp_path / ("n0.tar" if kind == "folder of class tars" else "in.tar")
-    path.write_bytes(data + bytes(TAIL_SLACK + 512))
+    path.write_bytes(data + bytes(RECORD))  # one record more than tar's padding
     source = TarFolderSource(str(tmp_path)) if kind == "folder of class tars" else ArchiveSource(str(path))
     source.classes()
     assert any(n.startswith("incomplete archive") and "partly downloaded" in n for n in source.notes()), \
         source.notes()
 
 
-def test_a_tar_padded_to_its_record_with_zeros_is_whole(tmp_path):
+@pytest.mark.parametrize("end", ["padded to its record", "its two end blocks only"])
+def test_a_tar_padded_to_its_record_with_zeros_is_whole(tmp_path, end):
+    data = tar_bytes(FOUR)  # tarfile, as tar: two zero blocks, then zeros to a whole 10 KiB record
+    last = tarfile.open(fileobj=io.BytesIO(data)).getmembers()[-1]
     path = tmp_path / "in.tar"
-    path.write_bytes(tar_bytes(FOUR) + bytes(10240))  # a blocking factor of 20 more
+    path.write_bytes(data if end == "padded to its record" else data[:last.offset_data + last.size + 1024])
     source = ArchiveSource(str(path))
     assert len(source.classes()) == 4 and source.notes() == []
+
+
+def class_tars_zeroed_from(data: bytes, member: str) -> bytes:
+    """A tar at full size with zeros from member's header to its end: its last pieces not downloaded yet."""
+    at = data_offsets(data)[member] - 512
+    return zeroed(data, at, len(data))
+
+
+@pytest.mark.parametrize("where", ["train tar", "class tar", "tar of class folders"])
+def test_zeros_to_the_end_past_a_records_padding_are_an_incomplete_archive(tmp_path, where):
+    """Less than 1 MiB of zeros: the last members' headers gone. Only tar's padding to 10 KiB may follow the end."""
+    if where == "class tar":  # the outer tar whole, the class tar (two 10 KiB records) zeros from its 4th image
+        name, inner = class_tar("n3", 12, 30)
+        members = [*FOUR[:3], (name, class_tars_zeroed_from(inner, "n3_33.JPEG"))]
+        data, lost = tar_bytes(members), "n3.tar stops early"
+    elif where == "train tar":
+        data, lost = class_tars_zeroed_from(tar_bytes(FOUR), "n3.tar"), "in.tar stops early"
+    else:
+        files = [(path, data) for path, data in class_files(FOUR).items()]
+        data, lost = class_tars_zeroed_from(tar_bytes(files), files[5][0]), "in.tar stops early"
+    path = tmp_path / "in.tar"
+    path.write_bytes(data)
+    said = "\n".join(ArchiveSource(str(path)).notes())
+    assert f"incomplete archive: {lost}" in said and "partly downloaded" in said, said
+    line = refused(path, tmp_path / "out", "--val-pct", "0", "--on-error", "fail")
+    assert lost in line, line
+
+
+def test_a_val_tar_with_zeros_to_its_end_is_incomplete_and_stops_a_fail_run(tmp_path):
+    val = tar_bytes([(f"ILSVRC2012_val_{i:08d}.JPEG", image(i)) for i in range(1, 13)])  # two 10 KiB records
+    (tmp_path / "val.tar").write_bytes(class_tars_zeroed_from(val, "ILSVRC2012_val_00000005.JPEG"))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"ILSVRC2012_val_{i:08d}.JPEG n{i % 2}\n" for i in range(1, 7)))
+    train = write_tar(tmp_path / "train.tar", FOUR[:2])
+    args = ("--val", tmp_path / "val.tar", "--val-labels", labels)
+    out = tmp_path / "out"
+    convert(train, out, *args)
+    assert "val: incomplete archive: val.tar stops early" in notes(out), notes(out)
+    line = refused(train, tmp_path / "out2", *args, "--on-error", "fail")
+    assert "incomplete archive: val.tar stops early" in line, line
 
 
 # ------------------------------------------------------------------------- 2. class tars beside sub-folders
@@ -288,9 +332,9 @@ def test_a_saved_index_of_the_wrong_type_or_shape_is_named_as_damaged(tmp_path, 
         np.savez(path.open("wb"), **arrays)
     else:
         resaved(tmp_path, train, **{damage: "x" if damage != "files" else [1]})
-    with pytest.raises(UsageError, match=re.escape(f"the checkpoint file {path} is damaged")) as caught:
+    with pytest.raises(UsageError, match=re.escape(f"the saved archive index {path} is damaged")) as caught:
         ArchiveSource(str(train), saved=tmp_path).classes()
-    assert "--overwrite" in str(caught.value) and "\n" not in str(caught.value)
+    assert "rm " in str(caught.value) and "\n" not in str(caught.value)
 
 
 # ------------------------------------------------------------------------------- what a file is instead
@@ -322,3 +366,119 @@ def test_a_tar_cut_before_its_first_class_says_so(tmp_path):
     train.write_bytes(tar_bytes(FOUR)[:1500])
     line = refused(train, tmp_path / "out")
     assert "no images found" in line and "incomplete archive: train.tar stops early" in line, line
+
+
+# ------------------------------------------------------------------------- round 3: what the tester found
+
+def test_a_class_folder_linked_to_nothing_is_named_and_stops_a_fail_run(tmp_path):
+    tree = folder_of(tmp_path / "train", class_files(FOUR[:3]))
+    (tree / "n3").symlink_to("/mnt/notmounted/n3")  # a class folder on a disk not mounted
+    out = tmp_path / "out"
+    convert(tree, out, "--val-pct", "0")
+    assert f"links to nothing: 1 link left out, whose target does not exist (e.g. {tree}/n3 -> /mnt/notmounted/n3)" \
+        in notes(out), notes(out)
+    line = refused(tree, tmp_path / "out2", "--val-pct", "0", "--on-error", "fail")
+    assert f"{tree}/n3 -> /mnt/notmounted/n3" in line, line
+
+
+def test_a_folder_of_class_tars_names_a_partial_download_and_a_link_to_nothing(tmp_path):
+    folder = tmp_path / "tars"
+    folder.mkdir()
+    for name, data in FOUR[:2]:
+        (folder / name).write_bytes(data)
+    (folder / "n2.tar.part").write_bytes(FOUR[2][1])  # the recipe's *.tar loop skips it
+    (folder / "n3.tar").symlink_to("/nonexistent/n3.tar")
+    out = tmp_path / "out"
+    convert(folder, out, "--val-pct", "0")
+    assert list(report(out)["splits"]["train"]["per_class"]) == ["n0", "n1"]
+    said = notes(out)
+    assert "incomplete archive: n2.tar.part is a download not finished" in said, said
+    assert f"{folder}/n3.tar -> /nonexistent/n3.tar" in said, said
+    (folder / "n2.tar.part").unlink()
+    line = refused(folder, tmp_path / "out2", "--val-pct", "0", "--on-error", "fail")
+    assert f"{folder}/n3.tar -> /nonexistent/n3.tar" in line, line
+
+
+@pytest.mark.parametrize("name", ["n3.tar.gz", "n3.tgz", "n3.zip", "n3.tar.part"])
+def test_an_archive_beside_class_folders_is_named_with_advice_of_its_own_kind_that_works(tmp_path, name):
+    tree = folder_of(tmp_path / "my train", class_files(FOUR[:3]))
+    one = folder_of(tmp_path / "one", class_files(FOUR[3:]))
+    if name.endswith(".zip"):
+        subprocess.run(["zip", "-qr", str(tree / name), "."], cwd=one / "n3", check=True)
+    else:
+        (tree / name).write_bytes(gzip.compress(FOUR[3][1]) if "gz" in name else FOUR[3][1])
+    line = refused(tree, tmp_path / "out", "--val-pct", "0", "--on-error", "fail")
+    assert f"archives beside the class folders left out: {name}" in line, line
+    if name.endswith(".part"):
+        assert "an incomplete download" in line, line
+        return
+    subprocess.run(["bash", "-c", re.search(r"\((cd .*?)\), or move it out", line)[1]], check=True)
+    out, want = tmp_path / "out", tmp_path / "want"
+    convert(tree, out, "--val-pct", "0")
+    convert(folder_of(tmp_path / "whole", class_files(FOUR)), want, "--val-pct", "0")
+    assert dataset(out) == dataset(want) and report(out)["notes"] == []
+
+
+@pytest.mark.parametrize("form", ["train tar", "folder of class tars"])
+def test_a_gzip_class_tar_named_tar_gets_advice_gzip_accepts(tmp_path, form):
+    members = [class_tar("a", 2), ("b.tar", gzip.compress(class_tar("b", 2, 5)[1]))]
+    if form == "train tar":
+        given = write_tar(tmp_path / "train.tar", members)
+        line = refused(given, tmp_path / "out")
+        subprocess.run(["bash", "-c", the_advice(line)], check=True)
+        given = tmp_path / "train_classes"
+    else:
+        given = tmp_path / "tars"
+        given.mkdir()
+        for name, data in members:
+            (given / name).write_bytes(data)
+        line = refused(given, tmp_path / "out", "--val-pct", "0")
+        subprocess.run(["bash", "-c", re.search(r"\((mv [^)]*)\)", line)[1]], check=True)
+    assert "mv " in line and "b.tar.gz && gunzip" in line, line
+    convert(given, tmp_path / "out", "--val-pct", "0")
+    assert report(tmp_path / "out")["splits"]["train"]["per_class"] == {"a": 2, "b": 2}
+
+
+def test_a_damaged_saved_index_advises_removing_it_and_the_resume_then_works(tmp_path):
+    inner = tar_bytes([("x.JPEG", image(1)), ("bad.JPEG", b"\xff\xd8" + b"\x13" * 300)])
+    train = write_tar(tmp_path / "train.tar", [("a.tar", inner), class_tar("b", 2)])
+    out = tmp_path / "out"
+    args = ("convert", str(train), str(out), "--val-pct", "0", "--workers", "1", "--chunk-size", "1", "--width",
+            "24", "--height", "24", "--quiet")
+    assert run_cli(*args, "--on-error", "fail").returncode == 1  # stopped at bad.JPEG: a run to resume
+    saved = next((out / ".etl").glob("index.*.npz"))
+    saved.write_bytes(b"junk")
+    proc = run_cli(*args, "--resume")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--overwrite" not in proc.stderr, proc.stderr
+    subprocess.run(["bash", "-c", re.search(r"\((rm [^)]*)\)", proc.stderr)[1]], check=True)
+    assert run_cli(*args, "--resume").returncode == 0
+    assert report(out)["splits"]["train"]["written"] == 3
+
+
+@pytest.mark.parametrize("last", [b"", bytes(10240)], ids=["empty file", "empty tar"])
+def test_a_class_tar_whose_last_copy_is_empty_gives_the_empty_class_tar_x_gives(tmp_path, last):
+    train = write_tar(tmp_path / "train.tar", [*FOUR[:2], (FOUR[0][0], last)])
+    out = tmp_path / "out"
+    convert(train, out, "--val-pct", "0")
+    assert list(report(out)["splits"]["train"]["per_class"]) == ["n1"]  # n0's folder is empty after tar -x
+    said = notes(out)
+    assert "n0.tar is in the archive more than once: the last copy (which holds no images) is used" in said, said
+
+
+def test_a_hard_link_to_a_later_class_tar_stops_a_fail_run(tmp_path):
+    train = write_tar(tmp_path / "train.tar", [info("n3.tar", tarfile.LNKTYPE, "n0.tar"), *FOUR[:3]])
+    convert(train, tmp_path / "out", "--val-pct", "0")  # tar -x fails here too (exit 2)
+    line = refused(train, tmp_path / "out2", "--val-pct", "0", "--on-error", "fail")
+    assert f"{UNLINKED_NOTE} (e.g. 'n3.tar')" in line, line
+
+
+def test_a_class_tar_not_named_tar_is_read_with_a_note(tmp_path):
+    folder = tmp_path / "tars"
+    folder.mkdir()
+    for name, data in FOUR[:2]:
+        (folder / name).write_bytes(data)
+    (folder / "n2").write_bytes(FOUR[2][1])
+    source = TarFolderSource(str(folder))
+    assert list(source.classes()) == ["n0", "n1", "n2"]
+    assert "1 class tar not named *.tar read as 1 class (e.g. 'n2';" in "\n".join(source.notes()), source.notes()

@@ -647,4 +647,4 @@ def test_a_damaged_saved_index_stops_a_resume_with_one_line_and_notes_do_not_pil
     saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
     proc = run_cli("convert", str(train), str(out), "--val-pct", "0", "--resume", *SMALL)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert f"the checkpoint file {saved} is damaged" in proc.stderr and "--overwrite" in proc.stderr
+    assert f"the saved archive index {saved} is damaged" in proc.stderr and "rm " in proc.stderr

@@ -166,6 +166,18 @@ def test_meta_mat_giving_one_id_two_wnids_is_refused(tmp_path):
     assert f"gives ILSVRC2012_ID 1 two WNIDs, {WNIDS[0]} and {WNIDS[2]}" in message and "\n" not in message
 
 
+def test_meta_mat_giving_one_wnid_two_ids_is_refused(tmp_path):
+    """Two IDs for one WNID: the images of the ID whose own WNID is gone would get that class."""
+    synsets = np.empty((3, 1), dtype=[("ILSVRC2012_ID", object), ("WNID", object)])
+    for row, (wnid_id, wnid) in enumerate([(1, WNIDS[0]), (2, WNIDS[0]), (3, WNIDS[2])]):
+        synsets[row, 0] = (np.array([[float(wnid_id)]]), wnid)
+    out = io.BytesIO()
+    scipy.io.savemat(out, {"synsets": synsets})
+    (tmp_path / "meta.mat").write_bytes(out.getvalue())
+    message = error(write(tmp_path, "truth.txt", "1\n2\n3\n"))
+    assert f"gives {WNIDS[0]} two ILSVRC2012_IDs, 1 and 2" in message and "\n" not in message
+
+
 def test_meta_mat_without_synsets(tmp_path):
     out = io.BytesIO()
     scipy.io.savemat(out, {"classes": np.arange(3)})

@@ -17,7 +17,7 @@ from etl.pagecache import InputSize, resident_share, scaled_sample
 from etl.progress import ProgressBar
 from etl.sources import tarindex
 from etl.sources.base import Unreadable, byte_order
-from etl.sources.folder import is_image_name
+from etl.sources.folder import BESIDE, DANGLING, PARTIAL, dangling_note, is_image_name
 from etl.sources.tarindex import ArchiveIndex, Identity, identity
 from etl.sources.tarscan import (
     BLOCK,
@@ -36,6 +36,9 @@ from etl.words import plural
 # magic -> (format, the command that decompresses beside the file, the one that replaces it)
 COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip -k", "gunzip"), b"BZh": ("bzip2", "bunzip2 -k", "bunzip2"),
               b"\xfd7zXZ\x00": ("xz", "unxz -k", "unxz"), b"\x28\xb5\x2f\xfd": ("zstd", "unzstd", "unzstd --rm")}
+# the names each tool decompresses (it refuses others: gunzip x.tar says 'unknown suffix'), the first its own
+SUFFIXES = {"gzip": (".gz", ".tgz"), "bzip2": (".bz2", ".tbz2", ".tbz"), "xz": (".xz", ".txz"),
+            "zstd": (".zst", ".tzst")}
 ProgressFn = Callable[[int], None]  # bytes of the input walked so far
 TAR_NAME = re.compile(r"\.(tar(\.\w+)?|tgz|tbz2?|txz)$", re.IGNORECASE)
 LINK_NOTE = "symbolic links (etl follows no links inside archives)"
@@ -44,9 +47,24 @@ NESTED_NOTE = "tars inside a class tar (tar -x of the class tar gives the .tar f
 INCOMPLETE = "incomplete archive"  # how a note about a cut or damaged tar starts (--on-error fail stops at it)
 
 
+def stops_under_fail(note: str) -> bool:
+    """Whether --on-error fail stops at this note: a cut or damaged archive, a link to nothing, an archive
+    among class folders, a hard link to no earlier file (tar -x fails there), all of which lose data."""
+    note = note.removeprefix("val: ")
+    return note.startswith((INCOMPLETE, DANGLING, BESIDE)) or UNLINKED_NOTE in note
+
+
 def packed(head: bytes) -> tuple[str, str, str] | None:
     """COMPRESSED's (format, commands) for data that starts with these bytes, if compressed."""
     return next((what for magic, what in COMPRESSED.items() if head.startswith(magic)), None)
+
+
+def decompressing(command: str, fmt: str, path: str) -> str:
+    """The command line that decompresses path, renamed first where the tool would refuse its name."""
+    if path.lower().endswith(SUFFIXES[fmt]):
+        return f"{command} {shlex.quote(path)}"
+    renamed = shlex.quote(path + SUFFIXES[fmt][0])
+    return f"mv {shlex.quote(path)} {renamed} && {command} {renamed}"
 
 
 def compression(path: str) -> tuple[str, str, str] | None:
@@ -78,7 +96,7 @@ def refuse_compressed(path: str, in_folder: bool = False) -> None:
         fmt, beside, replacing = found
         then = "then give the folder again" if in_folder else "and give the plain .tar"
         raise UsageError(f"{path} is a {fmt}-compressed archive, which cannot be read in place: decompress it "
-                         f"first ({replacing if in_folder else beside} {shlex.quote(path)}) {then}")
+                         f"first ({decompressing(replacing if in_folder else beside, fmt, path)}) {then}")
 
 
 def refuse_compressed_member(archive: str, name: str, head: bytes) -> None:
@@ -87,10 +105,10 @@ def refuse_compressed_member(archive: str, name: str, head: bytes) -> None:
     if found:
         fmt, _, replacing = found
         folder = (archive[:-4] if archive.endswith(".tar") else archive) + "_classes"
-        there, member = shlex.quote(folder), shlex.quote(f"{folder}/{name}")
+        there, member = shlex.quote(folder), decompressing(replacing, fmt, f"{folder}/{name}")
         raise UsageError(f"{archive} holds {name}, a {fmt}-compressed archive, which cannot be read in place: "
                          f"extract the class tars and decompress it first (mkdir {there} && tar -xf "
-                         f"{shlex.quote(archive)} -C {there} && {replacing} {member}), then give the folder {folder}")
+                         f"{shlex.quote(archive)} -C {there} && {member}), then give the folder {folder}")
 
 
 class Tally:
@@ -167,6 +185,9 @@ class TarIndexer:
                 return None
             if not self.group and "/" not in name and TAR_NAME.search(name):  # at the top, where class tars are
                 refuse_compressed_member(self.path, name, os.pread(fd, 8, entry.offset))
+            if not self.group and prefix + name in self.class_tars:  # a later copy, empty: tar -x keeps it
+                self._class_group(prefix + name, " (which holds no images)")
+                return None
         self._left_out(entry.kind, prefix + name, name)
 
     def _inner(self, fd: int, tar: Header, prefix: str, end: int) -> None:
@@ -193,14 +214,14 @@ class TarIndexer:
         if damage:  # after the loop: the note says how many of its images are used
             self._cut(prefix + tar.name, damage, f"usable: its {plural(len(paths), 'image')} before that point")
 
-    def _class_group(self, name: str) -> int:
+    def _class_group(self, name: str, last: str = "") -> int:
         """A new group for an inner tar; a second copy of one (tar rf of an updated class) replaces the first,
-        as tar -x leaves only the last copy's file."""
+        as tar -x leaves only the last copy's file. last: what the note says of the last copy."""
         earlier = self.class_tars.get(name)
         if earlier is not None:
             dropped = self.index.drop_group(earlier)
-            self.index.notes.append(f"{name} is in the archive more than once: the last copy is used, as tar -x "
-                                    f"keeps it ({plural(dropped, 'image')} of an earlier copy left out)")
+            self.index.notes.append(f"{name} is in the archive more than once: the last copy{last} is used, as tar "
+                                    f"-x keeps it ({plural(dropped, 'image')} of an earlier copy left out)")
         self.class_tars[name] = self.index.new_group(name)
         return self.class_tars[name]
 
@@ -448,10 +469,10 @@ class TarFolderSource(ArchiveSource):
             return False
         if any(is_image_name(e.name) and not e.is_dir() for e in found):
             return False  # images of its own: a flat folder (a val set), whatever else lies beside them
-        return any(e.is_file() and is_tar(e.path) for e in found)  # sub-folders beside them: see tar_files
+        return any(e.is_file() and not PARTIAL.search(e.name) and is_tar(e.path) for e in found)  # see tar_files
 
     def tar_files(self) -> list[str]:
-        names = byte_order([e.name for e in os.scandir(self.path) if e.is_file()])
+        names = byte_order([e.name for e in os.scandir(self.path) if e.is_file() and not PARTIAL.search(e.name)])
         tars = [name for name in names if is_tar(os.path.join(self.path, name))]
         self._refuse_class_folders(tars)
         for name in names:
@@ -478,9 +499,7 @@ class TarFolderSource(ArchiveSource):
     def _walk(self, files: list[str]) -> ArchiveIndex:
         index = ArchiveIndex()
         folders = self._sub_folders()  # none holds images: _refuse_class_folders saw to it
-        others = len(os.listdir(self.path)) - len(files) - len(folders)
-        if others:
-            index.notes.append(f"{plural(others, 'file')} that are not tars left out")
+        index.notes.extend(self._not_read(files, folders))
         if folders:
             index.notes.append(f"{plural(len(folders), 'sub-folder')} beside the class tars left out: no images "
                                f"in them that etl can list (e.g. {folders[0]!r})")
@@ -491,5 +510,29 @@ class TarFolderSource(ArchiveSource):
                            index.new_group(name)).run(prefix=f"{name}/")
         return index
 
+    def _not_read(self, files: list[str], folders: list[str]) -> list[str]:
+        """Notes on the folder's entries that are no class tar: partial downloads, links to nothing, others."""
+        taken = {os.path.basename(path) for path in files} | set(folders)
+        rest = [e for e in os.scandir(self.path) if e.name not in taken]
+        partial = byte_order([e.name for e in rest if e.is_file() and PARTIAL.search(e.name)])
+        dangling = byte_order([e.path for e in rest if e.is_symlink() and not os.path.exists(e.path)])
+        others = byte_order([e.name for e in rest if e.name not in partial and e.path not in dangling])
+        notes = [dangling_note(dangling)] if dangling else []
+        if partial:
+            notes.append(f"{INCOMPLETE}: {partial[0]} is a download not finished{_more(partial)}, left out: "
+                         "finish the download, or move it out")
+        if others:
+            notes.append(f"{plural(len(others), 'file')} that {'is' if len(others) == 1 else 'are'} not a tar left "
+                         f"out (e.g. {others[0]!r})")
+        unnamed = [os.path.basename(path) for path in files if not path.endswith(".tar")]
+        if unnamed:  # read all the same: the content is a class tar, its name less the extension the class
+            notes.append(f"{plural(len(unnamed), 'class tar')} not named *.tar read as {plural(len(unnamed), 'class')}"
+                         f" (e.g. {unnamed[0]!r}; the recipe's *.tar loop would skip it)")
+        return notes
+
     def reader(self) -> ArchiveReader:
         return ArchiveReader(self.path, folder=True)
+
+
+def _more(names: list[str]) -> str:
+    return f" (and {len(names) - 1:,d} more)" if len(names) > 1 else ""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from etl.errors import UsageError
 from etl.messages import Item
@@ -16,6 +19,10 @@ from etl.throttle import block_device
 from etl.words import plural
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm"})
+DANGLING = "links to nothing"  # how the note on them starts (--on-error fail stops at it)
+BESIDE = "archives beside the class folders"  # how the note on them starts (--on-error fail stops at it)
+PARTIAL = re.compile(r"\.(part|partial|crdownload)$", re.IGNORECASE)  # a download not finished
+PACKED_TAR = re.compile(r"\.(tar\.(gz|bz2|xz|zst|lz|lzma|Z)|tgz|tbz2?|txz|tzst)$", re.IGNORECASE)
 
 
 def is_image_name(name: str) -> bool:
@@ -30,21 +37,34 @@ def _unlistable(exc: OSError) -> None:
                      "out of the input")
 
 
-def _listing(folder: str) -> tuple[list[str], list[str], list[str]]:
-    """(sub-folders, image files, image files that are links) of one folder, from one scandir (no stat per file)."""
-    dirs, files, links = [], [], []
+class Listing(NamedTuple):
+    """One folder's sub-folders, image files, image files that are links, and other links whose target does not
+    exist (a folder linked onto a disk not mounted: its images would be lost in silence)."""
+
+    dirs: list[str]
+    files: list[str]
+    links: list[str]
+    dangling: list[str]
+
+
+def _listing(folder: str) -> Listing:
+    """One folder's Listing, from one scandir (no stat per file; one per link that is no folder)."""
+    found = Listing([], [], [], [])
     try:
         with os.scandir(folder) as entries:
             for e in entries:
                 if e.is_dir():
-                    dirs.append(e.name)
+                    found.dirs.append(e.name)
                 elif is_image_name(e.name):
-                    files.append(e.name)
+                    found.files.append(e.name)
                     if e.is_symlink():
-                        links.append(e.name)
+                        found.links.append(e.name)
+                elif e.is_symlink() and not os.path.exists(e.path):
+                    found.dangling.append(e.name)
     except OSError as exc:
         _unlistable(exc)
-    return sorted(dirs), files, links
+    found.dirs.sort()
+    return found
 
 
 class TreeScan:
@@ -56,12 +76,10 @@ class TreeScan:
         self.owner: dict[tuple[int, int], str] = {}  # real folder -> the class that reached it first
         self.shared: list[tuple[str, str, str]] = []  # (class, its folder, the class that also holds it)
         self.links: list[tuple[str, str]] = []  # (class, image path that is a link)
-        try:
-            with os.scandir(self.root) as entries:
-                names = byte_order([e.name for e in entries if e.is_dir()])
-        except OSError as exc:
-            _unlistable(exc)
-        self.classes = {name: self._scan_class(name) for name in names}
+        top = _listing(str(self.root))
+        self.dangling = [os.path.join(self.root, name) for name in byte_order(top.dangling)]  # links to nothing
+        self.archives = byte_order([e.name for e in os.scandir(self.root) if e.is_file() and _archive_advice(e.name)])
+        self.classes = {name: self._scan_class(name) for name in byte_order(top.dirs)}
 
     def _scan_class(self, name: str) -> list[str]:
         found: list[str] = []
@@ -76,11 +94,22 @@ class TreeScan:
             rel = os.path.relpath(folder, self.root)
             if self.owner.setdefault((st.st_dev, st.st_ino), name) != name:
                 self.shared.append((name, rel, self.owner[(st.st_dev, st.st_ino)]))
-            dirs, files, links = _listing(folder)
+            dirs, files, links, dangling = _listing(folder)
             stack.extend(os.path.join(folder, d) for d in reversed(dirs))
             found.extend(os.path.join(rel, f) for f in files)
             self.links.extend((name, os.path.join(rel, f)) for f in links)
+            self.dangling.extend(os.path.join(folder, f) for f in byte_order(dangling))
         return byte_order(found)
+
+    def lost(self) -> list[str]:
+        """Notes on what stands for a class the scan cannot read: links whose target does not exist (a class
+        folder on a disk not mounted), archives at the top (a class not extracted yet)."""
+        notes = [dangling_note(self.dangling)] if self.dangling else []
+        if self.archives:
+            first = self.archives[0]
+            more = f" and {len(self.archives) - 1:,d} more" if len(self.archives) > 1 else ""
+            notes.append(f"{BESIDE} left out: {first}{more}, {_archive_advice(first, str(self.root))}")
+        return notes
 
     def duplicates(self) -> list[str]:
         """Notes on the same real images under two labels, for the summary."""
@@ -100,6 +129,29 @@ class TreeScan:
         except OSError:
             return None
         return self.owner.get((st.st_dev, st.st_ino))
+
+
+def _archive_advice(name: str, root: str = ".") -> str:
+    """What an archive among the class folders is likely to be, and how to make it the class folder it stands
+    for, by its name; '' for a name no archive has."""
+    if PARTIAL.search(name):
+        return "an incomplete download: finish it, then extract it into its class folder"
+    packed, zipped = PACKED_TAR.search(name), name.lower().endswith(".zip")
+    if not packed and not zipped:
+        return ""
+    folder = shlex.quote(name[:packed.start()] if packed else name[:-4])
+    there, quoted = shlex.quote(root), shlex.quote(name)
+    unpack = f"tar -xf {quoted} -C {folder}" if packed else f"unzip -q {quoted} -d {folder}"
+    what = "a compressed class tar?" if packed else "a zip of a class folder? If so,"
+    return (f"{what} extract it into its class folder (cd {there} && mkdir -p {folder} && {unpack} && rm {quoted}), "
+            "or move it out")
+
+
+def dangling_note(paths: list[str]) -> str:
+    """The note on links whose target does not exist, left out."""
+    first = paths[0]
+    return (f"{DANGLING}: {plural(len(paths), 'link')} left out, whose target does not exist (e.g. {first} -> "
+            f"{os.readlink(first)}): mount or restore the target, or remove the link")
 
 
 def scan_tree(root: str) -> dict[str, list[str]]:
@@ -186,15 +238,15 @@ class FolderSource:
         return self.scan.classes
 
     def notes(self) -> list[str]:
-        """What the scan found worth telling: images that links put under two labels."""
-        return self.scan.duplicates() if self.scan else []
+        """What the scan found worth telling: links to nothing, images that links put under two labels."""
+        return self.scan.lost() + self.scan.duplicates() if self.scan else []
 
     def images(self) -> list[str]:
         """Every image under the folder, at its top or in sub-folders (a flat val set)."""
         found, stack = [], [""]
         while stack:
             rel = stack.pop()
-            dirs, files, _ = _listing(os.path.join(self.root, rel))
+            dirs, files, _, _ = _listing(os.path.join(self.root, rel))
             stack.extend(os.path.join(rel, d) for d in dirs)
             found.extend(os.path.join(rel, f) for f in files)
         return byte_order(found)

@@ -14,7 +14,7 @@ import numpy as np
 from etl.layout import CHECKPOINT_DIR
 from etl.messages import Item
 from etl.settings import Settings, UsageError
-from etl.sources.archive import INCOMPLETE
+from etl.sources.archive import INCOMPLETE, stops_under_fail
 from etl.sources.base import Plan, Source, Split, byte_order
 from etl.sources.listfile import Listed, ListSource, check_files, check_range, positions_by_label, read_label_names
 from etl.sources.registry import open_source
@@ -189,10 +189,13 @@ def _ordered(name: str, source: Source, pairs: Pairs, s: Settings) -> Split:
 def _stop_at_damage(notes: list[str], s: Settings) -> None:
     """--on-error fail stops at a cut or damaged archive as it would at a bad image: before anything is
     written, rather than make a dataset that silently lacks the rest of the archive."""
-    damaged = [n for n in notes if n.removeprefix("val: ").startswith(INCOMPLETE)]
-    if damaged and s.on_error == "fail":
+    damaged = [n for n in notes if stops_under_fail(n)]
+    if damaged and s.on_error == "fail" and damaged[0].removeprefix("val: ").startswith(INCOMPLETE):
         raise UsageError(f"--on-error fail stops at a damaged archive: {damaged[0]}. Download it again, or give "
                          "--on-error skip to convert what it holds")
+    if damaged and s.on_error == "fail":
+        raise UsageError(f"--on-error fail stops at what etl would leave out: {damaged[0]}; or give --on-error "
+                         "skip to convert without it")
 
 
 def source_name(source: Source) -> str:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import zipfile
 from array import array
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from etl.checkpoint import damaged, fsync_write
+from etl.checkpoint import fsync_write
 from etl.errors import UsageError
 
 FORMAT = 1
@@ -127,7 +128,9 @@ def load(folder: Path, input_path: str, files: Identity) -> ArchiveIndex | None:
         paths = blob.tobytes().decode("utf-8", "surrogateescape").split("\0") if blob.size else []
         _check_saved(saved_files, groups, notes, paths, offsets, sizes, group)
     except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, zipfile.BadZipFile) as exc:
-        raise damaged(path, exc) from None
+        raise UsageError(f"the saved archive index {path} is damaged ({type(exc).__name__}: {exc}): remove it and "
+                         "resume again (rm " + shlex.quote(str(path)) + "), which rebuilds it from the archive and "
+                         "keeps the work done") from None
     if meta.get("format") != FORMAT or saved_files != files:
         changed = next((n for n in sorted(set(files) | set(saved_files)) if saved_files.get(n) != files.get(n)), "")
         which = "it" if not changed or changed == os.path.basename(input_path) else changed

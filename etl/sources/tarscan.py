@@ -16,9 +16,12 @@ HARD_LINK, SYMLINK = b"1", b"2"
 LINKS = (HARD_LINK, SYMLINK)
 DIRECTORY = b"5"
 CHECK_EVERY = 4096  # headers whose checksums are verified together
-# Zeros a tar may hold after its end-of-archive block: padding to a record (10 KiB by default). 1 MiB is far
-# past any blocking factor in use; more zeros than that, or any data, is a hole in a partly downloaded file.
-TAIL_SLACK = 1 << 20
+# tar (GNU, BSD, Python's tarfile) ends an archive with two zero blocks, then pads it with zeros to a whole
+# number of records, counted from the tar's start: 10 KiB records unless tar -b asks for others. More zeros
+# than that after the end, or any data, is a hole: a partly downloaded or damaged file.
+RECORD = 20 * BLOCK
+END_BLOCKS = 2 * BLOCK
+TAIL_SLACK = 1 << 20  # an all-zero file this small is taken for an empty tar (a larger record's padding)
 
 
 class Header(tuple):
@@ -107,7 +110,7 @@ class _Walk:
     headers instead of a Python sum each, most of the cost of a scan) and the entries cut at a wrong one."""
 
     def __init__(self, fd: int, start: int, end: int) -> None:
-        self.fd, self.pos, self.end = fd, start, end
+        self.fd, self.start, self.pos, self.end = fd, start, start, end
         self.entries: list[Header] = []
         self.headers: list[bytes] = []  # waiting for their checksum check
         self.marks: list[tuple[int, int]] = []  # each waiting header's position, and the entries before it
@@ -125,7 +128,7 @@ class _Walk:
                 self.damage = f"the file ends inside the tar header at byte {pos}"
                 break
             if not header[0] and header.count(0) == BLOCK:
-                self.damage = _after_end(fd, pos, end)  # the end-of-archive block, or a hole of zeros
+                self.damage = _after_end(fd, self.start, pos, end)  # the end-of-archive block, or a hole of zeros
                 break
             size = _size(header)
             if size < 0:
@@ -181,13 +184,21 @@ class _Walk:
         self.marks.clear()
 
 
-def _after_end(fd: int, pos: int, end: int) -> str:
-    """'' where the zero block at pos ends the tar: only zeros follow it, no more than padding to a record.
-    Otherwise why it is a hole instead (GNU tar stops there too, but a partly downloaded file is not whole)."""
+def padded_end(start: int, pos: int) -> int:
+    """Where a tar that starts at start and whose end-of-archive blocks start at pos ends: after its two zero
+    blocks and the zeros that fill its last 10 KiB record."""
+    return start + -(-(pos - start + END_BLOCKS) // RECORD) * RECORD
+
+
+def _after_end(fd: int, start: int, pos: int, end: int) -> str:
+    """'' where the zero block at pos ends the tar: only zeros follow it, up to where tar's padding to a
+    record would end the file. Otherwise why it is a hole instead (GNU tar stops there too, in silence, but a
+    partly downloaded file is not whole)."""
     rest = end - pos - BLOCK
     where = f"zeros where a tar header should be at byte {pos}"
-    if rest > TAIL_SLACK:
-        return f"{where}, and {rest:,} bytes after them: a partly downloaded or damaged file"
+    if end > padded_end(start, pos):
+        return (f"{where}, and {rest:,} bytes after them, more than the end blocks and padding of a tar: a partly "
+                "downloaded or damaged file")
     tail = os.pread(fd, rest, pos + BLOCK)
     if tail.count(0) == len(tail):
         return ""

@@ -232,6 +232,11 @@ def _meta_ids(path: str, meta: bytes) -> dict[int, str]:
         if wnid_of_id.setdefault(wnid_id, wnid) != wnid:
             raise UsageError(f"{where} gives ILSVRC2012_ID {wnid_id} two WNIDs, {wnid_of_id[wnid_id]} and {wnid}: "
                              "use the devkit's own meta.mat")
+    id_of_wnid: dict[str, int] = {}
+    for wnid_id, wnid in pairs:  # one WNID under two IDs: the images of the ID that lost its WNID get its class
+        if id_of_wnid.setdefault(wnid, wnid_id) != wnid_id:
+            raise UsageError(f"{where} gives {wnid} two ILSVRC2012_IDs, {id_of_wnid[wnid]} and {wnid_id}: use the "
+                             "devkit's own meta.mat")
     return wnid_of_id
 
 
