@@ -44,7 +44,25 @@ class ProgressBar(tqdm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         stream = kwargs.get("file") or sys.stderr
-        if not kwargs.get("disable") and not _is_terminal(stream):
+        self.plain = not kwargs.get("disable") and not _is_terminal(stream)
+        self.shown_n: float | None = None  # the count of the last frame drawn; None: none drawn yet
+        if self.plain:
             kwargs.update(file=PlainLines(stream), ascii=True,
                           mininterval=max(kwargs.get("mininterval", 0.0), LOG_SECONDS))
         super().__init__(*args, **kwargs)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if msg is None:  # a frame (tqdm clears a line with msg="")
+            self.shown_n = self.n
+        return bool(super().display(msg, pos))
+
+    def close(self) -> None:
+        """In a log, a line once written stays: a bar that showed a frame ends with one line of its final count
+        (tqdm's close would repeat the last line of a bar that leaves it, and leave 0% as the last word of one
+        that does not), and with no more than one."""
+        if self.plain and not self.disable:
+            if self.shown_n is not None and self.shown_n != self.n:
+                self._ema_dt = lambda: None  # the whole run's rate, as tqdm's own last frame gives
+                self.refresh()
+            self.leave = False  # tqdm's closing frame would be that line again
+        super().close()

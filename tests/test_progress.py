@@ -61,3 +61,42 @@ def test_verify_into_a_log_writes_lines_without_carriage_returns(tmp_path):
     assert proc.returncode == 0 and b"\r" not in text, text
     lines = text.decode().splitlines()
     assert lines[0].startswith("verify train:   0%|") and lines[-1].startswith("verify val: 100%|##########| 2/2 ")
+
+
+@pytest.mark.quick
+def test_a_bar_into_a_file_ends_with_one_line_of_its_final_count(monkeypatch):
+    monkeypatch.setattr(progress, "LOG_SECONDS", 0.0)  # the last update draws 3/3: closing must not draw it again
+    log = io.StringIO()
+    with ProgressBar(total=3, desc="train", unit="img", file=log, mininterval=0, miniters=1) as bar:
+        bar.update(3)
+    assert [line for line in log.getvalue().splitlines() if " 3/3 " in line] == log.getvalue().splitlines()[-1:]
+
+
+@pytest.mark.quick
+def test_a_bar_that_leaves_nothing_still_ends_a_log_with_its_final_count():
+    log = io.StringIO()  # LOG_SECONDS as etl runs: the updates draw nothing after the first frame
+    with ProgressBar(total=2, desc="indexing", file=log, leave=False) as bar:
+        bar.update(2)
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("indexing:   0%") and lines[1].startswith("indexing: 100%|")
+
+
+@pytest.mark.quick
+def test_a_bar_never_drawn_writes_no_final_line():
+    log = io.StringIO()
+    with ProgressBar(total=2, desc="train", file=log, delay=60) as bar:
+        bar.update(2)
+    assert log.getvalue() == ""
+
+
+def test_convert_into_a_log_ends_each_index_bar_at_100_percent_once(tmp_path):
+    from etl.synthilsvrc import IlsvrcSpec, make_ilsvrc
+
+    made = make_ilsvrc(tmp_path / "il", IlsvrcSpec(classes=2, per_class=2, val_per_class=1, seed=3,
+                                                   extracted=False))
+    with open(tmp_path / "log", "wb") as log:  # `etl convert TAR OUT 2> log`
+        proc = subprocess.run([sys.executable, "-m", "etl", "convert", str(made.train_tar),
+                               str(tmp_path / "out"), "--workers", "1"], stderr=log, stdout=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL, timeout=120)
+    lines = (tmp_path / "log").read_text().splitlines()
+    assert proc.returncode == 0 and [line[:15] for line in lines] == ["indexing:   0%|", "indexing: 100%|"], lines

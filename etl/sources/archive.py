@@ -161,6 +161,7 @@ class TarIndexer:
             for entry, member in zip(outer.entries, resolve_links(outer), strict=True):
                 self._member(fd, member, prefix, end)
                 self.progress(entry.offset + entry.size)  # the entry's own place: a link's target lies before it
+            self.progress(end)  # the end-of-archive blocks and the padding after them: the whole file is done
         finally:
             os.close(fd)
         self.index.notes.extend(self.tally.notes())
