@@ -103,6 +103,8 @@ class Checkpoint:
     def start_job(self, settings: dict[str, Any], digests: dict[str, str]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         job = {"settings": settings, "splits": digests, "etl_version": __version__}
+        if settings.get("val_labels"):
+            job[VAL_LABELS_SUM] = file_digest(settings["val_labels"])
         fsync_write(self.path(JOB), json.dumps(job).encode())
 
     def check_resume(self, settings: dict[str, Any], digests: dict[str, str]) -> None:
@@ -128,6 +130,7 @@ class Checkpoint:
                              f"now {settings.get(k)!r}")
         for split, digest in digests.items():
             if job["splits"].get(split) != digest:
+                _refuse_changed_val_labels(split, job, settings.get("val_labels"))
                 raise UsageError(f"--resume: the {split} images differ from the first run's (files added, "
                                  "removed or renamed); convert again with --overwrite")
 
@@ -190,13 +193,41 @@ class Checkpoint:
                          f"({self.path(f'{split}.state.json')}) matches that count; convert again with --overwrite")
 
 
+VAL_LABELS_SUM = "val_labels_sha256"  # job.json: the --val-labels file's content, to name it when it changed
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _refuse_changed_val_labels(split: str, job: dict[str, Any], val_labels: str | None) -> None:
+    """The val split's list holds the class each labels file line gives: an edited labels file changes it,
+    and that is the cause to name (its name is the same, or the settings check would have said so).
+    A job.json from before etl recorded the file's sum cannot tell."""
+    if split != "val" or not val_labels or not isinstance(job.get(VAL_LABELS_SUM), str):
+        return
+    try:
+        same = file_digest(val_labels) == job[VAL_LABELS_SUM]
+    except OSError:
+        return  # read again moments ago to plan the split: gone since, the split's own message stands
+    if not same:
+        raise UsageError(f"--resume: the val labels file {val_labels} changed since the first run (the classes it "
+                         "gives the val images differ): put back the first run's file and resume, or convert again "
+                         "with --overwrite")
+
+
 def _check_job(path: Path, job: Any) -> None:
     """job.json must be the object start_job wrote: any other JSON is damage, said as such (not a traceback)."""
-    fields = {"settings": dict, "splits": dict, "etl_version": str}
+    fields = {"settings": dict, "splits": dict, "etl_version": str, VAL_LABELS_SUM: str}
+    optional = ("etl_version", VAL_LABELS_SUM)  # an older etl's job.json lacks them
     if not isinstance(job, dict):
         raise damaged(path, TypeError(f"a JSON {type(job).__name__}, not an object"))
     for name, kind in fields.items():
-        if not isinstance(job.get(name, "" if name == "etl_version" else None), kind):
+        if not isinstance(job.get(name, "" if name in optional else None), kind):
             raise damaged(path, TypeError(f"its {name} is {job.get(name)!r}"))
 
 

@@ -14,6 +14,7 @@ import pytest
 from etl.synth import TreeSpec, make_tree
 
 from .test_faults import _mount_tmpfs, dataset, etl
+from .test_misuse import small_jpeg
 
 ARGS = ("--val-pct", "20", "--chunk-size", "2", "--commit-every", "4", "--quiet", "--workers", "1")
 PAGE = 4096  # tmpfs counts its space in pages: a file of a few bytes takes one
@@ -165,3 +166,24 @@ def test_each_file_a_resume_reads_back_damaged_gives_one_line_naming_it(converte
     assert again.returncode == 0, again.stderr
     if not sharded:
         assert dataset(out) == reference
+
+
+def test_a_val_labels_file_changed_before_a_resume_is_named_and_the_advice_works(tree, tmp_path):
+    classes = sorted(path.name for path in tree.iterdir())
+    val = tmp_path / "val"
+    val.mkdir()
+    for i in range(1, 5):
+        (val / f"ILSVRC2012_val_{i:08d}.JPEG").write_bytes(small_jpeg())
+    labels = tmp_path / "labels.txt"
+    first = "".join(f"ILSVRC2012_val_{i:08d}.JPEG {classes[i % 2]}\n" for i in range(1, 5))
+    labels.write_text(first)
+    out, args = tmp_path / "out", ("--val", val, "--val-labels", labels, "--quiet", "--workers", "1")
+    assert etl("convert", tree, out, *args).returncode == 0
+    labels.write_text(first.replace(classes[0], classes[2]))  # a class corrected since: same name, other labels
+    proc = etl("convert", tree, out, *args, "--resume")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"etl: error: --resume: the val labels file {labels} changed since the first run (the classes it gives the "
+        "val images differ): put back the first run's file and resume, or convert again with --overwrite in place "
+        "of --resume"), proc.stderr
+    labels.write_text(first)  # the advice, followed literally
+    assert etl("convert", tree, out, *args, "--resume").returncode == 0
