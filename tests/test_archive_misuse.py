@@ -381,6 +381,23 @@ def test_a_class_folder_linked_to_nothing_is_named_and_stops_a_fail_run(tmp_path
     assert f"{tree}/n3 -> /mnt/notmounted/n3" in line, line
 
 
+def test_links_to_nothing_in_a_flat_val_folder_are_named_and_stop_a_fail_run(tmp_path):
+    train = folder_of(tmp_path / "train", class_files(FOUR[:2]))
+    val = folder_of(tmp_path / "val", {f"ILSVRC2012_val_{i:08d}.JPEG": image(i) for i in range(1, 5)})
+    (val / "more").symlink_to("/mnt/notmounted/val")  # the rest of the val set, on a disk not mounted
+    (val / "part2.tar").symlink_to("/nonexistent/part2.tar")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"ILSVRC2012_val_{i:08d}.JPEG n{i % 2}\n" for i in range(1, 5)))
+    args = ("--val", val, "--val-labels", labels)
+    out = tmp_path / "out"
+    convert(train, out, *args)
+    assert report(out)["splits"]["val"]["written"] == 4
+    assert (f"val: links to nothing: 2 links left out, whose target does not exist (e.g. {val}/more -> "
+            "/mnt/notmounted/val)") in notes(out), notes(out)
+    line = refused(train, tmp_path / "out2", *args, "--on-error", "fail")
+    assert f"{val}/more -> /mnt/notmounted/val" in line, line
+
+
 def test_a_folder_of_class_tars_names_a_partial_download_and_a_link_to_nothing(tmp_path):
     folder = tmp_path / "tars"
     folder.mkdir()

@@ -228,6 +228,7 @@ class FolderSource:
     def __init__(self, root: str, progress: bool = False, saved: Path | None = None) -> None:
         self.root = root
         self.scan: TreeScan | None = None  # set by classes(); a flat val set (images()) has none
+        self.dangling: list[str] = []  # images()' links to nothing (a sub-folder on a disk not mounted)
 
     @staticmethod
     def accepts(path: str) -> bool:
@@ -238,17 +239,23 @@ class FolderSource:
         return self.scan.classes
 
     def notes(self) -> list[str]:
-        """What the scan found worth telling: links to nothing, images that links put under two labels."""
-        return self.scan.lost() + self.scan.duplicates() if self.scan else []
+        """What the scan found worth telling: links to nothing, images that links put under two labels (a flat
+        val set: its links to nothing)."""
+        if self.scan:
+            return self.scan.lost() + self.scan.duplicates()
+        return [dangling_note(byte_order(self.dangling))] if self.dangling else []
 
     def images(self) -> list[str]:
         """Every image under the folder, at its top or in sub-folders (a flat val set)."""
         found, stack = [], [""]
+        self.dangling = []
         while stack:
             rel = stack.pop()
-            dirs, files, _, _ = _listing(os.path.join(self.root, rel))
+            folder = os.path.join(self.root, rel)
+            dirs, files, _, dangling = _listing(folder)
             stack.extend(os.path.join(rel, d) for d in dirs)
             found.extend(os.path.join(rel, f) for f in files)
+            self.dangling.extend(os.path.join(folder, f) for f in dangling)
         return byte_order(found)
 
     def locate(self, path: str) -> tuple[int, int]:
