@@ -100,3 +100,31 @@ def test_convert_into_a_log_ends_each_index_bar_at_100_percent_once(tmp_path):
                               stdin=subprocess.DEVNULL, timeout=120)
     lines = (tmp_path / "log").read_text().splitlines()
     assert proc.returncode == 0 and [line[:15] for line in lines] == ["indexing:   0%|", "indexing: 100%|"], lines
+
+
+def bars_end_once_at_100_percent(log: str) -> bool:
+    """Each bar's lines (by its name) end with its one line of 100%."""
+    by_bar: dict[str, list[str]] = {}
+    for line in log.splitlines():
+        if "%|" in line:
+            by_bar.setdefault(line.split(":")[0], []).append(line)
+    return bool(by_bar) and all(sum(" 100%|" in line for line in lines) == 1 and " 100%|" in lines[-1]
+                                for lines in by_bar.values())
+
+
+def test_mean_merge_and_verify_into_a_log_show_their_bars_and_end_with_a_summary(tmp_path):
+    from etl.synth import TreeSpec, make_tree
+
+    make_tree(tmp_path / "train", TreeSpec(classes=2, per_class=6, seed=2, awkward=False))
+    out = tmp_path / "out"
+    assert run_cli("convert", str(tmp_path / "train"), str(out), "--workers", "1", "--shard-size", "4",
+                   "--chunk-size", "2", "--quiet").returncode == 0
+    for command, summary in ((("mean", str(out / "train_db")), "etl mean: "), (("merge", str(out)), "etl merge: "),
+                             (("verify", str(out)), "etl verify: OK")):
+        with open(tmp_path / "log", "wb") as log:  # `etl ... 2> log`
+            proc = subprocess.run([sys.executable, "-m", "etl", *command], stderr=log, stdout=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL, timeout=120, text=True)
+        said = (tmp_path / "log").read_text()
+        assert proc.returncode == 0 and bars_end_once_at_100_percent(said), (command, said)
+        ending = said if command[0] == "mean" else proc.stdout  # mean's stdout is compute_image_mean's lines
+        assert ending.splitlines()[-1].startswith(summary), (command, proc.stdout, said)
