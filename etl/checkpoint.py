@@ -135,7 +135,10 @@ class Checkpoint:
                                  "removed or renamed); convert again with --overwrite")
 
     def save_pending(self, split: str, state: SplitState) -> None:
-        fsync_write(self.path(f"{split}.pending.json"), json.dumps(asdict(state)).encode())
+        raw = asdict(state)
+        if not state.colour_conversions:  # left out when empty: such a state reads as an earlier etl wrote it
+            del raw["colour_conversions"]
+        fsync_write(self.path(f"{split}.pending.json"), json.dumps(raw).encode())
 
     def promote_pending(self, split: str) -> None:
         os.replace(self.path(f"{split}.pending.json"), self.path(f"{split}.state.json"))
@@ -233,7 +236,7 @@ def _check_job(path: Path, job: Any) -> None:
 
 STATE_TYPES: dict[str, tuple[type, ...]] = {"chunks": (int,), "records": (int,), "complete": (bool,),
                                             "per_label": (dict,), "bytes_read": (int,), "stage_seconds": (dict,),
-                                            "input_stamp": (int, type(None))}
+                                            "input_stamp": (int, type(None)), "colour_conversions": (dict,)}
 
 
 def checked_state(raw: Any) -> SplitState:
@@ -247,8 +250,10 @@ def checked_state(raw: Any) -> SplitState:
         wrong_int = isinstance(value, bool) and bool not in kinds  # JSON true is no count
         if not isinstance(value, kinds) or wrong_int or (isinstance(value, int) and value < 0):
             raise TypeError(f"its {name} is {value!r}")
-    if not all(isinstance(n, int) and not isinstance(n, bool) for n in state.per_label.values()):
-        raise TypeError(f"its per_label is {state.per_label!r}")
+    for name in ("per_label", "colour_conversions"):
+        counts = getattr(state, name)
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts.values()):
+            raise TypeError(f"its {name} is {counts!r}")
     return state
 
 

@@ -37,12 +37,14 @@ class BadImage(Exception):
 
 
 class Decoded(NamedTuple):
-    """Pixels (H, W, channels) uint8, the source size before any DCT scaling, and a decoder warning."""
+    """Pixels (H, W, channels) uint8, the source size before any DCT scaling, a decoder warning, and what
+    colour conversion the pixels needed beyond RGB or grey (colour_conversion), for the run's note."""
 
     pixels: np.ndarray
     src_w: int
     src_h: int
     warning: str | None
+    colour: str | None = None
 
 
 class Planes(NamedTuple):
@@ -215,7 +217,7 @@ class Codec:
                 self.check_claimed_size(width, height)
                 self._fit_budget(im, data, choose_scale)
                 im.load()
-                return Decoded(self._to_array(im), width, height, warning)
+                return Decoded(self._to_array(im), width, height, warning, colour_conversion(im))
         except BadImage:
             raise
         except Image.UnidentifiedImageError:
@@ -256,7 +258,7 @@ class Codec:
     def _band_to_array(self, im: Image.Image) -> np.ndarray:
         if im.mode.startswith("I;16") or im.mode == "I":
             im = Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).astype(np.uint8))
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        if has_transparency(im):
             rgba = im.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             im = Image.alpha_composite(white, rgba)
@@ -276,6 +278,21 @@ class Codec:
                 raise BadImage("PNG encoding failed")
             return buf.tobytes()
         return chw_bgr_bytes(pixels)
+
+
+def has_transparency(im: Image.Image) -> bool:
+    """Whether the Pillow path composites this image onto white: an alpha channel, or a palette with a
+    transparent entry."""
+    return im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+
+
+def colour_conversion(im: Image.Image) -> str | None:
+    """The kind of image whose colours the Pillow path converts, named so that a trailing 's' makes the
+    plural ("CMYK JPEG", "YCCK JPEG", "transparent PNG"); None for RGB, grey, palette and deeper channels."""
+    fmt = im.format or "image"
+    if im.mode == "CMYK":  # Pillow decodes YCCK to CMYK; the Adobe marker's transform 2 says it was YCCK
+        return f"{'YCCK' if im.info.get('adobe_transform') == 2 else 'CMYK'} {fmt}"
+    return f"transparent {fmt}" if has_transparency(im) else None
 
 
 @contextmanager

@@ -146,20 +146,21 @@ class ImageConverter:
         self.hold(item.index)  # the time limit is for work: a throttled read is not a hang
         result.bytes_read += len(data)
         result.stage_seconds["read"] += time.thread_time() - t0 + read_elsewhere
-        value, warning = self.convert_bytes(data, item, result.stage_seconds, result.pixel_sum)
+        value, warning = self.convert_bytes(data, item, result.stage_seconds, result.pixel_sum,
+                                            result.colour_conversions)
         result.records.append(Record(item.index, item.label, item.path, value, zlib.crc32(value)))
         if warning:
             result.warnings.append(Failure(item.path, warning))
 
-    def convert_bytes(self, data: bytes, item: Item, times: dict[str, float],
-                      pixel_sum: np.ndarray | None = None) -> tuple[bytes, str | None]:
-        """File bytes -> (serialized Datum, decoder warning); adds each stage's CPU time, and the image to
-        pixel_sum; BadImage for a warning under --strict.
+    def convert_bytes(self, data: bytes, item: Item, times: dict[str, float], pixel_sum: np.ndarray | None = None,
+                      colours: dict[str, int] | None = None) -> tuple[bytes, str | None]:
+        """File bytes -> (serialized Datum, decoder warning); adds each stage's CPU time, the image to
+        pixel_sum, and its colour conversion's kind to colours; BadImage for a warning under --strict.
 
         CPU time, not wall time: a throttled or slow read, or a worker waiting for a core, is not a
         stage's cost (throttling is reported on its own)."""
         if self.caffe is not None:
-            return self._caffe_bytes(data, item, times)
+            return self._caffe_bytes(data, item, times, colours)
         spec, clock = self.spec, time.thread_time
         t1 = clock()
         planes = self.codec.decode_planes(data, self._scale_chooser) if spec.planar else None
@@ -188,9 +189,11 @@ class ImageConverter:
             raise BadImage(f"decoded only with a warning (--strict): {warning}")
         if pixel_sum is not None:
             (self.sums.add_planes if planes is not None else self.sums.add_pixels)(pixel_sum, *out)
+        _count_colour(decoded, colours)
         return value, warning
 
-    def _caffe_bytes(self, data: bytes, item: Item, times: dict[str, float]) -> tuple[bytes, str | None]:
+    def _caffe_bytes(self, data: bytes, item: Item, times: dict[str, float],
+                     colours: dict[str, int] | None) -> tuple[bytes, str | None]:
         """convert_imageset's record: the file's own bytes when Caffe would store them, else decoded, resized
         when asked (etl's squash), encoded or raw."""
         assert self.caffe is not None
@@ -212,6 +215,7 @@ class ImageConverter:
         times["decode"] += t2 - t1
         times["resize"] += t3 - t2
         times["encode"] += clock() - t3
+        _count_colour(decoded, colours)
         return value, decoded.warning
 
     def _refuse_warned(self, warning: str | None) -> None:
@@ -229,3 +233,9 @@ class ImageConverter:
         if s.keep_size:
             return 1
         return dct_scale(src_w, src_h, plan_geometry(src_w, src_h, s.width, s.height, s.resize_mode), s.decode_pixels)
+
+
+def _count_colour(decoded: Decoded | None, colours: dict[str, int] | None) -> None:
+    """An image written after a colour conversion (only the Pillow path names one) counts in colours."""
+    if decoded is not None and decoded.colour is not None and colours is not None:
+        colours[decoded.colour] = colours.get(decoded.colour, 0) + 1

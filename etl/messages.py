@@ -52,6 +52,12 @@ class Failure(NamedTuple):
 STAGES = ("read", "decode", "resize", "encode", "datum")
 
 
+def add_counts(total: dict[str, int], more: dict[str, int]) -> None:
+    """One tally of kinds (colour_conversions) added into another."""
+    for kind, n in more.items():
+        total[kind] = total.get(kind, 0) + n
+
+
 @dataclass
 class ChunkResult:
     """What a worker returns for a task: records in item order, skips, warnings, pixel sum."""
@@ -68,6 +74,7 @@ class ChunkResult:
     cpu_seconds: float = 0.0  # the worker's CPU time (user + system) spent on this chunk
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     input_stamp: int = 0  # etl.checkpoint.stamp_sum of the task's items, every one of them: what resume checks
+    colour_conversions: dict[str, int] = field(default_factory=dict)  # etl.codec.colour_conversion kind -> images
 
 
 class ResultsLink(NamedTuple):
@@ -97,6 +104,7 @@ class Progress(NamedTuple):
     throttled_seconds: float
     worker_max_rss_kb: int
     worker_cpu_seconds: float
+    colour_conversions: dict[str, int] = {}  # never changed in place: a default is shared
 
 
 @dataclass
@@ -112,6 +120,7 @@ class SplitState:
     # The stamps of the items of chunks 0..chunks-1 (etl.checkpoint.stamp_sum); None: not recorded (an older
     # etl's checkpoint, and every later commit of a run it started), so a resume cannot check them.
     input_stamp: int | None = 0
+    colour_conversions: dict[str, int] = field(default_factory=dict)  # ChunkResult's, added up
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> SplitState:

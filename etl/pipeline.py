@@ -25,7 +25,7 @@ from etl.runners.shards import shard_images
 from etl.settings import Settings, UsageError, usable_cores
 from etl.sinks import MeanSink
 from etl.sources import Plan, plan
-from etl.stats import SplitStats, summary_text, write_report
+from etl.stats import SplitStats, colour_notes, summary_text, write_report
 
 __all__ = ["Interrupted", "PipelineError", "convert"]
 
@@ -205,11 +205,12 @@ def run_job(s: Settings, job: Plan, out: Path, runner: Runner, progress: bool) -
             s.layout.list("val").write_text("")
     # --check_size decides no byte, so it is not among the output settings; etl verify needs to know it was asked
     shown = {**s.output_settings(), **({"check_size": s.check_size} if s.caffe_imageset else {})}
+    notes = job.notes + colour_notes(done, s.channels)
     with writing(out, s.layout.report.name):
-        report = write_report(s.layout.report, shown, job.labels, done, job.notes, resumed=s.resume)
+        report = write_report(s.layout.report, shown, job.labels, done, notes, resumed=s.resume)
     if progress:
         command = "etl imageset" if s.caffe_imageset else "etl convert"
-        print(printable(summary_text(str(out), job.labels, done, job.notes, s.layout.report, command)))
+        print(printable(summary_text(str(out), job.labels, done, notes, s.layout.report, command)))
     return report
 
 

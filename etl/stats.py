@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from etl.messages import STAGES, Failure, Progress, WriterSummary
+from etl.messages import STAGES, Failure, Progress, WriterSummary, add_counts
 from etl.procs import peak_rss_kb
 from etl.words import before_colon, cut_at_word, plural
 
@@ -40,6 +40,7 @@ class SplitStats:
     io: dict[str, Any] = field(default_factory=dict)
     worker_losses: list[str] = field(default_factory=list)  # why each replaced worker went
     shards: list[dict[str, Any]] = field(default_factory=list)  # --shard-size: each shard's figures
+    colour_conversions: dict[str, int] = field(default_factory=dict)  # etl.codec.colour_conversion kind -> images
 
     def take(self, progress: Progress) -> None:
         self.written += progress.written
@@ -52,6 +53,7 @@ class SplitStats:
         self.worker_cpu_total += progress.worker_cpu_seconds
         for stage, seconds in progress.stage_seconds.items():
             self.stage_seconds[stage] += seconds
+        add_counts(self.colour_conversions, progress.colour_conversions)
 
     def finish(self, writer: WriterSummary, coordinator_cpu: float) -> None:
         self.wall_seconds = time.monotonic() - self.started
@@ -75,6 +77,7 @@ class SplitStats:
             "per_class": {labels[i]: per_label.get(str(i), 0) for i in range(len(labels))} if labels else per_label,
             "skipped_files": [{"path": f.path, "reason": f.reason} for f in self.failures],
             "warning_files": [{"path": f.path, "reason": f.reason} for f in self.warnings],
+            "colour_converted": dict(self.colour_conversions),
             "wall_seconds": round(self.wall_seconds, 3),
             "images_per_second": round(self.images_per_second, 1),
             "bytes_read": self.bytes_read,
@@ -125,6 +128,21 @@ def write_report(path: Path, settings: dict[str, Any], labels: list[str], splits
     tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8", errors="backslashreplace")
     tmp.replace(path)
     return report
+
+
+def colour_notes(splits: list[SplitStats], channels: int) -> list[str]:
+    """How many images of each split needed a colour conversion (CMYK, YCCK, transparency), by kind."""
+    notes = []
+    target = "RGB" if channels == 3 else "grey"
+    for s in splits:
+        kinds = sorted(s.colour_conversions.items(), key=lambda kind: (-kind[1], kind[0]))
+        if not kinds:
+            continue
+        parts = ", ".join(plural(n, kind) for kind, n in kinds)
+        white = " (transparency composited onto white)" if any(k.startswith("transparent") for k, _ in kinds) else ""
+        total = sum(n for _, n in kinds)
+        notes.append(f"{s.name}: {plural(total, 'image')} converted to {target}: {parts}{white}")
+    return notes
 
 
 def summary_text(out_dir: str, labels: list[str], splits: list[SplitStats], notes: list[str],

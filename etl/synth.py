@@ -79,10 +79,15 @@ def awkward_files(rng: np.random.Generator) -> dict[str, bytes]:
     files["progressive.jpeg"] = _save(Image.fromarray(base), "JPEG", quality=90, progressive=True)
     files["very wide ünïcode.jpg"] = _save(Image.fromarray(photo_like(rng, 1200, 80)), "JPEG", quality=90)
     files["tall sliver.jpg"] = _save(Image.fromarray(photo_like(rng, 20, 900)), "JPEG", quality=90)
-    # YCCK: libjpeg stores Adobe CMYK inverted; libjpeg-turbo refuses it for RGB output
-    inverted = 255 - np.asarray(Image.fromarray(base).convert("CMYK"))
-    files["ycck.JPEG"] = TurboJPEG().encode(np.ascontiguousarray(inverted), quality=90, pixel_format=TJPF_CMYK)
+    files["ycck.JPEG"] = ycck_jpeg(base, quality=90)
     return files
+
+
+def ycck_jpeg(pixels: np.ndarray, quality: int) -> bytes:
+    """A YCCK JPEG (Adobe transform 2) of RGB pixels, as libjpeg writes one from CMYK; libjpeg-turbo refuses
+    it for RGB output. The Adobe marker says the CMYK is stored inverted, so the inverse of Pillow's CMYK goes in."""
+    inverted = 255 - np.asarray(Image.fromarray(pixels).convert("CMYK"))
+    return TurboJPEG().encode(np.ascontiguousarray(inverted), quality=quality, pixel_format=TJPF_CMYK)
 
 
 def bad_files(rng: np.random.Generator) -> dict[str, tuple[bytes, str | None]]:

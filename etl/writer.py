@@ -19,7 +19,18 @@ from etl.door import accept_workers, receive_closing_word
 from etl.errors import UsageError, describe_write_error
 from etl.layout import Layout, skip_log_name
 from etl.meansum import SumLayout
-from etl.messages import ChunkResult, Done, Progress, Ready, Record, ResultsLink, SplitState, WriterError, WriterSummary
+from etl.messages import (
+    ChunkResult,
+    Done,
+    Progress,
+    Ready,
+    Record,
+    ResultsLink,
+    SplitState,
+    WriterError,
+    WriterSummary,
+    add_counts,
+)
 from etl.procs import child_signals, peak_rss_kb
 from etl.sinks import ListFiles, MeanSink, open_sink
 from etl.throttle import SharedState, TokenBucket
@@ -125,6 +136,7 @@ class SplitWriter:
         self.state.bytes_read += result.bytes_read
         for stage, seconds in result.stage_seconds.items():
             self.state.stage_seconds[stage] += seconds
+        add_counts(self.state.colour_conversions, result.colour_conversions)
         self.summary.put_seconds += time.perf_counter() - t0
 
     def per_label(self) -> dict[str, int]:
@@ -237,4 +249,4 @@ def _write_chunk(writer: SplitWriter, chunk: ChunkResult, progress_conn: Any) ->
 def _progress(chunk: ChunkResult, written: int) -> Progress:
     return Progress(chunk.chunk_id, written, chunk.failures, chunk.warnings, chunk.bytes_read, chunk.stage_seconds,
                     sum(len(r.value) for r in chunk.records), chunk.throttled_seconds, chunk.max_rss_kb,
-                    chunk.cpu_seconds)
+                    chunk.cpu_seconds, chunk.colour_conversions if written else {})  # images written, not tried

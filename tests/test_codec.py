@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from etl.codec import BadImage, Codec, chw_bgr_bytes
-from etl.synth import awkward_files, bad_files, photo_like
+from etl.synth import awkward_files, bad_files, photo_like, ycck_jpeg
 
 from .conftest import gradient, jpeg
 
@@ -47,6 +47,74 @@ def test_cmyk_jpeg_colours_survive(rgb_codec):
     Image.fromarray(base).convert("CMYK").save(cmyk, "JPEG", quality=95)
     out = rgb_codec.decode(cmyk.getvalue(), FULL).pixels
     assert out[32, 32, 0] > 180 and out[32, 32, 1] < 40 and out[32, 32, 2] < 40
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def pil_bytes(im: Image.Image, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("kind", "transform"), [("CMYK", 0), ("YCCK", 2)])
+def test_cmyk_and_ycck_jpegs_decode_as_pillow_and_opencv_see_them(rgb_codec, kind, transform):
+    """ILSVRC2012 holds 23 CMYK JPEGs: Adobe-style inverted CMYK as Pillow and Photoshop write it, and YCCK as
+    libjpeg writes it from CMYK. Pillow is etl's decoder for both; OpenCV's own CMYK conversion checks it."""
+    base = photo_like(np.random.default_rng(5), 96, 64)
+    data = pil_bytes(Image.fromarray(base).convert("CMYK"), "JPEG", quality=95) if kind == "CMYK" else \
+        ycck_jpeg(base, quality=95)
+    im = Image.open(io.BytesIO(data))
+    assert (im.mode, im.info["adobe"] > 0, im.info["adobe_transform"]) == ("CMYK", True, transform)  # as named
+    decoded = rgb_codec.decode(data, FULL)
+    np.testing.assert_array_equal(decoded.pixels, np.asarray(im.convert("RGB")))
+    opencv = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    assert psnr(decoded.pixels, opencv) >= 45  # libjpeg's CMYK, inverted by the Adobe marker, times K: as OpenCV
+    # the colours the file was made from (YCCK 4:2:2 gives ~35 dB, CMYK ~42): inverted ones would give ~5 dB
+    assert psnr(decoded.pixels, base) >= 30
+    assert decoded.colour == f"{kind} JPEG"
+
+
+def transparent_png(mode: str) -> tuple[bytes, np.ndarray]:
+    """A PNG named .JPEG in ILSVRC2012's way, with an alpha channel (RGBA) or a transparent palette entry (P),
+    and its composite onto white worked out in numpy: no Pillow compositing involved."""
+    rng = np.random.default_rng(6)
+    rgb = photo_like(rng, 48, 32)
+    if mode == "RGBA":
+        alpha = np.tile(np.linspace(0, 255, 48).astype(np.uint8), (32, 1))
+        im = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+        data, colours = pil_bytes(im, "PNG"), np.asarray(im)
+    else:
+        im = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        data = pil_bytes(im, "PNG", transparency=3)
+        palette = np.array(im.getpalette()[:48], np.uint8).reshape(16, 3)
+        index = np.asarray(im)
+        colours = np.dstack([palette[index], np.where(index == 3, 0, 255).astype(np.uint8)])
+    a = colours[:, :, 3:].astype(np.float64) / 255
+    return data, np.round(colours[:, :, :3] * a + 255 * (1 - a)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P"])
+def test_png_with_transparency_named_jpeg_is_composited_on_white(rgb_codec, mode):
+    """ILSVRC2012's n02105855_2933.JPEG is a PNG: one with transparency is composited onto white, as Pillow's
+    alpha_composite does it."""
+    data, on_white = transparent_png(mode)
+    decoded = rgb_codec.decode(data, FULL)
+    rgba = Image.open(io.BytesIO(data)).convert("RGBA")
+    pillow = np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB"))
+    np.testing.assert_array_equal(decoded.pixels, pillow)
+    assert np.abs(decoded.pixels.astype(int) - on_white).max() <= 1  # Pillow's integer rounding
+    assert decoded.colour == "transparent PNG"
+
+
+def test_gray_jpeg_decodes_as_pillow_sees_it_and_needs_no_colour_conversion(rgb_codec):
+    data = jpeg(photo_like(np.random.default_rng(7), 64, 48)[:, :, 0], quality=90)
+    decoded = rgb_codec.decode(data, FULL)
+    np.testing.assert_array_equal(decoded.pixels, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    assert decoded.colour is None  # grey to RGB repeats a channel: not counted as a conversion
 
 
 def test_transparency_is_composited_on_white(rgb_codec):

@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 
 from etl.reader import LmdbDataset
+from etl.synth import photo_like, ycck_jpeg
+from etl.transform import apply_geometry, plan_geometry
 
 from .conftest import run_cli
 
@@ -264,3 +266,90 @@ def test_val_pct_too_small_for_any_val_image_is_said_in_summary_and_report(tmp_p
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert any(n.startswith(note) for n in report["notes"])
     assert report["splits"]["train"]["written"] == 6 and not (tmp_path / "out" / "val_db").exists()
+
+
+def quirks_tree(root: Path) -> dict[str, str]:
+    """ILSVRC2012's own odd files, each in a train class folder: Adobe CMYK and YCCK JPEGs, a PNG with alpha
+    named .JPEG (as n02105855_2933), a palette PNG with a transparent entry, a grey JPEG, a plain JPEG; a CMYK
+    JPEG in val (as ILSVRC2012_val_00019877). Returns the colour conversion each train file needs, by name."""
+    rng = np.random.default_rng(11)
+    base = [photo_like(rng, w, h) for w, h in ((120, 90), (90, 120), (100, 100), (150, 80), (80, 60), (64, 64))]
+    rgba = Image.fromarray(base[2]).convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.tile(np.linspace(0, 255, 100).astype(np.uint8), (100, 1))))
+    palette = Image.fromarray(base[3]).convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
+    files = {
+        "train/a/n01_cmyk.JPEG": (pil_bytes(Image.fromarray(base[0]).convert("CMYK"), "JPEG", quality=90),
+                                  "CMYK JPEG"),
+        "train/a/n01_ycck.JPEG": (ycck_jpeg(base[1], quality=90), "YCCK JPEG"),
+        "train/a/n01_plain.JPEG": (pil_bytes(Image.fromarray(base[5]), "JPEG", quality=90), None),
+        "train/b/n02105855_2933.JPEG": (pil_bytes(rgba, "PNG"), "transparent PNG"),
+        "train/b/n02_palette.png": (pil_bytes(palette, "PNG", transparency=0), "transparent PNG"),
+        "train/b/n02_grey.JPEG": (pil_bytes(Image.fromarray(base[4]).convert("L"), "JPEG", quality=90), None),
+        "val/a/ILSVRC2012_val_00019877.JPEG": (pil_bytes(Image.fromarray(base[0]).convert("CMYK"), "JPEG"),
+                                               "CMYK JPEG"),
+        "val/b/ILSVRC2012_val_00000001.JPEG": (pil_bytes(Image.fromarray(base[5]), "JPEG", quality=90), None),
+    }
+    for name, (data, _) in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return {name: kind for name, (_, kind) in files.items() if name.startswith("train/")}
+
+
+def pil_bytes(im: Image.Image, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quirks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quirks")
+    assert sum(kind is not None for kind in quirks_tree(root).values()) == 4  # the note below counts these
+    out = root / "ds"
+    proc = run_cli("convert", str(root / "train"), str(out), "--val-dir", str(root / "val"), "--width", "64",
+                   "--height", "48", "--encoding", "png", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    return root, out, proc
+
+
+def test_corpus_quirks_convert_to_pillows_colours(quirks):
+    """Each record against Pillow's own RGB of the source (transparency composited on white) resized with etl's
+    kernel: PNG records, so nothing lossy stands between them, and they are identical."""
+    root, out, _ = quirks
+    for split in ("train", "val"):
+        lines = (out / f"{split}.txt").read_text().splitlines()
+        ds = LmdbDataset(out / f"{split}_db")
+        assert len(ds) == len(lines) == len(list((root / split).rglob("*.*")))
+        for (stored, _), line in zip(ds, lines, strict=True):
+            source = np.asarray(on_white(Image.open(line.rsplit(" ", 1)[0])))
+            h, w = source.shape[:2]
+            reference = apply_geometry(source, plan_geometry(w, h, 64, 48, "squash"), 64, 48, None)
+            np.testing.assert_array_equal(stored, reference, err_msg=line)
+
+
+def test_colour_conversions_are_counted_in_a_note(quirks):
+    root, out, proc = quirks
+    train = ("train: 4 images converted to RGB: 2 transparent PNGs, 1 CMYK JPEG, 1 YCCK JPEG "
+             "(transparency composited onto white)")
+    val = "val: 1 image converted to RGB: 1 CMYK JPEG"
+    report = json.loads((out / "report.json").read_text())
+    assert train in report["notes"] and val in report["notes"]
+    assert f"note: {train}" in proc.stdout and f"note: {val}" in proc.stdout
+    assert report["splits"]["train"]["colour_converted"] == {"CMYK JPEG": 1, "YCCK JPEG": 1, "transparent PNG": 2}
+
+
+def test_colour_conversion_count_survives_a_resume(tmp_path):
+    """The count covers the images a first run wrote, not only those of the run that resumed it."""
+    (tmp_path / "train/a").mkdir(parents=True)
+    (tmp_path / "train/b").mkdir(parents=True)
+    cmyk = Image.fromarray(photo_like(np.random.default_rng(12), 40, 30)).convert("CMYK")
+    (tmp_path / "train/a/cmyk.JPEG").write_bytes(pil_bytes(cmyk, "JPEG"))
+    (tmp_path / "train/b/later.JPEG").write_bytes(b"not yet an image")
+    args = ["convert", str(tmp_path / "train"), str(tmp_path / "ds"), "--width", "32", "--height", "24",
+            "--no-shuffle", "--chunk-size", "1", "--on-error", "fail", "--workers", "1"]
+    assert run_cli(*args).returncode != 0  # stops at later.JPEG, the CMYK image's chunk committed
+    (tmp_path / "train/b/later.JPEG").write_bytes(pil_bytes(cmyk.convert("RGB"), "JPEG"))
+    proc = run_cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed: 1 record was already written" in proc.stdout
+    assert "note: train: 1 image converted to RGB: 1 CMYK JPEG" in proc.stdout

@@ -12,7 +12,7 @@ from etl import cli
 from etl.cli import make_parser
 from etl.messages import Failure
 from etl.settings import build_settings
-from etl.stats import SplitStats, summary_text
+from etl.stats import SplitStats, colour_notes, summary_text
 from etl.words import plural
 
 from .conftest import run_cli
@@ -192,3 +192,14 @@ def test_summary_names_the_images_written_with_warnings_and_the_switch_that_skip
     assert "warned       7: written as libjpeg decoded them; --strict skips such images" in text
     assert "e.g. c/0.jpg: Premature end of JPEG file" in text and "c/4.jpg" in text and "c/5.jpg" not in text
     assert "--strict" not in summary_text("out", ["c"], [split(written=7, wall_seconds=1.0)], [])
+
+
+@pytest.mark.quick
+def test_colour_note_counts_each_kind_per_split_and_says_the_target():
+    train = split(colour_conversions={"CMYK JPEG": 22, "transparent PNG": 1})
+    val = split(colour_conversions={"YCCK JPEG": 1})
+    val.name = "val"
+    assert colour_notes([train, val, split()], channels=3) == [
+        "train: 23 images converted to RGB: 22 CMYK JPEGs, 1 transparent PNG (transparency composited onto white)",
+        "val: 1 image converted to RGB: 1 YCCK JPEG"]
+    assert colour_notes([val], channels=1) == ["val: 1 image converted to grey: 1 YCCK JPEG"]

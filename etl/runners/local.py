@@ -148,6 +148,7 @@ class SplitRun:
         st = self.stats
         st.written, st.failures, st.warnings = ready.state.records, list(ready.skipped), list(ready.warned)
         st.bytes_read, st.stage_seconds = ready.state.bytes_read, dict(ready.state.stage_seconds)
+        st.colour_conversions = dict(ready.state.colour_conversions)
         st.resumed_from, st.resumed_bytes_read = ready.state.records, ready.state.bytes_read
         self.bar.update(st.written + len(st.failures))
 

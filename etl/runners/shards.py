@@ -18,7 +18,7 @@ from etl.errors import Interrupted, UsageError
 from etl.layout import CHECKPOINT_DIR, Layout, db_path, list_path
 from etl.meansum import mean_layout
 from etl.memory import MB, commit_records
-from etl.messages import Failure, WriterSummary
+from etl.messages import Failure, WriterSummary, add_counts
 from etl.pagecache import CacheChoice
 from etl.settings import Settings
 from etl.sinks import MeanSink
@@ -229,6 +229,7 @@ def combine(name: str, parts: list[SplitStats], wall: float) -> SplitStats:
             setattr(total, key, getattr(total, key) + getattr(p, key))
         for stage, seconds in p.stage_seconds.items():
             total.stage_seconds[stage] += seconds
+        add_counts(total.colour_conversions, p.colour_conversions)
         total.worker_count = max(total.worker_count, p.worker_count)
         total.worker_max_rss_kb = max(total.worker_max_rss_kb, p.worker_max_rss_kb)
         total.coordinator_max_rss_kb = max(total.coordinator_max_rss_kb, p.coordinator_max_rss_kb)
