@@ -14,12 +14,10 @@ from typing import IO, Any
 import numpy as np
 from turbojpeg import TurboJPEG
 
-from etl.checkpoint import _release
+from etl.checkpoint import SUMS_SINCE, Checkpoint, release_tuple
 from etl.datum import Datum, decode_blobproto, decode_datum
 from etl.errors import UsageError
 from etl.layout import (
-    CHECKPOINT_DIR,
-    JOB,
     LABELS,
     MEAN_JPG,
     MEAN_PROTO,
@@ -134,32 +132,18 @@ def verify_dataset(out: Path, progress: bool, only: str | None = None) -> Checke
     return check
 
 
-SUMS_SINCE = (0, 4)  # the etl release that began writing <split>_db.sums
-
-
 def _no_sums(check: Checker, out: Path, unsummed: list[str]) -> None:
     """Missing checksum sidecars: expected of a dataset etl 0.3.0 or earlier wrote (a note); a problem when the
     etl that started the job (.etl/job.json) writes them, since then they were lost."""
     missing = ", ".join(unsummed)
-    version = _started_by(out)
-    if version is not None and _release(version) >= SUMS_SINCE:
+    version = Checkpoint(out).started_by()  # None: a copy without .etl/ (verify does not need it)
+    if version is not None and release_tuple(version) >= SUMS_SINCE:
         check.fail(f"no {missing}, though etl {version}, which wrote this dataset, writes it: its records cannot be "
                    "checked against their checksums; restore it from a copy of the dataset, or convert again with "
                    "--overwrite")
         return
     check.notes.append(f"records could not be checked against checksums: no {missing} (a dataset written by etl "
                        "0.3.0 or earlier)")
-
-
-def _started_by(out: Path) -> str | None:
-    """The etl version that started the job, from .etl/job.json; None when that cannot be read (a copy without
-    the checkpoint folder, or a damaged file: verify does not need it)."""
-    try:
-        job = json.loads((out / CHECKPOINT_DIR / JOB).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    version = job.get("etl_version") if isinstance(job, dict) else None
-    return version if isinstance(version, str) and _release(version) else None
 
 
 SETTINGS_READ = {"height": int, "width": int, "channels": int, "encoding": str}
