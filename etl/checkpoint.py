@@ -146,6 +146,12 @@ class Checkpoint:
         version = job.get("etl_version", OLDEST) if isinstance(job, dict) else None
         return version if isinstance(version, str) and release_tuple(version) else None
 
+    def sums_owed(self) -> bool:
+        """Whether every record already committed has its checksum line: the job was started by an etl that
+        writes them, or has no job.json here (a shard's checkpoint: shards came after the checksums)."""
+        version = self.started_by()
+        return version is None or release_tuple(version) >= SUMS_SINCE
+
     def save_pending(self, split: str, state: SplitState) -> None:
         fsync_write(self.path(f"{split}.pending.json"), json.dumps(asdict(state)).encode())
 

@@ -165,3 +165,31 @@ def test_each_file_a_resume_reads_back_damaged_gives_one_line_naming_it(converte
     assert again.returncode == 0, again.stderr
     if not sharded:
         assert dataset(out) == reference
+
+
+# ---- a checksum sidecar that lost lines is damage, not an older etl's dataset --------------------------------
+
+@pytest.mark.parametrize("where,how", [("one", "cut"), ("one", "missing"), ("shard", "cut")])
+def test_a_sums_file_that_lost_lines_is_refused_on_resume_not_summed_again(converted, tree, tmp_path, reference,
+                                                                          where, how):
+    """Summed again from the database, a record damaged since would get a line saying it is good."""
+    out = tmp_path / "out"
+    shutil.copytree(converted / ("sharded" if where == "shard" else "one"), out)
+    extra = ("--shard-size", "10") if where == "shard" else ()
+    sums = out / "train_db.sums"
+    if where == "shard":  # a shard left unfinished: the resume continues it from its commits
+        shard = out / "train_db" / "00000-of-00002"
+        (shard / ".etl" / "done.json").unlink()
+        sums = shard / ".etl" / "train_db.sums"
+    if how == "cut":
+        sums.write_bytes(sums.read_bytes().splitlines(keepends=True)[0])
+    else:
+        sums.unlink()
+    proc = etl("convert", tree, out, *ARGS, *extra, "--resume")
+    assert proc.returncode in (1, 2) and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, \
+        proc.stderr
+    assert str(sums) in proc.stderr and "convert again with --overwrite in place of --resume" in proc.stderr
+    again = etl("convert", tree, out, *ARGS, *extra, "--overwrite")  # the advice, taken literally
+    assert again.returncode == 0, again.stderr
+    if where == "one":
+        assert dataset(out) == reference
