@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -152,17 +153,32 @@ SETTINGS_READ = {"height": int, "width": int, "channels": int, "encoding": str}
 def read_dataset(check: Checker, out: Path) -> tuple[dict[str, Any], list[str]] | None:
     """report.json and labels.txt, each of the shape verify reads; None, the problem noted, when one is not."""
     try:
-        labels = (out / LABELS).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+        text = (out / LABELS).read_bytes()
         report = json.loads((out / REPORT).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         check.fail(f"cannot read report.json or labels.txt: {exc}")
         return None
     problem = _report_problem(report)
     if problem:
-        check.fail(f"{out / REPORT} is damaged ({problem}): the dataset cannot be checked against it; run the etl "
-                   f"convert command that wrote {out} again, with --resume: it writes {REPORT} again")
+        check.fail(f"{out / REPORT} is damaged ({problem}): the dataset cannot be checked against it; {_again(out)}: "
+                   f"it writes {REPORT} again")
         return None
-    return report, labels
+    _check_labels_file(check, out, text, report.get("labels_sha256"))
+    return report, text.decode("utf-8", "surrogateescape").splitlines()
+
+
+def _again(out: Path) -> str:
+    return f"run the etl convert command that wrote {out} again, with --resume"
+
+
+def _check_labels_file(check: Checker, out: Path, text: bytes, written: Any) -> None:
+    """labels.txt against the sha256 report.json keeps of the one the run wrote: two lines swapped pass every
+    count, and a list input's paths name no class to cross-check them with. An older etl's report has none."""
+    if isinstance(written, str) and hashlib.sha256(text).hexdigest() != written:
+        check.fail(f"{out / LABELS} is not the file the conversion wrote (its sha256 is not report.json's "
+                   f"labels_sha256): lines were changed, swapped, added or removed since, and records would get "
+                   f"other classes' names; restore it from a copy of the dataset, or {_again(out)}: it writes "
+                   f"{LABELS} again")
 
 
 def _report_problem(report: Any) -> str:

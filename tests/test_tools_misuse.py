@@ -316,6 +316,54 @@ def test_a_list_files_own_labels_are_not_taken_for_a_swap(tmp_path):
     assert proc.returncode == 0, proc.stdout
 
 
+def convert_list(tmp_path: Path, names: bool) -> tuple[Path, tuple[str, ...]]:
+    """A dataset from a list file: with --labels naming its classes, or its numbers as labels.txt; the command."""
+    from etl.synth import TreeSpec, make_tree
+
+    make_tree(tmp_path / "t", TreeSpec(classes=3, per_class=3, seed=6, awkward=False))
+    classes = sorted(p.name for p in (tmp_path / "t").iterdir())
+    images = sorted((tmp_path / "t").rglob("*.JPEG"))
+    (tmp_path / "list.txt").write_text("".join(f"{p} {classes.index(p.parent.name)}\n" for p in images))
+    (tmp_path / "names.txt").write_text("".join(f"{name}\n" for name in classes))
+    out = tmp_path / "ds"
+    command = ("convert", str(tmp_path / "list.txt"), str(out), *(("--labels", str(tmp_path / "names.txt"))
+                                                                   if names else ()),
+               "--val-pct", "0", "--workers", "1", "--quiet")
+    assert run_cli(*command).returncode == 0
+    return out, command
+
+
+@pytest.mark.parametrize("names", [True, False], ids=["--labels names", "numbers"])
+def test_swapped_labels_of_a_list_input_are_found_by_the_runs_record_of_labels_txt(tmp_path, names):
+    """A list's paths name no class to cross-check with: report.json's sha256 of the labels.txt written does."""
+    out, command = convert_list(tmp_path, names)
+    written = (out / "labels.txt").read_bytes()
+    stdout = verify_swapped(out)
+    assert f"{out / 'labels.txt'} is not the file the conversion wrote" in stdout, stdout
+    assert run_cli(*command, "--resume").returncode == 0  # the advice, taken literally: labels.txt written again
+    assert (out / "labels.txt").read_bytes() == written
+    assert run_cli("verify", str(out), "--quiet").returncode == 0
+
+
+def test_a_resume_keeps_the_record_of_labels_txt(tmp_path):
+    out, command = convert_list(tmp_path, names=True)
+    written = json.loads((out / "report.json").read_text())["labels_sha256"]
+    assert run_cli(*command, "--resume").returncode == 0
+    assert json.loads((out / "report.json").read_text())["labels_sha256"] == written
+    swap_labels(out, 0, 1)
+    assert run_cli("verify", str(out), "--quiet").returncode == 1
+
+
+def test_an_older_etls_report_without_the_record_of_labels_txt_verifies_as_before(tmp_path):
+    out, _ = convert_list(tmp_path, names=True)
+    report = json.loads((out / "report.json").read_text())
+    report.pop("labels_sha256", None)
+    (out / "report.json").write_text(json.dumps(report))
+    swap_labels(out, 0, 1)  # nothing can tell, as before: no new problem
+    proc = run_cli("verify", str(out), "--quiet")
+    assert proc.returncode == 0 and proc.stdout.startswith("etl verify: OK"), proc.stdout
+
+
 def test_the_advice_for_a_damaged_shard_works_when_followed(small_tree, tmp_path):
     """A shard cut short: merge, mean and verify say to remove it and resume the convert; done literally, the
     merge gives the bytes of a run without shards."""
