@@ -88,14 +88,12 @@ def verify_shard(shard: Path, progress: bool) -> Checker:
     """One shard of a sharded split, as one LMDB: each record a Datum whose image decodes; the split's folder
     is what is checked with its checksums, list and labels."""
     from etl.checkdb import verify_db
-    from etl.merge import shard_entries
+    from etl.merge import one_shard_note, shard_entries
 
-    split = shard.parent
-    shard_entries(shard, split.parent)  # a cut data.mdb: one line, with what makes the shard whole again
+    shard_entries(shard, shard.parent.parent)  # a cut data.mdb: one line, with what makes the shard whole again
     check = verify_db(shard, progress)
     check.notes = [note for note in check.notes if not note.startswith("no etl imageset report")]
-    check.notes.append(f"{shard} is one shard of {split}: etl verify {split} checks the whole split, with its "
-                       "checksums, list and labels")
+    check.notes.append(one_shard_note(shard, "verify", "checks the whole split, with its checksums, list and labels"))
     return check
 
 
@@ -204,9 +202,9 @@ def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], la
         return
     try:
         if _sharded(out, name):
-            from etl.merge import shard_folders  # the manifest, checked as etl merge checks it
+            from etl.merge import SplitPaths, check_shards  # the manifest and its shards, as etl merge checks them
 
-            shard_folders(db_path(out, name))
+            check_shards(SplitPaths(out, name))
         db = LmdbDataset(db_path(out, name))
         count = len(db)
     except UsageError as exc:  # a damaged manifest: its message says which and what to do

@@ -224,6 +224,36 @@ def test_a_damaged_manifest_is_one_line_for_mean_and_verify(sharded, damage, cap
 
 
 @pytest.mark.parametrize("damage", [*DAMAGES, "missing"])
+def test_a_shard_merge_refuses_is_a_problem_for_verify_naming_its_file(sharded, damage, capsys):
+    """verify checks a split's shards as etl merge does: a done marker it refuses is never OK."""
+    _, out = sharded
+    marker = shard(out, 1) / CHECKPOINT_DIR / DONE
+    if damage == "missing":
+        marker.unlink()
+    else:
+        marker.write_bytes(DAMAGES[damage])
+    merge = one_line(in_process(capsys, "merge", out), 2)
+    proc = in_process(capsys, "verify", out)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    found = [line for line in proc.stdout.splitlines() if str(shard(out, 1)) in line and DONE in line]
+    assert found and found[0].removeprefix("  - ") == merge.removeprefix("etl: error: ").rstrip("\n"), proc.stdout
+
+
+def test_mean_of_one_shard_notes_it_as_verify_does(sharded):
+    _, out = sharded
+    one = shard(out, 1)
+    mean = run_cli("mean", str(one), "--quiet")
+    verify = run_cli("verify", str(one), "--quiet")
+    assert mean.returncode == 0 and verify.returncode == 0, mean.stderr + verify.stdout
+    notes = [line.split("note: ", 1)[1] for line in mean.stderr.splitlines() + verify.stdout.splitlines()
+             if "note: " in line and "one shard of" in line]
+    assert len(notes) == 2, (mean.stderr, verify.stdout)
+    assert notes[0] == f"{one} is one shard of {one.parent}: etl mean {one.parent} takes the mean of the whole split"
+    assert notes[1].startswith(f"{one} is one shard of {one.parent}: etl verify {one.parent} checks the whole")
+    assert "one shard" not in run_cli("mean", str(out / "train_db"), "--quiet").stderr
+
+
+@pytest.mark.parametrize("damage", [*DAMAGES, "missing"])
 def test_a_damaged_report_is_one_problem_naming_it(sharded, damage, capsys):
     _, out = sharded
     report = out / "report.json"
