@@ -193,3 +193,16 @@ def test_a_sums_file_that_lost_lines_is_refused_on_resume_not_summed_again(conve
     assert again.returncode == 0, again.stderr
     if where == "one":
         assert dataset(out) == reference
+
+
+def test_release_tuple_orders_versions_by_number_and_started_by_reads_job_json(tmp_path):
+    from etl.checkpoint import SUMS_SINCE, Checkpoint, release_tuple
+
+    assert release_tuple("0.10.1") > release_tuple("0.9") >= SUMS_SINCE > release_tuple("0.3.0")
+    checkpoint = Checkpoint(tmp_path)
+    assert checkpoint.started_by() is None and checkpoint.sums_owed()  # no job.json: a shard's checkpoint
+    checkpoint.dir.mkdir()
+    checkpoint.path("job.json").write_text('{"settings": {}, "splits": {}}')  # before 0.3: no version recorded
+    assert checkpoint.started_by() == "0.2" and not checkpoint.sums_owed()
+    checkpoint.path("job.json").write_text('{"settings": {}, "splits": {}, "etl_version": "0.4.0"}')
+    assert checkpoint.started_by() == "0.4.0" and checkpoint.sums_owed()
