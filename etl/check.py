@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -14,12 +15,10 @@ from typing import IO, Any
 import numpy as np
 from turbojpeg import TurboJPEG
 
-from etl.checkpoint import _release
+from etl.checkpoint import SUMS_SINCE, Checkpoint, release_tuple
 from etl.datum import Datum, decode_blobproto, decode_datum
 from etl.errors import UsageError
 from etl.layout import (
-    CHECKPOINT_DIR,
-    JOB,
     LABELS,
     MEAN_JPG,
     MEAN_PROTO,
@@ -89,14 +88,12 @@ def verify_shard(shard: Path, progress: bool) -> Checker:
     """One shard of a sharded split, as one LMDB: each record a Datum whose image decodes; the split's folder
     is what is checked with its checksums, list and labels."""
     from etl.checkdb import verify_db
-    from etl.merge import shard_entries
+    from etl.merge import one_shard_note, shard_entries
 
-    split = shard.parent
-    shard_entries(shard, split.parent)  # a cut data.mdb: one line, with what makes the shard whole again
+    shard_entries(shard, shard.parent.parent)  # a cut data.mdb: one line, with what makes the shard whole again
     check = verify_db(shard, progress)
     check.notes = [note for note in check.notes if not note.startswith("no etl imageset report")]
-    check.notes.append(f"{shard} is one shard of {split}: etl verify {split} checks the whole split, with its "
-                       "checksums, list and labels")
+    check.notes.append(one_shard_note(shard, "verify", "checks the whole split, with its checksums, list and labels"))
     return check
 
 
@@ -134,15 +131,12 @@ def verify_dataset(out: Path, progress: bool, only: str | None = None) -> Checke
     return check
 
 
-SUMS_SINCE = (0, 4)  # the etl release that began writing <split>_db.sums
-
-
 def _no_sums(check: Checker, out: Path, unsummed: list[str]) -> None:
     """Missing checksum sidecars: expected of a dataset etl 0.3.0 or earlier wrote (a note); a problem when the
     etl that started the job (.etl/job.json) writes them, since then they were lost."""
     missing = ", ".join(unsummed)
-    version = _started_by(out)
-    if version is not None and _release(version) >= SUMS_SINCE:
+    version = Checkpoint(out).started_by()  # None: a copy without .etl/ (verify does not need it)
+    if version is not None and release_tuple(version) >= SUMS_SINCE:
         check.fail(f"no {missing}, though etl {version}, which wrote this dataset, writes it: its records cannot be "
                    "checked against their checksums; restore it from a copy of the dataset, or convert again with "
                    "--overwrite")
@@ -151,34 +145,38 @@ def _no_sums(check: Checker, out: Path, unsummed: list[str]) -> None:
                        "0.3.0 or earlier)")
 
 
-def _started_by(out: Path) -> str | None:
-    """The etl version that started the job, from .etl/job.json; None when that cannot be read (a copy without
-    the checkpoint folder, or a damaged file: verify does not need it)."""
-    try:
-        job = json.loads((out / CHECKPOINT_DIR / JOB).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    version = job.get("etl_version") if isinstance(job, dict) else None
-    return version if isinstance(version, str) and _release(version) else None
-
-
 SETTINGS_READ = {"height": int, "width": int, "channels": int, "encoding": str}
 
 
 def read_dataset(check: Checker, out: Path) -> tuple[dict[str, Any], list[str]] | None:
     """report.json and labels.txt, each of the shape verify reads; None, the problem noted, when one is not."""
     try:
-        labels = (out / LABELS).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+        text = (out / LABELS).read_bytes()
         report = json.loads((out / REPORT).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         check.fail(f"cannot read report.json or labels.txt: {exc}")
         return None
     problem = _report_problem(report)
     if problem:
-        check.fail(f"{out / REPORT} is damaged ({problem}): the dataset cannot be checked against it; run the etl "
-                   f"convert command that wrote {out} again, with --resume: it writes {REPORT} again")
+        check.fail(f"{out / REPORT} is damaged ({problem}): the dataset cannot be checked against it; {_again(out)}: "
+                   f"it writes {REPORT} again")
         return None
-    return report, labels
+    _check_labels_file(check, out, text, report.get("labels_sha256"))
+    return report, text.decode("utf-8", "surrogateescape").splitlines()
+
+
+def _again(out: Path) -> str:
+    return f"run the etl convert command that wrote {out} again, with --resume"
+
+
+def _check_labels_file(check: Checker, out: Path, text: bytes, written: Any) -> None:
+    """labels.txt against the sha256 report.json keeps of the one the run wrote: two lines swapped pass every
+    count, and a list input's paths name no class to cross-check them with. An older etl's report has none."""
+    if isinstance(written, str) and hashlib.sha256(text).hexdigest() != written:
+        check.fail(f"{out / LABELS} is not the file the conversion wrote (its sha256 is not report.json's "
+                   f"labels_sha256): lines were changed, swapped, added or removed since, and records would get "
+                   f"other classes' names; restore it from a copy of the dataset, or {_again(out)}: it writes "
+                   f"{LABELS} again")
 
 
 def _report_problem(report: Any) -> str:
@@ -204,9 +202,9 @@ def _check_split(check: Checker, out: Path, name: str, split: dict[str, Any], la
         return
     try:
         if _sharded(out, name):
-            from etl.merge import shard_folders  # the manifest, checked as etl merge checks it
+            from etl.merge import SplitPaths, check_shards  # the manifest and its shards, as etl merge checks them
 
-            shard_folders(db_path(out, name))
+            check_shards(SplitPaths(out, name))
         db = LmdbDataset(db_path(out, name))
         count = len(db)
     except UsageError as exc:  # a damaged manifest: its message says which and what to do

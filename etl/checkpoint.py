@@ -87,8 +87,13 @@ def check_unchanged(split: str, reader: Reader, items: list[Item], recorded: int
                          "(replaced or modified under the same name); convert again with --overwrite")
 
 
-def _release(version: str) -> tuple[int, ...]:
+def release_tuple(version: str) -> tuple[int, ...]:
+    """An etl version as numbers to compare ("0.10.1" after "0.9"); () when it holds none."""
     return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+
+
+SUMS_SINCE = (0, 4)  # the etl release that began writing <split>_db.sums
+OLDEST = "0.2"  # what a job.json without its etl_version was started by: versions before 0.3 did not record it
 
 
 class Checkpoint:
@@ -116,8 +121,8 @@ class Checkpoint:
         except ValueError as exc:
             raise damaged(self.path(JOB), exc) from None
         _check_job(self.path(JOB), job)
-        started_by = job.get("etl_version", "0.2")  # versions before 0.3 did not record themselves
-        if _release(started_by) > _release(__version__):
+        started_by = job.get("etl_version", OLDEST)
+        if release_tuple(started_by) > release_tuple(__version__):
             raise UsageError(f"--resume: this run was started by etl {started_by}, newer than this etl "
                              f"{__version__}, and its checkpoint may not read here: resume it with etl {started_by}")
         # An option newer than the first run's etl had its default there.
@@ -133,6 +138,22 @@ class Checkpoint:
                 _refuse_changed_val_labels(split, job, settings.get("val_labels"))
                 raise UsageError(f"--resume: the {split} images differ from the first run's (files added, "
                                  "removed or renamed); convert again with --overwrite")
+
+    def started_by(self) -> str | None:
+        """The etl version that started the job, from job.json; None when there is none to read (a shard's
+        checkpoint has none; a copy without .etl/) or it names no version."""
+        try:
+            job = json.loads(self.path(JOB).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        version = job.get("etl_version", OLDEST) if isinstance(job, dict) else None
+        return version if isinstance(version, str) and release_tuple(version) else None
+
+    def sums_owed(self) -> bool:
+        """Whether every record already committed has its checksum line: the job was started by an etl that
+        writes them, or has no job.json here (a shard's checkpoint: shards came after the checksums)."""
+        version = self.started_by()
+        return version is None or release_tuple(version) >= SUMS_SINCE
 
     def save_pending(self, split: str, state: SplitState) -> None:
         raw = asdict(state)

@@ -155,6 +155,11 @@ def check_db_path(path: str) -> None:
         raise UsageError(f"{path} is not an LMDB database: no data.mdb in it{hint}")
 
 
+def is_shard(folder: Path) -> bool:
+    """One shard of a sharded split: its folder holds the split's manifest."""
+    return (folder.parent / SHARD_MANIFEST).is_file()
+
+
 def databases(path: str) -> list[str]:
     """The LMDB folders of a database: itself, or a sharded split's shards in write order (its mean is theirs).
     A shard, or a split's shards, checked as etl merge checks them: a damaged one is one line saying what makes
@@ -164,7 +169,7 @@ def databases(path: str) -> list[str]:
         from etl.merge import shard_folders  # only for shards: merge's imports cost a quarter of a second
 
         return [str(folder) for folder in shard_folders(where)]
-    if (where.parent / SHARD_MANIFEST).is_file():  # one shard
+    if is_shard(where):
         from etl.merge import shard_entries
 
         shard_entries(where, where.parent.parent)
@@ -430,6 +435,11 @@ def run_mean(db: str, output: str | None, workers: int | None = None, progress: 
     again = f"etl mean {db} {output}"
     written = write_outputs(result, Path(output), again) if output is not None else []
     print(render_means(result))
+    if is_shard(Path(db)):  # one shard's mean is not the split's: said as etl verify says it, --quiet or not
+        from etl.merge import one_shard_note
+
+        print(f"etl mean: note: {one_shard_note(Path(db), 'mean', 'takes the mean of the whole split')}",
+              file=sys.stderr)
     if progress:
         what = f"{plural(result.count, 'record')} of {result.shape}"
         print(f"etl mean: {what}" + (f"; wrote {', '.join(map(str, written))}" if written else ""), file=sys.stderr)

@@ -156,13 +156,26 @@ def recover(p: SplitPaths) -> None:
 
 
 def check_split(p: SplitPaths) -> dict[str, Any]:
-    """The manifest, checked against the shard folders; every shard must be whole, finished and checksummed."""
-    man = read_manifest(p)
-    for s in man["shards"]:
-        check_shard(p, s)
+    """check_shards, and nothing in the way of the merge."""
+    man = check_shards(p)
     if p.shards.exists():
         raise UsageError(f"{p.shards} is in the way (shards kept by an earlier merge?): move it away or remove it")
     return man
+
+
+def check_shards(p: SplitPaths) -> dict[str, Any]:
+    """The manifest, checked against the shard folders; every shard must be whole, finished and checksummed
+    (etl merge before it merges, etl verify as its first finding)."""
+    man = read_manifest(p)
+    for s in man["shards"]:
+        check_shard(p, s)
+    return man
+
+
+def one_shard_note(shard: Path, command: str, covers: str) -> str:
+    """What a tool given one shard of a sharded split notes: the split holds the dataset's records, and the same
+    command on it covers them all (covers: what it does then)."""
+    return f"{shard} is one shard of {shard.parent}: etl {command} {shard.parent} {covers}"
 
 
 def read_manifest(p: SplitPaths) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -122,8 +123,9 @@ def writing(out: Path, what: str, fresh: bool = False) -> Iterator[None]:
         raise PipelineError(describe_write_error(exc, str(out), what, fresh)) from None
 
 
-def start_job(s: Settings, job: Plan, out: Path) -> None:
-    """The checkpoint's job record (or the check that a resume matches it), and labels.txt."""
+def start_job(s: Settings, job: Plan, out: Path) -> str | None:
+    """The checkpoint's job record (or the check that a resume matches it), and labels.txt; returns the sha256
+    of the labels.txt it wrote (report.json keeps it, for etl verify to find a line changed since), or None."""
     checkpoint = Checkpoint(out)
     digests = {sp.name: plan_digest(sp.items) for sp in job.splits}
     if s.resume:
@@ -135,10 +137,11 @@ def start_job(s: Settings, job: Plan, out: Path) -> None:
         for source in job.sources:
             source.save(checkpoint.dir)
     if not s.layout.side_files:
-        return
+        return None
+    text = "".join(f"{name}\n" for name in job.labels).encode("utf-8", "surrogateescape")
     with writing(out, LABELS):
-        (out / LABELS).write_text("".join(f"{name}\n" for name in job.labels), encoding="utf-8",
-                                  errors="surrogateescape")
+        (out / LABELS).write_bytes(text)
+    return hashlib.sha256(text).hexdigest()
 
 
 def convert(s: Settings, progress: bool = True, start_method: str | None = None) -> dict[str, Any]:
@@ -191,7 +194,7 @@ def _advice_fits(exc: Stop, s: Settings) -> Stop:
 
 def run_job(s: Settings, job: Plan, out: Path, runner: Runner, progress: bool) -> dict[str, Any]:
     """Every split, the mean files, the report and the summary, into an output folder this run holds."""
-    start_job(s, job, out)
+    labels_sha256 = start_job(s, job, out)
     cache = page_cache_choice(s, job)
     done: list[SplitStats] = []
     with sigterm_as_interrupt():
@@ -207,7 +210,8 @@ def run_job(s: Settings, job: Plan, out: Path, runner: Runner, progress: bool) -
     shown = {**s.output_settings(), **({"check_size": s.check_size} if s.caffe_imageset else {})}
     notes = job.notes + colour_notes(done, s.channels)
     with writing(out, s.layout.report.name):
-        report = write_report(s.layout.report, shown, job.labels, done, notes, resumed=s.resume)
+        report = write_report(s.layout.report, shown, job.labels, done, notes, resumed=s.resume,
+                              labels_sha256=labels_sha256)
     if progress:
         command = "etl imageset" if s.caffe_imageset else "etl convert"
         print(printable(summary_text(str(out), job.labels, done, notes, s.layout.report, command)))

@@ -112,12 +112,14 @@ def _writer_json(summary: WriterSummary | None) -> dict[str, Any] | None:
 
 
 def write_report(path: Path, settings: dict[str, Any], labels: list[str], splits: list[SplitStats],
-                 notes: list[str], resumed: bool = False) -> dict[str, Any]:
+                 notes: list[str], resumed: bool = False, labels_sha256: str | None = None) -> dict[str, Any]:
+    """labels_sha256: of the labels.txt the run wrote (none for etl imageset, which writes none)."""
     report = {
         "tool": "etl",
         "resumed": resumed,
         "settings": settings,
         "labels": len(labels),
+        **({"labels_sha256": labels_sha256} if labels_sha256 else {}),
         "notes": notes,
         "splits": {s.name: s.to_json(labels) for s in splits},
     }

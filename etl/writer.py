@@ -91,7 +91,8 @@ class SplitWriter:
         self.spec = spec
         self.checkpoint = Checkpoint(spec.out_dir)
         layout = Layout(spec.out_dir, single_db=spec.single_db)
-        self.db = open_sink(layout.db(spec.split), layout.sums(spec.split), budget, spec.keep_page_cache, spec.keys)
+        self.db = open_sink(layout.db(spec.split), layout.sums(spec.split), budget, spec.keep_page_cache, spec.keys,
+                            self.checkpoint.sums_owed())
         self.lists = ListFiles(layout.list(spec.split), self.checkpoint.path(skip_log_name(spec.split)),
                                spec.list_prefix)
         self.sizes = SizeCheck() if spec.check_size else None

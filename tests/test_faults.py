@@ -314,6 +314,8 @@ def test_resuming_a_run_started_without_checksums_sums_what_it_had_committed(tre
     proc.communicate(timeout=60)
     assert consistent(out) > 0
     (out / "train_db.sums").unlink()  # as etl 0.3.0, which wrote none, would have left it
+    job = out / ".etl" / "job.json"
+    job.write_text(json.dumps({**json.loads(job.read_text()), "etl_version": "0.3.0"}))
     resumed = etl("convert", tree, out, *ARGS, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert dataset(out) == reference

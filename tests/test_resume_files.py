@@ -187,3 +187,44 @@ def test_a_val_labels_file_changed_before_a_resume_is_named_and_the_advice_works
         "of --resume"), proc.stderr
     labels.write_text(first)  # the advice, followed literally
     assert etl("convert", tree, out, *args, "--resume").returncode == 0
+
+
+# ---- a checksum sidecar that lost lines is damage, not an older etl's dataset --------------------------------
+
+@pytest.mark.parametrize("where,how", [("one", "cut"), ("one", "missing"), ("shard", "cut")])
+def test_a_sums_file_that_lost_lines_is_refused_on_resume_not_summed_again(converted, tree, tmp_path, reference,
+                                                                          where, how):
+    """Summed again from the database, a record damaged since would get a line saying it is good."""
+    out = tmp_path / "out"
+    shutil.copytree(converted / ("sharded" if where == "shard" else "one"), out)
+    extra = ("--shard-size", "10") if where == "shard" else ()
+    sums = out / "train_db.sums"
+    if where == "shard":  # a shard left unfinished: the resume continues it from its commits
+        shard = out / "train_db" / "00000-of-00002"
+        (shard / ".etl" / "done.json").unlink()
+        sums = shard / ".etl" / "train_db.sums"
+    if how == "cut":
+        sums.write_bytes(sums.read_bytes().splitlines(keepends=True)[0])
+    else:
+        sums.unlink()
+    proc = etl("convert", tree, out, *ARGS, *extra, "--resume")
+    assert proc.returncode in (1, 2) and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, \
+        proc.stderr
+    assert str(sums) in proc.stderr and "convert again with --overwrite in place of --resume" in proc.stderr
+    again = etl("convert", tree, out, *ARGS, *extra, "--overwrite")  # the advice, taken literally
+    assert again.returncode == 0, again.stderr
+    if where == "one":
+        assert dataset(out) == reference
+
+
+def test_release_tuple_orders_versions_by_number_and_started_by_reads_job_json(tmp_path):
+    from etl.checkpoint import SUMS_SINCE, Checkpoint, release_tuple
+
+    assert release_tuple("0.10.1") > release_tuple("0.9") >= SUMS_SINCE > release_tuple("0.3.0")
+    checkpoint = Checkpoint(tmp_path)
+    assert checkpoint.started_by() is None and checkpoint.sums_owed()  # no job.json: a shard's checkpoint
+    checkpoint.dir.mkdir()
+    checkpoint.path("job.json").write_text('{"settings": {}, "splits": {}}')  # before 0.3: no version recorded
+    assert checkpoint.started_by() == "0.2" and not checkpoint.sums_owed()
+    checkpoint.path("job.json").write_text('{"settings": {}, "splits": {}, "etl_version": "0.4.0"}')
+    assert checkpoint.started_by() == "0.4.0" and checkpoint.sums_owed()

@@ -224,6 +224,36 @@ def test_a_damaged_manifest_is_one_line_for_mean_and_verify(sharded, damage, cap
 
 
 @pytest.mark.parametrize("damage", [*DAMAGES, "missing"])
+def test_a_shard_merge_refuses_is_a_problem_for_verify_naming_its_file(sharded, damage, capsys):
+    """verify checks a split's shards as etl merge does: a done marker it refuses is never OK."""
+    _, out = sharded
+    marker = shard(out, 1) / CHECKPOINT_DIR / DONE
+    if damage == "missing":
+        marker.unlink()
+    else:
+        marker.write_bytes(DAMAGES[damage])
+    merge = one_line(in_process(capsys, "merge", out), 2)
+    proc = in_process(capsys, "verify", out)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    found = [line for line in proc.stdout.splitlines() if str(shard(out, 1)) in line and DONE in line]
+    assert found and found[0].removeprefix("  - ") == merge.removeprefix("etl: error: ").rstrip("\n"), proc.stdout
+
+
+def test_mean_of_one_shard_notes_it_as_verify_does(sharded):
+    _, out = sharded
+    one = shard(out, 1)
+    mean = run_cli("mean", str(one), "--quiet")
+    verify = run_cli("verify", str(one), "--quiet")
+    assert mean.returncode == 0 and verify.returncode == 0, mean.stderr + verify.stdout
+    notes = [line.split("note: ", 1)[1] for line in mean.stderr.splitlines() + verify.stdout.splitlines()
+             if "note: " in line and "one shard of" in line]
+    assert len(notes) == 2, (mean.stderr, verify.stdout)
+    assert notes[0] == f"{one} is one shard of {one.parent}: etl mean {one.parent} takes the mean of the whole split"
+    assert notes[1].startswith(f"{one} is one shard of {one.parent}: etl verify {one.parent} checks the whole")
+    assert "one shard" not in run_cli("mean", str(out / "train_db"), "--quiet").stderr
+
+
+@pytest.mark.parametrize("damage", [*DAMAGES, "missing"])
 def test_a_damaged_report_is_one_problem_naming_it(sharded, damage, capsys):
     _, out = sharded
     report = out / "report.json"
@@ -314,6 +344,54 @@ def test_a_list_files_own_labels_are_not_taken_for_a_swap(tmp_path):
                    "--val-pct", "0", "--workers", "1", "--quiet").returncode == 0
     proc = run_cli("verify", str(out), "--quiet")
     assert proc.returncode == 0, proc.stdout
+
+
+def convert_list(tmp_path: Path, names: bool) -> tuple[Path, tuple[str, ...]]:
+    """A dataset from a list file: with --labels naming its classes, or its numbers as labels.txt; the command."""
+    from etl.synth import TreeSpec, make_tree
+
+    make_tree(tmp_path / "t", TreeSpec(classes=3, per_class=3, seed=6, awkward=False))
+    classes = sorted(p.name for p in (tmp_path / "t").iterdir())
+    images = sorted((tmp_path / "t").rglob("*.JPEG"))
+    (tmp_path / "list.txt").write_text("".join(f"{p} {classes.index(p.parent.name)}\n" for p in images))
+    (tmp_path / "names.txt").write_text("".join(f"{name}\n" for name in classes))
+    out = tmp_path / "ds"
+    command = ("convert", str(tmp_path / "list.txt"), str(out), *(("--labels", str(tmp_path / "names.txt"))
+                                                                   if names else ()),
+               "--val-pct", "0", "--workers", "1", "--quiet")
+    assert run_cli(*command).returncode == 0
+    return out, command
+
+
+@pytest.mark.parametrize("names", [True, False], ids=["--labels names", "numbers"])
+def test_swapped_labels_of_a_list_input_are_found_by_the_runs_record_of_labels_txt(tmp_path, names):
+    """A list's paths name no class to cross-check with: report.json's sha256 of the labels.txt written does."""
+    out, command = convert_list(tmp_path, names)
+    written = (out / "labels.txt").read_bytes()
+    stdout = verify_swapped(out)
+    assert f"{out / 'labels.txt'} is not the file the conversion wrote" in stdout, stdout
+    assert run_cli(*command, "--resume").returncode == 0  # the advice, taken literally: labels.txt written again
+    assert (out / "labels.txt").read_bytes() == written
+    assert run_cli("verify", str(out), "--quiet").returncode == 0
+
+
+def test_a_resume_keeps_the_record_of_labels_txt(tmp_path):
+    out, command = convert_list(tmp_path, names=True)
+    written = json.loads((out / "report.json").read_text())["labels_sha256"]
+    assert run_cli(*command, "--resume").returncode == 0
+    assert json.loads((out / "report.json").read_text())["labels_sha256"] == written
+    swap_labels(out, 0, 1)
+    assert run_cli("verify", str(out), "--quiet").returncode == 1
+
+
+def test_an_older_etls_report_without_the_record_of_labels_txt_verifies_as_before(tmp_path):
+    out, _ = convert_list(tmp_path, names=True)
+    report = json.loads((out / "report.json").read_text())
+    report.pop("labels_sha256", None)
+    (out / "report.json").write_text(json.dumps(report))
+    swap_labels(out, 0, 1)  # nothing can tell, as before: no new problem
+    proc = run_cli("verify", str(out), "--quiet")
+    assert proc.returncode == 0 and proc.stdout.startswith("etl verify: OK"), proc.stdout
 
 
 def test_the_advice_for_a_damaged_shard_works_when_followed(small_tree, tmp_path):

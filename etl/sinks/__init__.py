@@ -51,7 +51,7 @@ class Sink(Protocol):
 
 
 def open_sink(db_path: Path, sums_path: Path, budget: TokenBucket | None, keep_page_cache: bool,
-              keys: str = "digits") -> Sink:
+              keys: str = "digits", sums_owed: bool = True) -> Sink:
     """The database sink for one split, with its checksum sidecar (train_db.sums); keys: how records are keyed
-    (etl.sinks.lmdb.KEYS: DIGITS', a shard's, convert_imageset's)."""
-    return ChecksumSink(LmdbSink(db_path, budget, keep_page_cache, keys), sums_path)
+    (etl.sinks.lmdb.KEYS: DIGITS', a shard's, convert_imageset's); sums_owed: see ChecksumSink."""
+    return ChecksumSink(LmdbSink(db_path, budget, keep_page_cache, keys), sums_path, sums_owed)

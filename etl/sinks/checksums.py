@@ -7,6 +7,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from etl.errors import UsageError
 from etl.messages import Record
 from etl.sinks.lmdb import LmdbSink
 
@@ -33,17 +34,32 @@ def cut_lines(path: Path, keep: int) -> int:
     return kept
 
 
+def lost_sums(path: Path, existed: bool, kept: int, records: int) -> str:
+    """A resume's refusal of a sidecar that lost lines: summing the records again from the database would
+    certify a record damaged since as good."""
+    what = f"holds {kept} checksum lines" if existed else "is missing"
+    return (f"--resume: {path} {what}, and its database has {records} committed records, each with its line when "
+            "written (the file was cut, emptied or removed since): summing them again would certify a damaged "
+            "record as good; convert again with --overwrite")
+
+
 class ChecksumSink:
     """The database sink with a checksum line per record. The lines of a commit are written and fsynced
     before the database commits them; on opening, the sidecar is cut back to the database's record count,
-    so after a crash at any point, and on resume, line i is record i's."""
+    so after a crash at any point, and on resume, line i is record i's.
+    owed: the committed records have their lines (the run was started by an etl that writes them), so fewer
+    lines is damage; otherwise (an older etl's run) the records without one are summed from the database."""
 
-    def __init__(self, db: LmdbSink, path: Path) -> None:
+    def __init__(self, db: LmdbSink, path: Path, owed: bool = True) -> None:
         self.db, self.path = db, path
         self.lines: list[bytes] = []
-        kept = cut_lines(path, db.records())
+        existed, committed = path.exists(), db.records()
+        kept = cut_lines(path, committed)
+        if kept < committed and owed:
+            db.close()
+            raise UsageError(lost_sums(path, existed, kept, committed))
         self.file = open(path, "ab")
-        if kept < db.records():  # resuming a run an etl without checksums started: sum what it committed
+        if kept < committed:  # resuming a run an etl without checksums started: sum what it committed
             self._sum_committed(kept)
 
     def _sum_committed(self, start: int) -> None:
