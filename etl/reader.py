@@ -84,17 +84,13 @@ def _raw_pixels(datum: Datum) -> np.ndarray:
 
 
 def _turbojpeg_pixels(data: bytes, tj: TurboJPEG, gray: bool | None) -> np.ndarray | None:
-    """A JPEG through libjpeg-turbo, gray or RGB (None: as its header says); None where OpenCV must decode it
-    (CMYK and YCCK, which libjpeg-turbo cannot turn to RGB, or a header it cannot read: OpenCV's own
-    message then says so)."""
-    try:
-        _, _, subsample, colorspace = tj.decode_header(data)
-    except OSError:
+    """A JPEG through libjpeg-turbo, gray or RGB (None: as its header says); None for CMYK and YCCK, which
+    libjpeg-turbo cannot turn to RGB or gray and OpenCV does. A damaged JPEG raises libjpeg's own message."""
+    _, _, subsample, colorspace = tj.decode_header(data)
+    if colorspace in (TJCS_CMYK, TJCS_YCCK):
         return None
     if gray is None:
         gray = subsample == TJSAMP_GRAY
-    if not gray and colorspace in (TJCS_CMYK, TJCS_YCCK):
-        return None
     pixels = tj.decode(data, pixel_format=TJPF_GRAY if gray else TJPF_RGB)
     return pixels if pixels.ndim == 3 else pixels[:, :, None]
 

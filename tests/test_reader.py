@@ -85,11 +85,16 @@ def test_each_encoded_record_decodes_in_its_own_colour_mode(tmp_path, caffe_pb2)
 def test_a_channels_field_that_is_set_is_honoured(tmp_path, caffe_pb2):
     rgb = gradient(30, 20)
     colour, gray = jpeg(rgb, quality=90), jpeg(rgb[:, :, 0], quality=90)
+    cmyk = encoded(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95)
     db = write_db(tmp_path / "db", [(b"00000000_0", caffe_datum(caffe_pb2, 0, colour, shape=(1, 20, 30))),
-                                    (b"00000001_0", caffe_datum(caffe_pb2, 0, gray, shape=(3, 20, 30)))])
+                                    (b"00000001_0", caffe_datum(caffe_pb2, 0, gray, shape=(3, 20, 30))),
+                                    (b"00000002_0", caffe_datum(caffe_pb2, 0, cmyk, shape=(1, 20, 30))),
+                                    (b"00000003_0", caffe_datum(caffe_pb2, 0, cmyk, shape=(3, 20, 30)))])
     ds = LmdbDataset(db)
     np.testing.assert_array_equal(ds[0][0], opencv_rgb(colour, cv2.IMREAD_GRAYSCALE))
     np.testing.assert_array_equal(ds[1][0], opencv_rgb(gray, cv2.IMREAD_COLOR))
+    np.testing.assert_array_equal(ds[2][0], opencv_rgb(cmyk, cv2.IMREAD_GRAYSCALE))
+    np.testing.assert_array_equal(ds[3][0], opencv_rgb(cmyk, cv2.IMREAD_COLOR))
 
 
 def test_raw_bgr_and_float_records_come_back_hwc_rgb(tmp_path, caffe_pb2):
