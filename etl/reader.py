@@ -121,18 +121,34 @@ class SharedEnvironments:
 
     def get(self, path: str) -> lmdb.Environment:
         """The environment of the database at `path`, opened unless a dataset of this process has it open."""
-        st = os.stat(os.path.join(path, "data.mdb"))
+        key = self._identity(path)
         with self._lock:
-            if self._pid != os.getpid():
-                for env in list(self._open.values()):
-                    env.close()  # frees py-lmdb's record of the files, so this process can open them again
-                self._open.clear()
-                self._pid = os.getpid()
-            env = self._open.get((st.st_dev, st.st_ino))
+            self._drop_inherited()
+            env = self._open.get(key)
             if env is None:
                 env = open_checked(path, readahead=False, max_readers=512)
-                self._open[st.st_dev, st.st_ino] = env
+                self._open[key] = env
             return env
+
+    def find(self, path: str) -> lmdb.Environment | None:
+        """The environment this process's datasets have open on the database at `path`, if they have one: a
+        one-off reader (etl verify, etl mean) must use it, as py-lmdb refuses to open the files again."""
+        key = self._identity(path)
+        with self._lock:
+            self._drop_inherited()
+            return self._open.get(key)
+
+    @staticmethod
+    def _identity(path: str) -> tuple[int, int]:
+        st = os.stat(os.path.join(path, "data.mdb"))
+        return st.st_dev, st.st_ino
+
+    def _drop_inherited(self) -> None:
+        if self._pid != os.getpid():
+            for env in list(self._open.values()):
+                env.close()  # frees py-lmdb's record of the files, so this process can open them again
+            self._open.clear()
+            self._pid = os.getpid()
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()  # another thread of the parent may have held it at the fork
