@@ -1,4 +1,5 @@
-"""Reader: a DIGITS/Caffe LMDB as a Python sequence of (HWC RGB uint8 array, label); a PyTorch Dataset as is."""
+"""Reader: any Caffe Datum LMDB (etl's, DIGITS', Caffe's) as a Python sequence of (HWC array, label); a PyTorch
+Dataset as is."""
 
 from __future__ import annotations
 

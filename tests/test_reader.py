@@ -194,13 +194,13 @@ def test_verify_and_mean_read_a_database_a_dataset_has_open(tmp_path, caffe_pb2)
     from etl import verify
     from etl.dbmean import compute_mean
 
-    images = [np.roll(gradient(12, 10), 3 * i, axis=1) for i in range(4)]
+    pictures = [np.roll(gradient(12, 10), 3 * i, axis=1) for i in range(4)]
     db = write_db(tmp_path / "db", [(b"%08d_0" % i, caffe_datum(caffe_pb2, 0, encoded(Image.fromarray(im), "PNG")))
-                                    for i, im in enumerate(images)])
+                                    for i, im in enumerate(pictures)])
     ds = LmdbDataset(db)
     assert ds[0][1] == 0  # its environment open in this process
     assert verify(db, progress=False).problems == []
     result = compute_mean(str(db), workers=2, inprocess_below=0, range_records=1)  # forked workers
-    np.testing.assert_allclose(result.mean(), np.mean(images, axis=0)[:, :, ::-1].transpose(2, 0, 1), atol=1e-4)
+    np.testing.assert_allclose(result.mean(), np.mean(pictures, axis=0)[:, :, ::-1].transpose(2, 0, 1), atol=1e-4)
     assert compute_mean(str(db), workers=1).count == 4
     assert ds[3][1] == 0
