@@ -61,11 +61,10 @@ def verify_db(db: Path, progress: bool = True) -> Checker:
         sums = open_sums(check, layout.sums(SPLIT))
         check.notes += [f"no {name}: {what} not checked" for name, what, there in
                         ((LISTED, "paths and labels", listed), (SUMS, "record bytes", sums)) if there is None]
-    env = open_db(str(db))
     try:
-        records = _check_records(check, env, db, listed, sums, expect, progress)
+        with open_db(str(db)) as env:
+            records = _check_records(check, env, db, listed, sums, expect, progress)
     finally:
-        env.close()
         if listed is not None:
             listed.close()
     if expect is None:

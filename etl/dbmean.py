@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -26,7 +27,7 @@ from etl.layout import REPORT
 from etl.outlock import shared_around
 from etl.procs import child_signals, die_with_parent, mp_context
 from etl.progress import ProgressBar
-from etl.reader import SHARD_MANIFEST, DamagedDatabase, open_checked
+from etl.reader import ENVIRONMENTS, SHARD_MANIFEST, DamagedDatabase, open_checked
 from etl.settings import usable_cores
 from etl.words import plural
 
@@ -124,9 +125,24 @@ def show_key(key: bytes) -> str:
     return key.decode("utf-8", errors="backslashreplace")
 
 
-def open_db(path: str) -> lmdb.Environment:
-    """Read-only, without the lock file (the database may sit on a read-only disk). Read-ahead stays on:
-    each task reads a run of neighbouring keys, which etl, Caffe and DIGITS all write in key order."""
+@contextmanager
+def open_db(path: str) -> Iterator[lmdb.Environment]:
+    """The environment this process's LmdbDatasets share on these files, if one has them open (py-lmdb refuses
+    a second open); else one of its own, closed after: read-only, without the lock file (the database may sit
+    on a read-only disk), read-ahead on (each task reads a run of neighbouring keys, which etl, Caffe and
+    DIGITS all write in key order)."""
+    shared = ENVIRONMENTS.find(path)
+    if shared is not None:
+        yield shared
+        return
+    env = _open_own(path)
+    try:
+        yield env
+    finally:
+        env.close()
+
+
+def _open_own(path: str) -> lmdb.Environment:
     try:
         return open_checked(path)
     except DamagedDatabase as exc:
@@ -179,18 +195,14 @@ def databases(path: str) -> list[str]:
 def plan_ranges(path: str, workers: int, range_records: int | None = None) -> list[KeyRange]:
     """Walk the keys once, keeping each range's first (values are not read: their overflow pages stay on
     disk); the walk, not the header's entry count, gives the exact count."""
-    env = open_db(path)
     starts: list[bytes] = []
     records = 0
-    try:
-        with env.begin() as txn:
-            size = range_records or _range_size(int(txn.stat()["entries"]), workers)
-            for index, key in enumerate(txn.cursor().iternext(keys=True, values=False)):
-                if index % size == 0:
-                    starts.append(bytes(key))
-                records = index + 1
-    finally:
-        env.close()  # before any fork: an environment must not be used across fork()
+    with open_db(path) as env, env.begin() as txn:  # closed before any fork: never used across fork()
+        size = range_records or _range_size(int(txn.stat()["entries"]), workers)
+        for index, key in enumerate(txn.cursor().iternext(keys=True, values=False)):
+            if index % size == 0:
+                starts.append(bytes(key))
+            records = index + 1
     return [KeyRange(key, min(size, records - i * size)) for i, key in enumerate(starts)]
 
 
@@ -264,30 +276,26 @@ def native_pixels(datum: Datum, tj: TurboJPEG) -> np.ndarray:
 def sum_range(path: str, key_range: KeyRange) -> RangeSum:
     """A task: open the database, add up `count` records from the first key, stop at the first odd one."""
     tj = TurboJPEG()
-    env = open_db(path)
     shape: Shape | None = None
     total: PixelSum | None = None
     added = 0
-    try:
-        with env.begin() as txn:
-            cursor = txn.cursor()
-            if not cursor.set_key(key_range.first_key):
-                return RangeSum(key_range.first_key, None, None, 0,
-                                Stop(key_range.first_key, "is gone: the database changed while it was read"))
-            for key, value in _take(cursor, key_range.count):
-                try:
-                    pixels = record_pixels(value, tj)
-                except RecordError as exc:
-                    return _ended(key_range, shape, total, added, Stop(key, str(exc)))
-                this = Shape(pixels.shape[2], pixels.shape[0], pixels.shape[1])
-                if total is None:
-                    shape, total = this, PixelSum(pixels.shape)
-                elif this != shape:
-                    return _ended(key_range, shape, total, added, Stop(key, shape=this))
-                total.add(pixels)
-                added += 1
-    finally:
-        env.close()
+    with open_db(path) as env, env.begin() as txn:
+        cursor = txn.cursor()
+        if not cursor.set_key(key_range.first_key):
+            return RangeSum(key_range.first_key, None, None, 0,
+                            Stop(key_range.first_key, "is gone: the database changed while it was read"))
+        for key, value in _take(cursor, key_range.count):
+            try:
+                pixels = record_pixels(value, tj)
+            except RecordError as exc:
+                return _ended(key_range, shape, total, added, Stop(key, str(exc)))
+            this = Shape(pixels.shape[2], pixels.shape[0], pixels.shape[1])
+            if total is None:
+                shape, total = this, PixelSum(pixels.shape)
+            elif this != shape:
+                return _ended(key_range, shape, total, added, Stop(key, shape=this))
+            total.add(pixels)
+            added += 1
     return _ended(key_range, shape, total, added, None)
 
 

@@ -1,4 +1,5 @@
-"""Reader: a DIGITS/Caffe LMDB as a Python sequence of (HWC RGB uint8 array, label); a PyTorch Dataset as is."""
+"""Reader: any Caffe Datum LMDB (etl's, DIGITS', Caffe's) as a Python sequence of (HWC array, label); a PyTorch
+Dataset as is."""
 
 from __future__ import annotations
 
@@ -6,17 +7,21 @@ import bisect
 import itertools
 import json
 import os
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import cv2
 import lmdb
 import numpy as np
-from turbojpeg import TJPF_GRAY, TJPF_RGB, TurboJPEG
+from turbojpeg import TJCS_CMYK, TJCS_YCCK, TJPF_GRAY, TJPF_RGB, TJSAMP_GRAY, TurboJPEG
 
+from etl.codec import JPEG_MAGIC
 from etl.datum import Datum, decode_datum
 
 Sample = tuple[np.ndarray, int]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class DamagedDatabase(Exception):
@@ -44,28 +49,124 @@ def open_checked(path: str, **options: Any) -> lmdb.Environment:
 
 
 def datum_pixels(datum: Datum, tj: TurboJPEG | None = None) -> np.ndarray:
-    """The record's image as (H, W, C) uint8, RGB order for 3 channels."""
+    """The record's image as (H, W, C), RGB order for 3 channels: uint8, or float32 for a float_data record.
+
+    An encoded record decodes as its `channels` says (3: RGB, 1: gray); with another value, as the 0 that Caffe's
+    convert_imageset writes (it stores no size), in the image's own mode: gray stays one channel, colour is RGB
+    (an alpha channel is dropped). A raw record is its CHW planes, BGR for 3 channels, turned to HWC RGB."""
     if not datum.encoded:
-        chw = np.frombuffer(datum.data, dtype=np.uint8).reshape(datum.channels, datum.height, datum.width)
-        hwc = chw.transpose(1, 2, 0)
-        return np.ascontiguousarray(hwc[:, :, ::-1] if datum.channels == 3 else hwc)
-    if datum.data[:2] == b"\xff\xd8" and tj is not None:
-        fmt = TJPF_RGB if datum.channels == 3 else TJPF_GRAY
-        return tj.decode(datum.data, pixel_format=fmt)
-    flag = cv2.IMREAD_COLOR if datum.channels == 3 else cv2.IMREAD_GRAYSCALE
+        return _raw_pixels(datum)
+    if not datum.data:
+        raise ValueError("record is marked encoded but holds no data")
+    gray = {1: True, 3: False}.get(datum.channels)
+    if datum.data.startswith(JPEG_MAGIC) and tj is not None:
+        pixels = _turbojpeg_pixels(datum.data, tj, gray)
+        if pixels is not None:
+            return pixels
+    if gray is None:
+        gray = _png_is_gray(datum.data)
+    flag = {True: cv2.IMREAD_GRAYSCALE, False: cv2.IMREAD_COLOR, None: cv2.IMREAD_ANYCOLOR}[gray]
     img = cv2.imdecode(np.frombuffer(datum.data, dtype=np.uint8), flag)
     if img is None:
         raise ValueError("record data is not a decodable image")
     return img[:, :, ::-1].copy() if img.ndim == 3 else img[:, :, None]
 
 
+def _raw_pixels(datum: Datum) -> np.ndarray:
+    """Raw CHW planes (uint8 `data`, or float32 `float_data` when data is empty) as HWC, RGB for 3 channels."""
+    floats = not datum.data and bool(datum.float_data)
+    values = np.asarray(datum.float_data, np.float32) if floats else np.frombuffer(datum.data, dtype=np.uint8)
+    need = datum.channels * datum.height * datum.width
+    if need <= 0 or values.size != need:
+        raise ValueError(f"record holds {values.size:,d} {'float values' if floats else 'bytes'} where its size "
+                         f"{datum.channels}x{datum.height}x{datum.width} (channels x height x width) needs {need:,d}")
+    hwc = values.reshape(datum.channels, datum.height, datum.width).transpose(1, 2, 0)
+    return np.ascontiguousarray(hwc[:, :, ::-1] if datum.channels == 3 else hwc)
+
+
+def _turbojpeg_pixels(data: bytes, tj: TurboJPEG, gray: bool | None) -> np.ndarray | None:
+    """A JPEG through libjpeg-turbo, gray or RGB (None: as its header says); None for CMYK and YCCK, which
+    libjpeg-turbo cannot turn to RGB or gray and OpenCV does. A damaged JPEG raises libjpeg's own message."""
+    _, _, subsample, colorspace = tj.decode_header(data)
+    if colorspace in (TJCS_CMYK, TJCS_YCCK):
+        return None
+    if gray is None:
+        gray = subsample == TJSAMP_GRAY
+    pixels = tj.decode(data, pixel_format=TJPF_GRAY if gray else TJPF_RGB)
+    return pixels if pixels.ndim == 3 else pixels[:, :, None]
+
+
+def _png_is_gray(data: bytes) -> bool | None:
+    """True for a gray PNG (colour type 0, or 4: gray with alpha), False for another PNG; None for other formats,
+    whose own mode OpenCV keeps (IMREAD_ANYCOLOR; it would make gray-with-alpha colour)."""
+    if not data.startswith(PNG_MAGIC) or data[12:16] != b"IHDR" or len(data) < 26:
+        return None
+    return data[25] in (0, 4)
+
+
 SHARD_MANIFEST = "manifest.json"  # etl.runners.shards.MANIFEST: a split written as shards
+INDEX_STRIDE = 64  # the position index keeps every 64th key: 20,000 keys for ImageNet's 1.28 M records
+
+
+class SharedEnvironments:
+    """This process's read-only environments, one per data.mdb, shared by every dataset reading it: py-lmdb
+    refuses a second open of the same files in one process (it knows them by device and inode, as this does).
+    Held weakly: an environment closes when the last dataset using it closes or goes. After a fork the
+    parent's are closed unused, never read (LMDB environments must not be used across fork()), and opened
+    again on demand."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._open: weakref.WeakValueDictionary[tuple[int, int], lmdb.Environment] = weakref.WeakValueDictionary()
+
+    def get(self, path: str) -> lmdb.Environment:
+        """The environment of the database at `path`, opened unless a dataset of this process has it open."""
+        key = self._identity(path)
+        with self._lock:
+            self._drop_inherited()
+            env = self._open.get(key)
+            if env is None:
+                env = open_checked(path, readahead=False, max_readers=512)
+                self._open[key] = env
+            return env
+
+    def find(self, path: str) -> lmdb.Environment | None:
+        """The environment this process's datasets have open on the database at `path`, if they have one: a
+        one-off reader (etl verify, etl mean) must use it, as py-lmdb refuses to open the files again."""
+        key = self._identity(path)
+        with self._lock:
+            self._drop_inherited()
+            return self._open.get(key)
+
+    @staticmethod
+    def _identity(path: str) -> tuple[int, int]:
+        st = os.stat(os.path.join(path, "data.mdb"))
+        return st.st_dev, st.st_ino
+
+    def _drop_inherited(self) -> None:
+        if self._pid != os.getpid():
+            for env in list(self._open.values()):
+                env.close()  # frees py-lmdb's record of the files, so this process can open them again
+            self._open.clear()
+            self._pid = os.getpid()
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()  # another thread of the parent may have held it at the fork
+
+
+# Per process by nature, as py-lmdb's own record of open environments is: the one piece of module state.
+ENVIRONMENTS = SharedEnvironments()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=ENVIRONMENTS.after_fork)
 
 
 class LmdbDataset:
-    """Random access and iteration over one database; opens the environment lazily in each process, and raises
-    DamagedDatabase on opening one whose data.mdb is cut short. A folder of shards (--shard-size) opens as a
-    ShardedDataset: the same interface over the shards in write order."""
+    """Random access and iteration over one database; opens the environment lazily in each process, shared
+    with the process's other datasets on the same files, and raises DamagedDatabase on opening one whose
+    data.mdb is cut short. `ds[i]` is the i-th record in key order, whatever the keys' numbers (Caffe leaves
+    a skipped image's number unused). A folder of shards (--shard-size) opens as a ShardedDataset: the same
+    interface over the shards in write order."""
 
     def __new__(cls, path: str | os.PathLike[str] | None = None,
                 transform: Callable[[np.ndarray], Any] | None = None) -> Any:
@@ -82,37 +183,49 @@ class LmdbDataset:
         self._env: lmdb.Environment | None = None
         self._tj: TurboJPEG | None = None
         self._pid = -1
+        self._index: list[bytes] | None = None  # every INDEX_STRIDE-th key, read once on the first ds[i]
 
     def _open(self) -> lmdb.Environment:
         if self._env is not None and self._pid != os.getpid():
-            # Forked (a DataLoader worker): LMDB environments must not be used across fork(), and
-            # py-lmdb refuses a second open of the same files, so drop the inherited one first.
-            self._env.close()
-            self._env = None
+            self._env = None  # forked: the shared table closes the parent's environment in this process
         if self._env is None:
-            self._env = open_checked(self.path, readahead=False, max_readers=512)
+            self._env = ENVIRONMENTS.get(self.path)
             self._tj = TurboJPEG()
             self._pid = os.getpid()
         return self._env
 
     def __getstate__(self) -> dict[str, Any]:
+        # the index travels (a few hundred KB at most): a spawned worker need not walk the keys again
         return {**self.__dict__, "_env": None, "_tj": None, "_pid": -1}
 
     def __len__(self) -> int:
         return int(self._open().stat()["entries"])
 
+    def _key_index(self) -> list[bytes]:
+        """Every INDEX_STRIDE-th key in key order: one walk over the keys (values are not read)."""
+        if self._index is None:
+            with self._open().begin() as txn:
+                keys = txn.cursor().iternext(keys=True, values=False)
+                self._index = [bytes(key) for key in itertools.islice(keys, 0, None, INDEX_STRIDE)]
+        return self._index
+
     def datum(self, index: int) -> Datum:
-        """The raw Datum of record `index` (keys are '%08d_<label>', so a range lookup finds it)."""
+        """The raw Datum of the record at place `index` in key order."""
         size = len(self)
         if index < 0:
             index += size
         if not 0 <= index < size:
             raise IndexError(f"record {index} out of range (database holds {size})")
-        prefix = b"%08d_" % index
+        block, step = divmod(index, INDEX_STRIDE)
+        index_keys = self._key_index()
         with self._open().begin(buffers=False) as txn:
             cursor = txn.cursor()
-            if not cursor.set_range(prefix) or not cursor.key().startswith(prefix):
-                raise KeyError(f"no record with key prefix {prefix.decode()}")
+            found = block < len(index_keys) and cursor.set_key(index_keys[block])
+            while found and step:
+                found, step = cursor.next(), step - 1
+            if not found:
+                raise KeyError(f"record {index} is gone from {self.path}: the database changed since this dataset "
+                               "first read its keys; open it again")
             return decode_datum(cursor.value())
 
     def __getitem__(self, index: int) -> Sample:
@@ -147,15 +260,14 @@ class LmdbDataset:
             return [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        """Stop using the environment; it closes when no other dataset of this process is using it."""
+        self._env = None
 
 
 class ShardedDataset:
     """A split written as shards (OUT/train_db/00000-of-00029/, ...), read as one dataset in write order. A
-    shard's keys carry each image's place in the whole write order (which skipped images leave unused), so
-    random access goes through each shard's key list, read once when first needed."""
+    shard's keys carry each image's place in the whole write order (which skipped images leave unused); record
+    i is found by its place in its shard, as LmdbDataset finds any record."""
 
     def __init__(self, path: str | os.PathLike[str], transform: Callable[[np.ndarray], Any] | None = None) -> None:
         self.path = os.fspath(path)
@@ -163,32 +275,26 @@ class ShardedDataset:
             manifest = json.load(fh)
         self.parts = [LmdbDataset(os.path.join(self.path, shard["name"]), transform) for shard in manifest["shards"]]
         self.starts = list(itertools.accumulate((shard["records"] for shard in manifest["shards"]), initial=0))
-        self._keys: dict[int, list[bytes]] = {}
 
     def __len__(self) -> int:
         return self.starts[-1]
 
-    def _locate(self, index: int) -> tuple[LmdbDataset, bytes]:
+    def _locate(self, index: int) -> tuple[LmdbDataset, int]:
         size = len(self)
         if index < 0:
             index += size
         if not 0 <= index < size:
             raise IndexError(f"record {index} out of range (database holds {size})")
         k = bisect.bisect_right(self.starts, index) - 1
-        if k not in self._keys:
-            self._keys[k] = self.parts[k].keys()
-        return self.parts[k], self._keys[k][index - self.starts[k]]
+        return self.parts[k], index - self.starts[k]
 
     def datum(self, index: int) -> Datum:
-        part, key = self._locate(index)
-        value = part.value(key)
-        if value is None:
-            raise KeyError(f"no record {key.decode()} in {part.path}")
-        return decode_datum(value)
+        part, place = self._locate(index)
+        return part.datum(place)
 
     def __getitem__(self, index: int) -> Sample:
-        part, _ = self._locate(index)
-        return part._sample(self.datum(index))
+        part, place = self._locate(index)
+        return part[place]
 
     def items(self) -> Iterator[tuple[bytes, Datum]]:
         for part in self.parts:
