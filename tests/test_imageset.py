@@ -300,3 +300,18 @@ def test_the_lmdb_is_never_written_into_the_image_folder(images, tmp_path):
     proc = run_cli("imageset", str(root), str(listed), f"{root}/", "--quiet")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is ROOTFOLDER" in proc.stderr
     assert not (root / "data.mdb").exists() and not (root / ".etl").exists()
+
+
+def test_encoded_keeps_a_jpeg_whose_icc_profile_holds_sos_bytes(images, tmp_path, caffe_pb2):
+    """An ICC profile (APP2) holding the bytes FF DA is not a JPEG cut after its header: stored as it is."""
+    from .test_codec import sos_in_payload, with_segment
+
+    root, listed = images
+    icc = with_segment(jpeg(gradient(32, 24), quality=90), 0xE2, sos_in_payload())
+    (root / "b/icc.jpg").write_bytes(icc)
+    listed.write_text(listed.read_text() + "b/icc.jpg 0\n")
+    db = tmp_path / "db"
+    report = run(root, listed, db, "--encoded")
+    stored = dict(datums(db, caffe_pb2))
+    assert stored[f"{len(SIZES) + 2:08d}_b/icc.jpg"].data == icc
+    assert report["splits"]["train"]["skipped"] == 0
