@@ -192,3 +192,19 @@ def test_held_whole_reads_past_a_segment_holding_sos_bytes():
     Image.fromarray(px).save(buf, "JPEG", quality=90, progressive=True)
     assert held_whole(with_segment(buf.getvalue(), 0xE2, sos_in_payload()))
     assert not held_whole(with_segment(jpeg(px, quality=90), 0xE2, sos_in_payload()))
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])  # Pillow's 4:4:4, 4:2:2, 4:2:0
+def test_libjpeg_turbo_decodes_as_opencvs_imread(subsampling):
+    """etl imageset's Caffe pixels rest on this: the codec's full-size decode (PyTurboJPEG) gives the very
+    pixels of opencv-python's imread, in colour (IMREAD_COLOR) and gray (IMREAD_GRAYSCALE: libjpeg's own)."""
+    rng = np.random.default_rng(subsampling)
+    colour, gray = Codec(3, 1 << 30), Codec(1, 1 << 30)
+    for w, h in [(500, 375), (333, 500), (17, 9), (1031, 64)]:
+        px = photo_like(rng, w, h)
+        for data in (jpeg(px, quality=90, subsampling=subsampling),
+                     jpeg(px, quality=75, subsampling=subsampling, progressive=True), jpeg(px[:, :, 0])):
+            buf = np.frombuffer(data, np.uint8)
+            rgb = colour.decode(data, FULL).pixels
+            assert np.array_equal(rgb[:, :, ::-1], cv2.imdecode(buf, cv2.IMREAD_COLOR)), (w, h)
+            assert np.array_equal(gray.decode(data, FULL).pixels[:, :, 0], cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE))
