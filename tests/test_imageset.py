@@ -88,6 +88,8 @@ def test_bad_flags_and_arguments_stop_with_one_line(images, tmp_path, capsys):
          "unknown flag --resize_widht; did you mean --resize_width?"),
         (["--shuffle=maybe", str(root), str(listed), "db"], "--shuffle takes true or false"),
         (["--backend", "leveldb", str(root), str(listed), "db"], "--backend leveldb is not supported"),
+        (["--resize_filter=cubic", str(root), str(listed), str(tmp_path / "db")],
+         "--resize_filter must be one of antialias, caffe, got 'cubic'"),
         (["--encoded", "--check_size", str(root), str(listed), "db"], "--check_size compares raw images"),
         ([str(root), str(listed)], "takes ROOTFOLDER/ LISTFILE DB_NAME, got 2 arguments"),
         ([str(tmp_path / "nope"), str(listed), "db"], "ROOTFOLDER not found"),
