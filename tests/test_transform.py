@@ -26,10 +26,11 @@ def test_geometry_matches_digits_arithmetic(mode, src, expected):
 @pytest.mark.parametrize("mode", ["squash", "crop", "fill", "half_crop"])
 @pytest.mark.parametrize("src", [(500, 375), (375, 500), (100, 40), (224, 224), (2000, 90)])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_every_mode_reaches_the_target_shape(mode, src, channels):
+@pytest.mark.parametrize("resize_filter", ["antialias", "caffe"])
+def test_every_mode_reaches_the_target_shape(mode, src, channels, resize_filter):
     pixels = gradient(*src)[:, :, :channels].copy()
     geo = plan_geometry(*src, 224, 160, mode)
-    out = apply_geometry(pixels, geo, 224, 160, noise_rng(0, 0, 0))
+    out = apply_geometry(pixels, geo, 224, 160, noise_rng(0, 0, 0), resize_filter)
     assert out.shape == (160, 224, channels)
     assert out.dtype == np.uint8
 
@@ -104,3 +105,14 @@ def test_convert_with_the_caffe_filter_stores_opencvs_pixels(channels, flag):
             else:  # etl convert's JPEG (quality 90) of those very pixels: no planar shortcut
                 rgb = np.ascontiguousarray(want.reshape(48, 64, channels)[:, :, ::-1])
                 assert payload == Codec(channels, 1 << 30).encode(rgb, "jpg", 90), (w, h)
+
+
+def test_the_caffe_filter_is_one_bilinear_step_and_the_antialias_filter_is_not():
+    """caffe: cv2.resize INTER_LINEAR straight to the target (it skips pixels when shrinking over 2x);
+    antialias: a box average follows, so a one-pixel checkerboard shrunk 3x comes out far nearer grey."""
+    import cv2
+
+    board = (np.indices((400, 400)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    caffe = resize(board, 133, 133, "caffe")
+    assert np.array_equal(caffe, cv2.resize(board, (133, 133), interpolation=cv2.INTER_LINEAR))
+    assert np.ptp(caffe) > 200 and np.ptp(resize(board, 133, 133)) < 100  # aliased, and not
