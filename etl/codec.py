@@ -82,23 +82,44 @@ def held_whole(data: bytes) -> bool:
     """Whether libjpeg keeps the whole image's DCT coefficients while decoding this JPEG, whatever the
     scale: progressive (and lossless or arithmetic progressive) frames, and sequential ones whose first
     scan does not carry every component. Read from the markers before the first scan."""
-    pos, components = 2, 0
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return False
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+    components = 0
+    for pos, marker in header_segments(data):
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if marker in (0xC2, 0xC6, 0xCA, 0xCE):
                 return True
             components = data[pos + 9] if pos + 9 < len(data) else 0
         elif marker == 0xDA:
             return pos + 4 < len(data) and data[pos + 4] < components
-        pos += 2 + length
     return False
+
+
+STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD9)])  # TEM, RSTn, SOI, EOI: no length field
+
+
+def header_segments(data: bytes) -> Iterator[tuple[int, int]]:
+    """(offset, marker) of each JPEG marker segment from SOI's end up to and including the first start of
+    scan (SOS), walking the segments' lengths: the bytes FF DA inside an APPn segment (an ICC profile, EXIF
+    data) are not a scan. Bytes between segments are skipped up to the next FF, as libjpeg does."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                return
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        yield pos, marker
+        if marker == 0xDA:
+            return
+        pos += 2 if marker in STANDALONE_MARKERS else 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+
+
+def first_scan(data: bytes) -> int:
+    """The offset of a JPEG's first SOS marker, found by walking its segments; -1 when it has none."""
+    return next((pos for pos, marker in header_segments(data) if marker == 0xDA), -1)
 
 
 class Codec:
@@ -324,7 +345,7 @@ def chw_bgr_bytes(pixels: np.ndarray) -> bytes:
 
 def has_scan_data(data: bytes, minimum: int = 16) -> bool:
     """Whether any entropy-coded data follows the first SOS segment (a file cut after its header has none)."""
-    sos = data.find(b"\xff\xda")
+    sos = first_scan(data)
     if sos < 0 or sos + 4 > len(data):
         return False
     header = int.from_bytes(data[sos + 2: sos + 4], "big")

@@ -49,6 +49,7 @@ class WorkSpec:
     caffe_imageset: bool = False  # etl imageset: records as convert_imageset makes them (etl.caffeimage)
     keep_size: bool = False
     encode_type: str = ""
+    resize_filter: str = "antialias"  # caffe: OpenCV's bilinear on the whole decode (etl.transform.box_factors)
 
     @property
     def decode_pixels(self) -> int:
@@ -59,7 +60,7 @@ class WorkSpec:
     def planar(self) -> bool:
         """Whether JPEGs can go through as YCbCr planes: colour JPEG output, and a mode that never pads."""
         return (self.encoding == "jpg" and self.channels == 3 and self.resize_mode in ("squash", "crop")
-                and not self.caffe_imageset)
+                and not self.caffe_imageset and self.resize_filter == "antialias")
 
     def caffe_image(self, codec: Codec) -> CaffeImage | None:
         if not self.caffe_imageset:
@@ -195,7 +196,7 @@ class ImageConverter:
     def _caffe_bytes(self, data: bytes, item: Item, times: dict[str, float],
                      colours: dict[str, int] | None) -> tuple[bytes, str | None]:
         """convert_imageset's record: the file's own bytes when Caffe would store them, else decoded, resized
-        when asked (etl's squash), encoded or raw."""
+        when asked (squash, with --resize_filter: Caffe's bilinear by default), encoded or raw."""
         assert self.caffe is not None
         clock, t1 = time.thread_time, time.thread_time()
         through, warning = self.caffe.passes_through(item.path, data)
@@ -226,12 +227,12 @@ class ImageConverter:
         assert decoded is not None
         spec = self.spec
         rng = noise_rng(spec.seed, spec.split_code, item.index) if spec.resize_mode in ("fill", "half_crop") else None
-        return apply_geometry(decoded.pixels, geo, spec.width, spec.height, rng)
+        return apply_geometry(decoded.pixels, geo, spec.width, spec.height, rng, spec.resize_filter)
 
     def _scale_chooser(self, src_w: int, src_h: int) -> int:
         s = self.spec
-        if s.keep_size:
-            return 1
+        if s.keep_size or (s.resize_filter == "caffe" and src_w * src_h <= s.decode_pixels):
+            return 1  # Caffe's cv::imread decodes whole; over the decode budget: the antialias filter's DCT scale
         return dct_scale(src_w, src_h, plan_geometry(src_w, src_h, s.width, s.height, s.resize_mode), s.decode_pixels)
 
 

@@ -32,6 +32,8 @@ CAFFE_FLAGS: dict[str, Flag] = {
     "encode_type": Flag(str, "", "the encoding of --encoded images ('png', 'jpg', ...; empty: the file's own)"),
 }
 ETL_FLAGS: dict[str, Flag] = {
+    "resize_filter": Flag(str, "caffe", "caffe: OpenCV's bilinear resize, Caffe's own pixels; antialias: etl "
+                                        "convert's area-averaged resize (less aliasing when shrinking)"),
     "quality": Flag(int, 95, "JPEG quality of images --encoded as jpg (95, as OpenCV's default)"),
     "seed": Flag(int, DEFAULT_SEED, "the seed of --shuffle: the same seed gives the same order"),
     "workers": Flag(int, 0, "worker processes (0: every usable core)"),
@@ -136,7 +138,7 @@ def imageset_settings(flags: dict[str, Any], positional: list[str]) -> Settings:
               "chunk_size": CHUNK,
               "keep_size": keep, "width": width if not keep else 256, "height": height if not keep else 256,
               "channels": 1 if flags["gray"] else 3, "encoding": encoding, "encode_type": flags["encode_type"],
-              "check_size": flags["check_size"], "shuffle": flags["shuffle"],
+              "check_size": flags["check_size"], "shuffle": flags["shuffle"], "resize_filter": flags["resize_filter"],
               **{k: flags[k] for k in ("quality", "seed", "workers", "resume", "overwrite", "on_error", "strict",
                                        "max_buffer_mb")},
               **caps}
@@ -149,7 +151,8 @@ def imageset_settings(flags: dict[str, Any], positional: list[str]) -> Settings:
 # etl convert's names in a message, as etl imageset's flags spell them
 FLAG_NAMES = {"--width": "--resize_width", "--height": "--resize_height", "--on-error": "--on_error",
               "--max-read-mbps": "--max_read_mbps", "--max-write-mbps": "--max_write_mbps", "--max-iops": "--max_iops",
-              "--max-buffer-mb": "--max_buffer_mb", "--root": "ROOTFOLDER", "width was": "--resize_width was",
+              "--max-buffer-mb": "--max_buffer_mb", "--resize-filter": "--resize_filter",
+              "resize_filter was": "--resize_filter was", "--root": "ROOTFOLDER", "width was": "--resize_width was",
               "height was": "--resize_height was", "keep_size was": "the resize (--resize_width) was",
               "channels was 3, now 1": "--gray was off, now on", "channels was 1, now 3": "--gray was on, now off",
               "encoding was": "--encoded was",

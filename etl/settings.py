@@ -13,6 +13,7 @@ from etl.layout import LABELS, SPLITS, Layout
 from etl.options import kind_of, opt_of, option, problem
 
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
+RESIZE_FILTERS = ("antialias", "caffe")  # etl.transform.resize
 ENCODINGS = ("jpg", "png", "none")
 PAGE_CACHE_MODES = ("auto", "drop", "keep")
 DEFAULT_SEED = 1385  # fixed so that two runs with default options give the same dataset
@@ -96,6 +97,9 @@ class Settings:
     width: int = option(224, "output width (default {default})", low=1, high=16384)
     height: int = option(224, "output height (default {default})", low=1, high=16384)
     resize_mode: str = option("squash", "how to reach the size (default {default})", choices=RESIZE_MODES)
+    resize_filter: str = option("antialias", "antialias (default: area-averaged, DIGITS' quality) or caffe "
+                                "(OpenCV's bilinear on the whole decode, as convert_imageset: Caffe's own, "
+                                "aliased, pixels)", choices=RESIZE_FILTERS)
     channels: int = option(3, "3 = RGB (default), 1 = grayscale", choices=(1, 3), rule="1 (grayscale) or 3 (RGB)")
     encoding: str = option("jpg", "jpg (default), png or none (raw CHW BGR)", choices=ENCODINGS)
     quality: int = option(90, "JPEG quality (default {default})", low=1, high=100)

@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image
 from turbojpeg import TJPF_CMYK, TurboJPEG
 
+from etl.codec import first_scan
+
 
 @dataclass(frozen=True)
 class TreeSpec:
@@ -93,7 +95,7 @@ def ycck_jpeg(pixels: np.ndarray, quality: int) -> bytes:
 def bad_files(rng: np.random.Generator) -> dict[str, tuple[bytes, str | None]]:
     """Broken inputs: name -> (bytes, None if it must be skipped, else 'warning' if it converts with one)."""
     good = _save(Image.fromarray(photo_like(rng, 400, 300)), "JPEG", quality=90)
-    sos = good.index(b"\xff\xda")
+    sos = first_scan(good)
     header_end = sos + 2 + int.from_bytes(good[sos + 2: sos + 4], "big")
     sof = good.index(b"\xff\xc0")
     huge = bytearray(good)

@@ -55,11 +55,13 @@ def plan_geometry(src_w: int, src_h: int, width: int, height: int, mode: str) ->
 MAX_BILINEAR_SHRINK = 2.5  # more aliases; less costs 0.1 ms per ImageNet image with no PSNR gain (etl bench)
 
 
-def box_factors(src_w: float, src_h: float, width: int, height: int) -> tuple[int, int]:
+def box_factors(src_w: float, src_h: float, width: int, height: int,
+                resize_filter: str = "antialias") -> tuple[int, int]:
     """How many times the target the bilinear step makes, per axis, before the box average shrinks it back.
 
-    Powers of two, so the box average is an exact integer-ratio INTER_AREA (the fast one)."""
-    if src_w <= width and src_h <= height:
+    Powers of two, so the box average is an exact integer-ratio INTER_AREA (the fast one). The caffe filter
+    is the bilinear step alone, straight to the target: cv::resize(INTER_LINEAR), as convert_imageset."""
+    if resize_filter == "caffe" or (src_w <= width and src_h <= height):
         return 1, 1
     fx, fy = 2, 2
     while src_w > MAX_BILINEAR_SHRINK * fx * width:
@@ -69,7 +71,7 @@ def box_factors(src_w: float, src_h: float, width: int, height: int) -> tuple[in
     return fx, fy
 
 
-def resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize(pixels: np.ndarray, width: int, height: int, resize_filter: str = "antialias") -> np.ndarray:
     """Antialiased downscale: bilinear to a power-of-two multiple of the target, then an exact box average.
 
     cv2's INTER_AREA is slow for non-integer ratios and INTER_LINEAR alone aliases; this pair
@@ -80,7 +82,7 @@ def resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     src_h, src_w = pixels.shape[:2]
     if (src_w, src_h) == (width, height):
         return pixels
-    fx, fy = box_factors(src_w, src_h, width, height)
+    fx, fy = box_factors(src_w, src_h, width, height, resize_filter)
     out = cv2.resize(pixels, (fx * width, fy * height), interpolation=cv2.INTER_LINEAR)
     return _box(out, width, height).reshape((height, width) + pixels.shape[2:])  # cv2 drops a single channel axis
 
@@ -131,7 +133,8 @@ def kept_window(geo: Geometry, covered_w: float, covered_h: float, keep_w: int, 
     return Window(geo.crop_x * sx, geo.crop_y * sy, (geo.crop_x + keep_w) * sx, (geo.crop_y + keep_h) * sy)
 
 
-def resize_window(pixels: np.ndarray, win: Window, width: int, height: int) -> np.ndarray:
+def resize_window(pixels: np.ndarray, win: Window, width: int, height: int,
+                  resize_filter: str = "antialias") -> np.ndarray:
     """resize() of an exact, possibly fractional, window of pixels.
 
     Whole-pixel windows are cut and resized. Otherwise the whole pixels around the window are resized
@@ -146,8 +149,8 @@ def resize_window(pixels: np.ndarray, win: Window, width: int, height: int) -> n
         pad = ((0, max(0, beyond_y)), (0, max(0, beyond_x))) + ((0, 0),) * (pixels.ndim - 2)
         whole = np.pad(whole, pad, mode="edge")
     if (x0, y0, x1, y1) == tuple(win):
-        return resize(whole, width, height)
-    fx, fy = box_factors(win.right - win.left, win.bottom - win.top, width, height)
+        return resize(whole, width, height, resize_filter)
+    fx, fy = box_factors(win.right - win.left, win.bottom - win.top, width, height, resize_filter)
     step_w, step_h = fx * width, fy * height
     sx, sy = step_w / (win.right - win.left), step_h / (win.bottom - win.top)
     big_w, big_h = max(step_w, round((x1 - x0) * sx)), max(step_h, round((y1 - y0) * sy))
@@ -163,15 +166,18 @@ def noise_rng(seed: int, split_code: int, index: int) -> np.random.Generator:
 
 
 def apply_geometry(pixels: np.ndarray, geo: Geometry, width: int, height: int,
-                   rng: np.random.Generator | None) -> np.ndarray:
+                   rng: np.random.Generator | None, resize_filter: str = "antialias") -> np.ndarray:
     """Crop, resize, and pad the short side with random noise.
 
     The crop is taken from the source before resizing: the same picture as resizing first, without
     ever allocating the full resized image (a 1x30000 strip in crop mode would need gigabytes).
     """
+    if resize_filter == "caffe" and geo == (width, height, 0, 0, 0, 0):
+        # Caffe's squash: the whole image, exactly (a window's float edges can land a hair past the last pixel)
+        return np.ascontiguousarray(resize(pixels, width, height, resize_filter))
     src_h, src_w = pixels.shape[:2]  # may be DCT-scaled: the geometry is in resized pixels
     keep_w, keep_h = min(width, geo.resize_w), min(height, geo.resize_h)
-    out = resize_window(pixels, kept_window(geo, src_w, src_h, keep_w, keep_h), keep_w, keep_h)
+    out = resize_window(pixels, kept_window(geo, src_w, src_h, keep_w, keep_h), keep_w, keep_h, resize_filter)
     if geo.pad_x or geo.pad_y:
         out = _pad_with_noise(out, geo, rng or np.random.default_rng())
     return np.ascontiguousarray(out)

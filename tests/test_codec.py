@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from etl.codec import BadImage, Codec, chw_bgr_bytes
+from etl.codec import BadImage, Codec, chw_bgr_bytes, first_scan, has_scan_data, held_whole
 from etl.synth import awkward_files, bad_files, photo_like, ycck_jpeg
 
 from .conftest import gradient, jpeg
@@ -215,3 +215,64 @@ def test_other_warnings_during_a_decode_do_not_mark_the_image(rgb_codec, monkeyp
     data = jpeg(gradient(300, 200), quality=90)
     assert rgb_codec.decode_planes(data, FULL) is not None
     assert rgb_codec.decode(data, FULL).warning is None
+
+
+def with_segment(data: bytes, marker: int, payload: bytes) -> bytes:
+    """A JPEG with one more marker segment right after its SOI (an APPn, as an ICC profile or EXIF block)."""
+    return data[:2] + bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload + data[2:]
+
+
+def sos_in_payload(length: bytes = b"\xff\xf0") -> bytes:
+    """An APP2 ICC-profile-like payload holding FF DA and then `length`: a large one made the old search
+    call a valid file "cut after its header", a small one made it pass a file that is."""
+    return b"ICC_PROFILE\x00\x01\x01" + bytes(range(40)) + b"\xff\xda" + length + bytes(200)
+
+
+@pytest.mark.parametrize("length", [b"\xff\xf0", b"\x00\x0c"])
+@pytest.mark.parametrize("marker", [0xE2, 0xE1, 0xEF, 0xFE])  # APP2 (ICC), APP1 (EXIF), APP15, COM
+def test_sos_bytes_inside_a_segment_are_not_the_scan(rgb_codec, marker, length):
+    """The bytes FF DA inside an APPn segment come before the real start of scan: the walk over the segments
+    finds the real one, so a valid JPEG keeps its image data, and a file cut after its header still has none."""
+    px = photo_like(np.random.default_rng(3), 64, 48)
+    data = with_segment(jpeg(px, quality=90), marker, sos_in_payload(length))
+    assert data.find(b"\xff\xda") < first_scan(data)  # the old data.find took the one in the segment
+    assert data[first_scan(data):first_scan(data) + 2] == b"\xff\xda"
+    assert has_scan_data(data)
+    assert rgb_codec.decode(data, FULL).pixels.shape == (48, 64, 3)
+    header_end = first_scan(data) + 2 + int.from_bytes(data[first_scan(data) + 2:first_scan(data) + 4], "big")
+    for cut in (header_end, header_end + 4, first_scan(data) + 3, first_scan(data)):
+        assert not has_scan_data(data[:cut]), cut
+    assert not has_scan_data(data[:first_scan(data) - 2])  # cut inside the header: no scan at all
+
+
+def test_the_walk_skips_fill_bytes_and_stray_bytes_as_libjpeg_does():
+    plain = jpeg(photo_like(np.random.default_rng(4), 32, 32), quality=90)
+    sos = first_scan(plain)
+    filled = plain[:sos] + b"\xff\xff" + plain[sos:]  # fill bytes before a marker
+    stray = plain[:2] + b"\x00\x17" + plain[2:]  # "extraneous bytes before marker"
+    assert first_scan(filled) == sos + 2 and first_scan(stray) == sos + 2
+    assert first_scan(b"\xff\xd8\xff\xe0\x00") == -1 and first_scan(b"") == -1
+
+
+def test_held_whole_reads_past_a_segment_holding_sos_bytes():
+    px = photo_like(np.random.default_rng(5), 64, 48)
+    buf = io.BytesIO()
+    Image.fromarray(px).save(buf, "JPEG", quality=90, progressive=True)
+    assert held_whole(with_segment(buf.getvalue(), 0xE2, sos_in_payload()))
+    assert not held_whole(with_segment(jpeg(px, quality=90), 0xE2, sos_in_payload()))
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])  # Pillow's 4:4:4, 4:2:2, 4:2:0
+def test_libjpeg_turbo_decodes_as_opencvs_imread(subsampling):
+    """etl imageset's Caffe pixels rest on this: the codec's full-size decode (PyTurboJPEG) gives the very
+    pixels of opencv-python's imread, in colour (IMREAD_COLOR) and gray (IMREAD_GRAYSCALE: libjpeg's own)."""
+    rng = np.random.default_rng(subsampling)
+    colour, gray = Codec(3, 1 << 30), Codec(1, 1 << 30)
+    for w, h in [(500, 375), (333, 500), (17, 9), (1031, 64)]:
+        px = photo_like(rng, w, h)
+        for data in (jpeg(px, quality=90, subsampling=subsampling),
+                     jpeg(px, quality=75, subsampling=subsampling, progressive=True), jpeg(px[:, :, 0])):
+            buf = np.frombuffer(data, np.uint8)
+            rgb = colour.decode(data, FULL).pixels
+            assert np.array_equal(rgb[:, :, ::-1], cv2.imdecode(buf, cv2.IMREAD_COLOR)), (w, h)
+            assert np.array_equal(gray.decode(data, FULL).pixels[:, :, 0], cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE))

@@ -88,6 +88,8 @@ def test_bad_flags_and_arguments_stop_with_one_line(images, tmp_path, capsys):
          "unknown flag --resize_widht; did you mean --resize_width?"),
         (["--shuffle=maybe", str(root), str(listed), "db"], "--shuffle takes true or false"),
         (["--backend", "leveldb", str(root), str(listed), "db"], "--backend leveldb is not supported"),
+        (["--resize_filter=cubic", str(root), str(listed), str(tmp_path / "db")],
+         "--resize_filter must be one of antialias, caffe, got 'cubic'"),
         (["--encoded", "--check_size", str(root), str(listed), "db"], "--check_size compares raw images"),
         ([str(root), str(listed)], "takes ROOTFOLDER/ LISTFILE DB_NAME, got 2 arguments"),
         ([str(tmp_path / "nope"), str(listed), "db"], "ROOTFOLDER not found"),
@@ -300,3 +302,107 @@ def test_the_lmdb_is_never_written_into_the_image_folder(images, tmp_path):
     proc = run_cli("imageset", str(root), str(listed), f"{root}/", "--quiet")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is ROOTFOLDER" in proc.stderr
     assert not (root / "data.mdb").exists() and not (root / ".etl").exists()
+
+
+def test_encoded_keeps_a_jpeg_whose_icc_profile_holds_sos_bytes(images, tmp_path, caffe_pb2):
+    """An ICC profile (APP2) holding the bytes FF DA is not a JPEG cut after its header: stored as it is."""
+    from .test_codec import sos_in_payload, with_segment
+
+    root, listed = images
+    icc = with_segment(jpeg(gradient(32, 24), quality=90), 0xE2, sos_in_payload())
+    (root / "b/icc.jpg").write_bytes(icc)
+    listed.write_text(listed.read_text() + "b/icc.jpg 0\n")
+    db = tmp_path / "db"
+    report = run(root, listed, db, "--encoded")
+    stored = dict(datums(db, caffe_pb2))
+    assert stored[f"{len(SIZES) + 2:08d}_b/icc.jpg"].data == icc
+    assert report["splits"]["train"]["skipped"] == 0
+
+
+# Sizes that shrink by more than 2x (where Caffe's bilinear skips pixels), less, and grow; odd and even.
+CAFFE_SIZES = [(500, 375), (333, 500), (97, 61), (640, 200), (20, 15), (129, 257)]
+
+
+@pytest.fixture()
+def photos(tmp_path) -> tuple[Path, Path]:
+    """Photo-like JPEGs (4:2:0, 4:2:2 and 4:4:4), a gray JPEG and an RGB PNG, and their list."""
+    from etl.synth import photo_like
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(11)
+    names = []
+    for n, (w, h) in enumerate(CAFFE_SIZES):
+        names.append(f"p{n}.jpg")
+        (root / names[-1]).write_bytes(jpeg(photo_like(rng, w, h), quality=90, subsampling=n % 3))
+    (root / "gray.jpg").write_bytes(jpeg(photo_like(rng, 90, 70)[:, :, 1], quality=90))
+    Image.fromarray(photo_like(rng, 70, 90)).save(root / "pic.png")
+    listed = tmp_path / "photos.txt"
+    listed.write_text("".join(f"{name} {i % 2}\n" for i, name in enumerate([*names, "gray.jpg", "pic.png"])))
+    return root, listed
+
+
+def opencv_caffe(path: Path, width: int, height: int, flag: int) -> np.ndarray:
+    """convert_imageset's pixels, by opencv-python itself: cv::imread, then cv::resize(INTER_LINEAR)."""
+    img = cv2.imread(str(path), flag)
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def test_resized_raw_records_are_opencvs_own_pixels(photos, tmp_path, caffe_pb2):
+    """The default resize is Caffe's: every raw Datum is cv2.imread + cv2.resize(INTER_LINEAR), CHW BGR, byte
+    for byte (the old antialiased squash differed on every image that shrinks)."""
+    root, listed = photos
+    db = tmp_path / "db"
+    report = run(root, listed, db, "--resize_width=64", "--resize_height=48")
+    got = datums(db, caffe_pb2)
+    assert len(got) == len(listed_pairs(listed)) and report["settings"]["resize_filter"] == "caffe"
+    for (key, d), (path, _) in zip(got, listed_pairs(listed), strict=True):
+        want = opencv_caffe(root / path, 64, 48, cv2.IMREAD_COLOR).transpose(2, 0, 1)
+        assert (d.channels, d.height, d.width) == (3, 48, 64) and d.data == want.tobytes(), key
+
+
+def test_gray_resized_records_are_opencvs_grayscale_pixels(photos, tmp_path, caffe_pb2):
+    """--gray: IMREAD_GRAYSCALE, libjpeg's own gray conversion for a colour JPEG, byte for byte. A colour
+    PNG's gray is Pillow's, one level off OpenCV's on some pixels (a stated difference, docs/caffe.md)."""
+    root, listed = photos
+    db = tmp_path / "db"
+    run(root, listed, db, "--gray", "--resize_width=40", "--resize_height=30")
+    for (key, d), (path, _) in zip(datums(db, caffe_pb2), listed_pairs(listed), strict=True):
+        want = opencv_caffe(root / path, 40, 30, cv2.IMREAD_GRAYSCALE)
+        got = np.frombuffer(d.data, np.uint8).reshape(30, 40)
+        if path.endswith(".png"):
+            assert np.abs(got.astype(int) - want).max() <= 1, key
+        else:
+            assert d.data == want.tobytes(), key
+
+
+def test_resized_encoded_records_are_opencvs_imencode(photos, tmp_path, caffe_pb2):
+    """--encoded with a resize: the JPEG cv::imencode writes at its defaults (quality 95), byte for byte."""
+    root, listed = photos
+    db = tmp_path / "db"
+    run(root, listed, db, "--encoded", "--encode_type=jpg", "--resize_width=50", "--resize_height=50")
+    for (key, d), (path, _) in zip(datums(db, caffe_pb2), listed_pairs(listed), strict=True):
+        ok, want = cv2.imencode(".jpg", opencv_caffe(root / path, 50, 50, cv2.IMREAD_COLOR))
+        assert ok and d.encoded and d.data == want.tobytes(), key
+
+
+def test_the_antialias_filter_is_etl_converts_squash(photos, tmp_path, caffe_pb2, capsys):
+    """--resize_filter=antialias stores what etl convert's squash makes (less aliasing, not Caffe's pixels);
+    the filter is part of the resume identity, named in Caffe's flag spelling."""
+    from turbojpeg import TurboJPEG
+
+    from etl.transform import dct_scale, plan_geometry, resize
+
+    root, listed = photos
+    db = tmp_path / "db"
+    report = run(root, listed, db, "--resize_filter=antialias", "--resize_width=64", "--resize_height=48")
+    assert report["settings"]["resize_filter"] == "antialias"
+    path, d = root / "p0.jpg", datums(db, caffe_pb2)[0][1]
+    scale = dct_scale(500, 375, plan_geometry(500, 375, 64, 48, "squash"))
+    assert scale == 4  # the antialias filter decodes at a DCT scale (libjpeg's own, through PyTurboJPEG here)
+    small_bgr = TurboJPEG().decode(path.read_bytes(), scaling_factor=(1, scale))
+    assert d.data == np.ascontiguousarray(resize(small_bgr, 64, 48).transpose(2, 0, 1)).tobytes()
+    assert d.data != opencv_caffe(path, 64, 48, cv2.IMREAD_COLOR).transpose(2, 0, 1).tobytes()
+    assert main(["imageset", "--resume", "--quiet", "--resize_width=64", "--resize_height=48", f"{root}/",
+                 str(listed), str(db)]) == 2
+    assert "--resize_filter was 'antialias', now 'caffe'" in capsys.readouterr().err

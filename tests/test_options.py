@@ -12,9 +12,9 @@ pytestmark = pytest.mark.quick
 
 # report.json's settings and the --resume check: this exact list, in this order
 OUTPUT_KEYS = ["train_dir", "val_dir", "val_labels", "root", "val_root", "labels", "val_pct", "width", "height",
-               "resize_mode", "channels", "encoding", "quality", "seed", "shuffle", "shard_size", "min_per_class",
-               "max_per_class", "relative_paths", "max_pixels", "strict", "chunk_size", "caffe_imageset", "keep_size",
-               "encode_type"]
+               "resize_mode", "resize_filter", "channels", "encoding", "quality", "seed", "shuffle", "shard_size",
+               "min_per_class", "max_per_class", "relative_paths", "max_pixels", "strict", "chunk_size",
+               "caffe_imageset", "keep_size", "encode_type"]
 # set by etl imageset and by a shard's own run, not etl convert flags
 HIDDEN = {"caffe_imageset", "keep_size", "encode_type", "check_size", "in_shard"}
 
@@ -49,6 +49,7 @@ def test_parser_gives_every_option_and_no_defaults_of_its_own(folders):
     (["--no-shuffle"], {"shuffle": False}),
     (["--strict", "--relative-paths", "--adaptive-io"], {"strict": True, "relative_paths": True, "adaptive_io": True}),
     (["--keep-page-cache"], {"page_cache": "keep"}),
+    (["--resize-filter", "caffe"], {"resize_filter": "caffe"}),
     (["--page-cache", "drop", "--io-target", "50"], {"page_cache": "drop", "io_target": 50.0}),
     (["--channels", "1", "--val-pct", "12.5", "--max-iops", "train=3"],
      {"channels": 1, "val_pct": 12.5, "max_iops": {"train": 3.0}}),

@@ -5,7 +5,7 @@ import pytest
 
 from etl.transform import Geometry, apply_geometry, dct_scale, noise_rng, plan_geometry, resize
 
-from .conftest import gradient
+from .conftest import gradient, jpeg
 
 pytestmark = pytest.mark.quick  # unit tests: each well under a second, no conversion run
 
@@ -26,10 +26,11 @@ def test_geometry_matches_digits_arithmetic(mode, src, expected):
 @pytest.mark.parametrize("mode", ["squash", "crop", "fill", "half_crop"])
 @pytest.mark.parametrize("src", [(500, 375), (375, 500), (100, 40), (224, 224), (2000, 90)])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_every_mode_reaches_the_target_shape(mode, src, channels):
+@pytest.mark.parametrize("resize_filter", ["antialias", "caffe"])
+def test_every_mode_reaches_the_target_shape(mode, src, channels, resize_filter):
     pixels = gradient(*src)[:, :, :channels].copy()
     geo = plan_geometry(*src, 224, 160, mode)
-    out = apply_geometry(pixels, geo, 224, 160, noise_rng(0, 0, 0))
+    out = apply_geometry(pixels, geo, 224, 160, noise_rng(0, 0, 0), resize_filter)
     assert out.shape == (160, 224, channels)
     assert out.dtype == np.uint8
 
@@ -73,3 +74,45 @@ def test_crop_of_an_extreme_strip_stays_small():
     strip = gradient(1, 30000)  # crop mode would resize it to 224 x 6,720,000 before cropping
     out = apply_geometry(strip, plan_geometry(1, 30000, 224, 224, "crop"), 224, 224, None)
     assert out.shape == (224, 224, 3)
+
+
+@pytest.mark.parametrize("channels, flag", [(3, 1), (1, 0)])  # cv2.IMREAD_COLOR, cv2.IMREAD_GRAYSCALE
+def test_convert_with_the_caffe_filter_stores_opencvs_pixels(channels, flag):
+    """etl convert --resize-filter caffe, squash, raw: cv2.imread then cv2.resize(INTER_LINEAR), CHW BGR, byte for
+    byte, also where the antialias filter would decode at a DCT scale (2000x1500 to 64x48: 1/8) or go planar."""
+    from collections import defaultdict
+
+    import cv2
+
+    from etl.codec import Codec
+    from etl.converter import ImageConverter
+    from etl.datum import decode_datum
+    from etl.messages import Item
+    from etl.synth import photo_like
+
+    from .test_memory import spec
+
+    for w, h in [(2000, 1500), (301, 203), (40, 30)]:
+        data = jpeg(photo_like(np.random.default_rng(w), w, h), quality=90)
+        for encoding in ("none", "jpg"):
+            work = spec(64, 48, channels=channels, encoding=encoding, resize_filter="caffe")
+            value, _ = ImageConverter(work).convert_bytes(data, Item(0, "x", 0), defaultdict(float))
+            payload = decode_datum(value).data
+            want = cv2.resize(cv2.imdecode(np.frombuffer(data, np.uint8), flag), (64, 48),
+                              interpolation=cv2.INTER_LINEAR)
+            if encoding == "none":
+                assert payload == np.ascontiguousarray(want.reshape(48, 64, channels).transpose(2, 0, 1)).tobytes()
+            else:  # etl convert's JPEG (quality 90) of those very pixels: no planar shortcut
+                rgb = np.ascontiguousarray(want.reshape(48, 64, channels)[:, :, ::-1])
+                assert payload == Codec(channels, 1 << 30).encode(rgb, "jpg", 90), (w, h)
+
+
+def test_the_caffe_filter_is_one_bilinear_step_and_the_antialias_filter_is_not():
+    """caffe: cv2.resize INTER_LINEAR straight to the target (it skips pixels when shrinking over 2x);
+    antialias: a box average follows, so a one-pixel checkerboard shrunk 3x comes out far nearer grey."""
+    import cv2
+
+    board = (np.indices((400, 400)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    caffe = resize(board, 133, 133, "caffe")
+    assert np.array_equal(caffe, cv2.resize(board, (133, 133), interpolation=cv2.INTER_LINEAR))
+    assert np.ptp(caffe) > 200 and np.ptp(resize(board, 133, 133)) < 100  # aliased, and not
