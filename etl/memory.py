@@ -126,6 +126,8 @@ def check_memory(s: Settings, available: int | None = None) -> MemoryNeed:
     if fits == need.workers or (fits and not s.workers):
         return memory_need(s, fits)
     knobs = "--max-buffer-mb" if s.resume else "--chunk-size, --max-buffer-mb or --max-pixels"  # resume: same output
+    if s.size is not None and not s.resume:  # a record of up to largest_output: only a smaller --size shrinks it
+        knobs = "--size, " + knobs
     if need.mean_image > room:
         fix = f"a {s.width}x{s.height} mean image alone needs {need.mean_image / GB:.1f} GB: choose a smaller size"
     elif fits:

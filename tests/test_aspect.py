@@ -12,6 +12,7 @@ from etl.aspect import MAX_ASPECT, largest_output, target_size
 from etl.codec import BadImage
 from etl.converter import ImageConverter, WorkSpec
 from etl.memory import output_pixels, record_bytes, worker_bytes
+from etl.reader import LmdbDataset
 from etl.settings import Settings
 
 from .conftest import run_cli
@@ -103,6 +104,9 @@ def test_longer_caps_the_longer_side_and_keeps_smaller_images_as_they_are(tree, 
     expected = {"wide": (64, 43), "tall": (26, 64), "small": (20, 20), "big": (64, 43), "strip": (3, 64)}
     check_records(tree, out, caffe_pb2, expected)
     assert not (out / "mean.binaryproto").exists()
+    sizes = [(d.height, d.width, 3) for d, _ in read_back(out, caffe_pb2).values()]
+    dataset = LmdbDataset(str(out / "train_db"))
+    assert [dataset[i][0].shape for i in range(len(dataset))] == sizes  # etl's reader: each record at its own size
     check = run_cli("verify", str(out))
     assert check.returncode == 0 and "OK" in check.stdout, check.stdout
 
@@ -159,3 +163,15 @@ def test_both_modes_use_the_dct_scaled_decode(mode, size, denom):
     """A 4000x3000 JPEG decoded at the coarsest scale that still covers its target."""
     spec = WorkSpec.for_split(Settings(resize_mode=mode, size=size), "train", None, False)
     assert ImageConverter(spec)._scale_chooser(4000, 3000) == denom
+
+
+def test_a_size_too_large_for_memory_is_refused_naming_size_and_a_smaller_one_fits():
+    from etl.errors import UsageError
+    from etl.memory import check_memory, memory_need
+
+    big = Settings(resize_mode="shorter", size=4096, workers=1)
+    small = Settings(resize_mode="shorter", size=256, workers=1)
+    room = memory_need(small, 1).peak
+    with pytest.raises(UsageError, match="lower --size, --chunk-size"):
+        check_memory(big, available=room)
+    assert check_memory(small, available=room).workers == 1
