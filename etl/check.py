@@ -15,6 +15,7 @@ from typing import IO, Any
 import numpy as np
 from turbojpeg import TurboJPEG
 
+from etl.aspect import VARIABLE_MODES
 from etl.checkpoint import SUMS_SINCE, Checkpoint, release_tuple
 from etl.datum import Datum, decode_blobproto, decode_datum
 from etl.errors import UsageError
@@ -307,9 +308,11 @@ def _check_record(check: Checker, where: str, i: int, key: bytes, value: bytes, 
         check.fail(f"{where}: key does not match its index and label {datum.label}")
     if not 0 <= datum.label < n_labels:
         check.fail(f"{where}: label {datum.label} is not in labels.txt")
-    shape = (settings["height"], settings["width"], settings["channels"])
-    if (datum.height, datum.width, datum.channels) != shape:
-        check.fail(f"{where}: Datum says {datum.height}x{datum.width}x{datum.channels}, expected {shape}")
+    shape = (datum.height, datum.width, settings["channels"])
+    expected = _expected_size(settings, datum.height, datum.width)
+    if expected or datum.channels != settings["channels"]:
+        check.fail(f"{where}: Datum says {datum.height}x{datum.width}x{datum.channels}, expected "
+                   f"{expected or shape}")
     if datum.encoded != (settings["encoding"] != "none"):
         check.fail(f"{where}: encoded flag is {datum.encoded}, encoding is {settings['encoding']}")
     caught.clear()
@@ -324,6 +327,17 @@ def _check_record(check: Checker, where: str, i: int, key: bytes, value: bytes, 
     if pixels.shape != shape:
         check.fail(f"{where}: image decodes to {pixels.shape}, expected {shape}")
     return datum
+
+
+def _expected_size(settings: dict[str, Any], height: int, width: int) -> str | None:
+    """What the settings say a record's height x width must be, where this one is not; None where it fits."""
+    mode, size = settings.get("resize_mode"), settings.get("size")
+    if mode == "shorter":
+        return None if min(height, width) == size else f"its shorter side {size} (--resize-mode shorter)"
+    if mode == "longer":
+        return None if max(height, width) <= size else f"its longer side at most {size} (--resize-mode longer)"
+    fixed = (settings["height"], settings["width"], settings["channels"])
+    return None if (height, width) == fixed[:2] else str(fixed)
 
 
 def _key_fits(key: bytes, i: int, label: int, sharded: bool) -> bool:
@@ -400,6 +414,10 @@ def _classes_named(pairs: list[list[str]], classes: set[str]) -> list[str] | Non
 
 
 def _check_mean(check: Checker, out: Path, settings: dict[str, Any]) -> None:
+    if settings.get("resize_mode") in VARIABLE_MODES:  # records of many sizes: no mean image is made
+        if (out / MEAN_PROTO).exists():
+            check.fail(f"{MEAN_PROTO} is there, though --resize-mode {settings['resize_mode']} makes no mean image")
+        return
     try:
         mean = decode_blobproto((out / MEAN_PROTO).read_bytes())
     except (OSError, ValueError) as exc:

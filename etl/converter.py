@@ -9,12 +9,14 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from etl.aspect import largest_output, target_size
 from etl.caffeimage import CaffeImage
 from etl.checkpoint import add_stamps, item_stamp
 from etl.codec import BadImage, Codec, Decoded, decode_budget
 from etl.datum import encode_caffe_datum, encode_datum
 from etl.meansum import SumLayout
 from etl.messages import ChunkResult, Failure, Item, Record, Task
+from etl.orientation import TRANSPOSING, exif_orientation, upright
 from etl.procs import peak_rss_kb
 from etl.readahead import ReadAhead
 from etl.settings import Settings
@@ -50,11 +52,22 @@ class WorkSpec:
     keep_size: bool = False
     encode_type: str = ""
     resize_filter: str = "antialias"  # caffe: OpenCV's bilinear on the whole decode (etl.transform.box_factors)
+    size: int | None = None  # --resize-mode shorter or longer: each record's size follows its image
+    exif_orientation: str = "ignore"
 
     @property
     def decode_pixels(self) -> int:
         """The most pixels one decode may produce (etl.codec.decode_budget); a kept size, --max-pixels."""
-        return self.max_pixels if self.keep_size else decode_budget(self.width, self.height)
+        if self.keep_size:
+            return self.max_pixels
+        return decode_budget(*largest_output(self.resize_mode, self.width, self.height, self.size))
+
+    def target(self, src_w: int, src_h: int) -> tuple[int, int, str]:
+        """The output width and height for an upright src_w x src_h image, and the geometry mode that makes it."""
+        if self.size is None:
+            return self.width, self.height, self.resize_mode
+        width, height = target_size(src_w, src_h, self.resize_mode, self.size)
+        return width, height, "squash"  # to the image's own aspect ratio: a squash that distorts nothing
 
     @property
     def planar(self) -> bool:
@@ -71,7 +84,7 @@ class WorkSpec:
     @classmethod
     def for_split(cls, s: Settings, name: str, reader: Reader | None, keep_page_cache: bool) -> WorkSpec:
         options = {f.name: getattr(s, f.name) for f in fields(cls) if hasattr(s, f.name)}
-        return cls(reader, SPLIT_CODES[name], sum_pixels=name == "train" and not s.caffe_imageset,
+        return cls(reader, SPLIT_CODES[name], sum_pixels=name == "train" and s.makes_mean,
                    keep_page_cache=keep_page_cache, **options)
 
 
@@ -164,22 +177,27 @@ class ImageConverter:
             return self._caffe_bytes(data, item, times, colours)
         spec, clock = self.spec, time.thread_time
         t1 = clock()
-        planes = self.codec.decode_planes(data, self._scale_chooser) if spec.planar else None
-        decoded = self.codec.decode(data, self._scale_chooser) if planes is None else None
+        turn = exif_orientation(data) if spec.exif_orientation == "apply" else 1
+        chooser = self._scale_chooser if turn not in TRANSPOSING else self._turned_scale_chooser
+        planes = self.codec.decode_planes(data, chooser) if spec.planar and turn == 1 else None
+        decoded = self.codec.decode(data, chooser) if planes is None else None
+        if turn != 1:
+            decoded = _turned(decoded, turn)
         t2 = clock()
         src = planes or decoded
         assert src is not None
-        geo = plan_geometry(src.src_w, src.src_h, spec.width, spec.height, spec.resize_mode)
+        width, height, mode = spec.target(src.src_w, src.src_h)
+        geo = plan_geometry(src.src_w, src.src_h, width, height, mode)
         if planes is not None:
-            out = fit_planes(planes, geo, spec.width, spec.height)
+            out = fit_planes(planes, geo, width, height)
             t3 = clock()
             payload = self.codec.encode_planes(*out, spec.quality)
         else:
-            out = (self._fit(decoded, geo, item),)
+            out = (self._fit(decoded, geo, item, width, height),)
             t3 = clock()
             payload = self.codec.encode(out[0], spec.encoding, spec.quality)
         t4 = clock()
-        value = encode_datum(spec.channels, spec.height, spec.width, payload, item.label, spec.encoding != "none")
+        value = encode_datum(spec.channels, height, width, payload, item.label, spec.encoding != "none")
         t5 = clock()
         times["decode"] += t2 - t1
         times["resize"] += t3 - t2
@@ -210,7 +228,7 @@ class ImageConverter:
         pixels = decoded.pixels
         if not self.spec.keep_size:
             geo = plan_geometry(decoded.src_w, decoded.src_h, self.spec.width, self.spec.height, "squash")
-            pixels = self._fit(decoded, geo, item)
+            pixels = self._fit(decoded, geo, item, self.spec.width, self.spec.height)
         t3 = clock()
         value = self.caffe.record(pixels, item.path, item.label)
         times["decode"] += t2 - t1
@@ -223,20 +241,34 @@ class ImageConverter:
         if warning and self.spec.strict:
             raise BadImage(f"decoded only with a warning (--strict): {warning}")
 
-    def _fit(self, decoded: Decoded | None, geo: Geometry, item: Item) -> np.ndarray:
+    def _fit(self, decoded: Decoded | None, geo: Geometry, item: Item, width: int, height: int) -> np.ndarray:
         assert decoded is not None
         spec = self.spec
         rng = noise_rng(spec.seed, spec.split_code, item.index) if spec.resize_mode in ("fill", "half_crop") else None
-        return apply_geometry(decoded.pixels, geo, spec.width, spec.height, rng, spec.resize_filter)
+        return apply_geometry(decoded.pixels, geo, width, height, rng, spec.resize_filter)
 
     def _scale_chooser(self, src_w: int, src_h: int) -> int:
         s = self.spec
         if s.keep_size or (s.resize_filter == "caffe" and src_w * src_h <= s.decode_pixels):
             return 1  # Caffe's cv::imread decodes whole; over the decode budget: the antialias filter's DCT scale
-        return dct_scale(src_w, src_h, plan_geometry(src_w, src_h, s.width, s.height, s.resize_mode), s.decode_pixels)
+        width, height, mode = s.target(src_w, src_h)
+        return dct_scale(src_w, src_h, plan_geometry(src_w, src_h, width, height, mode), s.decode_pixels)
+
+    def _turned_scale_chooser(self, src_w: int, src_h: int) -> int:
+        """The scale for a JPEG stored turned a quarter: its target is planned on the upright (swapped) size."""
+        return self._scale_chooser(src_h, src_w)
 
 
 def _count_colour(decoded: Decoded | None, colours: dict[str, int] | None) -> None:
     """An image written after a colour conversion (only the Pillow path names one) counts in colours."""
     if decoded is not None and decoded.colour is not None and colours is not None:
         colours[decoded.colour] = colours.get(decoded.colour, 0) + 1
+
+
+def _turned(decoded: Decoded | None, orientation: int) -> Decoded:
+    """The decoded image stood upright by its EXIF orientation, with its source size as the upright picture's."""
+    assert decoded is not None
+    pixels = np.ascontiguousarray(upright(decoded.pixels, orientation))  # OpenCV wants one block of memory
+    if orientation in TRANSPOSING:
+        return decoded._replace(pixels=pixels, src_w=decoded.src_h, src_h=decoded.src_w)
+    return decoded._replace(pixels=pixels)

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import numpy as np
 import psutil
 
+from etl.aspect import largest_output
 from etl.codec import decode_budget
 from etl.errors import UsageError
 from etl.meansum import SumLayout
@@ -28,9 +29,16 @@ JPEG_BYTES_PER_PIXEL = ((50, 0.45), (75, 0.65), (90, 0.95), (95, 1.2), (100, 2.0
 KEPT_SIZE_PIXELS = 1 << 19
 
 
+def output_pixels(s: Settings) -> int:
+    """The most pixels one record holds: --width x --height, or the largest image --resize-mode shorter or longer
+    makes from --size."""
+    width, height = largest_output(s.resize_mode, s.width, s.height, s.size)
+    return width * height
+
+
 def record_bytes(s: Settings) -> int:
     """One converted image as it crosses to the writer: the encoded image (an upper bound) and its envelope."""
-    pixels = KEPT_SIZE_PIXELS if s.keep_size else s.width * s.height
+    pixels = KEPT_SIZE_PIXELS if s.keep_size else output_pixels(s)
     if s.encoding == "jpg":
         qualities, rates = zip(*JPEG_BYTES_PER_PIXEL, strict=True)
         image = int(pixels * float(np.interp(s.quality, qualities, rates)))
@@ -81,8 +89,9 @@ class MemoryNeed(NamedTuple):
 
 
 def worker_bytes(s: Settings) -> int:
-    decode = min(s.max_pixels, decode_budget(s.width, s.height)) * DECODE_BYTES_PER_PIXEL
-    output = OUTPUT_COPIES * s.width * s.height * s.channels
+    decode = min(s.max_pixels, decode_budget(*largest_output(s.resize_mode, s.width, s.height, s.size)))
+    decode *= DECODE_BYTES_PER_PIXEL
+    output = OUTPUT_COPIES * output_pixels(s) * s.channels
     return PROCESS_BYTES + decode + output + 2 * chunk_bytes(s, True)  # the chunk's results, and them pickled
 
 
@@ -117,6 +126,8 @@ def check_memory(s: Settings, available: int | None = None) -> MemoryNeed:
     if fits == need.workers or (fits and not s.workers):
         return memory_need(s, fits)
     knobs = "--max-buffer-mb" if s.resume else "--chunk-size, --max-buffer-mb or --max-pixels"  # resume: same output
+    if s.size is not None and not s.resume:  # a record of up to largest_output: only a smaller --size shrinks it
+        knobs = "--size, " + knobs
     if need.mean_image > room:
         fix = f"a {s.width}x{s.height} mean image alone needs {need.mean_image / GB:.1f} GB: choose a smaller size"
     elif fits:

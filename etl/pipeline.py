@@ -208,7 +208,7 @@ def run_job(s: Settings, job: Plan, out: Path, runner: Runner, progress: bool) -
             s.layout.list("val").write_text("")
     # --check_size decides no byte, so it is not among the output settings; etl verify needs to know it was asked
     shown = {**s.output_settings(), **({"check_size": s.check_size} if s.caffe_imageset else {})}
-    notes = job.notes + colour_notes(done, s.channels)
+    notes = [*job.notes, *colour_notes(done, s.channels), *mean_notes(s)]
     with writing(out, s.layout.report.name):
         report = write_report(s.layout.report, shown, job.labels, done, notes, resumed=s.resume,
                               labels_sha256=labels_sha256)
@@ -218,6 +218,15 @@ def run_job(s: Settings, job: Plan, out: Path, runner: Runner, progress: bool) -
     return report
 
 
+def mean_notes(s: Settings) -> list[str]:
+    """Why a dataset has no mean image, where the recipe would have one."""
+    if s.makes_mean or not s.layout.side_files:
+        return []
+    return [f"no mean image (mean.binaryproto, mean.jpg): --resize-mode {s.resize_mode} makes records of different "
+            "sizes, and a mean image fits only records of its own size (Caffe checks each Datum against it); "
+            "subtract a mean per channel instead (Caffe's mean_value)"]
+
+
 def write_mean_files(s: Settings, out: Path, done: list[SplitStats]) -> None:
     """mean.binaryproto and mean.jpg from the complete train split's pixel sum, as its last commit saved it.
 
@@ -225,7 +234,7 @@ def write_mean_files(s: Settings, out: Path, done: list[SplitStats]) -> None:
     workers from this process, which must not have OpenCV's thread pool running when it forks."""
     for stats in done:
         layout, summary = mean_layout(s.width, s.height, s.channels, stats.name), stats.writer
-        if layout is None or summary is None or not summary.sum_chunks:
+        if not s.makes_mean or layout is None or summary is None or not summary.sum_chunks:
             continue
         try:
             sums = MeanSink(layout, Checkpoint(out), stats.name)

@@ -8,12 +8,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from etl.aspect import VARIABLE_MODES
 from etl.errors import UsageError
 from etl.layout import LABELS, SPLITS, Layout
 from etl.options import kind_of, opt_of, option, problem
 
-RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
+RESIZE_MODES = ("squash", "crop", "fill", "half_crop", *VARIABLE_MODES)
 RESIZE_FILTERS = ("antialias", "caffe")  # etl.transform.resize
+EXIF_ORIENTATIONS = ("ignore", "apply")
 ENCODINGS = ("jpg", "png", "none")
 PAGE_CACHE_MODES = ("auto", "drop", "keep")
 DEFAULT_SEED = 1385  # fixed so that two runs with default options give the same dataset
@@ -96,10 +98,17 @@ class Settings:
                                          "--val)", exclusive="val", low=0, high=100, below=True)
     width: int = option(224, "output width (default {default})", low=1, high=16384)
     height: int = option(224, "output height (default {default})", low=1, high=16384)
-    resize_mode: str = option("squash", "how to reach the size (default {default})", choices=RESIZE_MODES)
+    resize_mode: str = option("squash", "how to reach the size (default {default}); shorter and longer keep the "
+                                        "aspect ratio: the shorter side becomes --size, or the longer side is capped "
+                                        "at --size (records then vary in size, and no mean image is made)",
+                              choices=RESIZE_MODES)
     resize_filter: str = option("antialias", "antialias (default: area-averaged, DIGITS' quality) or caffe "
                                 "(OpenCV's bilinear on the whole decode, as convert_imageset: Caffe's own, "
                                 "aliased, pixels)", choices=RESIZE_FILTERS)
+    size: int | None = option(None, "the side length of --resize-mode shorter or longer (instead of --width and "
+                                    "--height)", low=1, high=16384)
+    exif_orientation: str = option("ignore", "ignore the EXIF orientation tag, as DIGITS and Caffe do (default), or "
+                                   "apply it: a photo tagged as turned is stored upright", choices=EXIF_ORIENTATIONS)
     channels: int = option(3, "3 = RGB (default), 1 = grayscale", choices=(1, 3), rule="1 (grayscale) or 3 (RGB)")
     encoding: str = option("jpg", "jpg (default), png or none (raw CHW BGR)", choices=ENCODINGS)
     quality: int = option(90, "JPEG quality (default {default})", low=1, high=100)
@@ -181,6 +190,12 @@ class Settings:
         if self.val_dir is not None:
             return 0.0
         return DEFAULT_VAL_PCT if self.val_pct is None else self.val_pct
+
+    @property
+    def makes_mean(self) -> bool:
+        """Whether the train split's images are summed into mean.binaryproto: one size for every record, not
+        convert_imageset's database (a mean image fits only records of its own size: Caffe checks each one)."""
+        return not self.caffe_imageset and self.resize_mode not in VARIABLE_MODES
 
     @property
     def layout(self) -> Layout:
@@ -310,7 +325,18 @@ def check_settings(s: Settings) -> None:
         raise UsageError("--max-per-class must be at least --min-per-class")
     if s.resume and s.overwrite:
         raise UsageError("give either --resume or --overwrite, not both")
+    _check_size(s)
     _check_runner(s)
+
+
+def _check_size(s: Settings) -> None:
+    """--size is the side length of the aspect-preserving modes, and theirs only."""
+    if s.resize_mode in VARIABLE_MODES and s.size is None:
+        does = "makes each image's shorter side" if s.resize_mode == "shorter" else "caps each image's longer side at"
+        raise UsageError(f"--resize-mode {s.resize_mode} {does} --size N: give --size too (e.g. --size 256)")
+    if s.size is not None and s.resize_mode not in VARIABLE_MODES:
+        raise UsageError(f"--size goes with --resize-mode shorter or longer; --resize-mode {s.resize_mode} makes "
+                         "--width x --height: give those instead, or one of the two modes")
 
 
 def _check_runner(s: Settings) -> None:

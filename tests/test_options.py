@@ -12,9 +12,9 @@ pytestmark = pytest.mark.quick
 
 # report.json's settings and the --resume check: this exact list, in this order
 OUTPUT_KEYS = ["train_dir", "val_dir", "val_labels", "root", "val_root", "labels", "val_pct", "width", "height",
-               "resize_mode", "resize_filter", "channels", "encoding", "quality", "seed", "shuffle", "shard_size",
-               "min_per_class", "max_per_class", "relative_paths", "max_pixels", "strict", "chunk_size",
-               "caffe_imageset", "keep_size", "encode_type"]
+               "resize_mode", "resize_filter", "size", "exif_orientation", "channels", "encoding", "quality", "seed",
+               "shuffle", "shard_size", "min_per_class", "max_per_class", "relative_paths", "max_pixels", "strict",
+               "chunk_size", "caffe_imageset", "keep_size", "encode_type"]
 # set by etl imageset and by a shard's own run, not etl convert flags
 HIDDEN = {"caffe_imageset", "keep_size", "encode_type", "check_size", "in_shard"}
 

@@ -45,7 +45,7 @@ def death_reason(handle: WorkerHandle) -> str:
 
 def writer_spec(split: Split, s: Settings, out: Path, cache: CacheChoice) -> WriterSpec:
     return WriterSpec(split.name, str(out), split.reader.list_prefix(s.relative_paths), commit_records(s), s.resume,
-                      mean=None if s.caffe_imageset else mean_layout(s.width, s.height, s.channels, split.name),
+                      mean=None if not s.makes_mean else mean_layout(s.width, s.height, s.channels, split.name),
                       keep_page_cache=not cache.drop_output, stop_at_failure=s.on_error == "fail",
                       single_db=s.caffe_imageset or s.in_shard, keys=record_keys(s), check_size=s.check_size,
                       commit_bytes=s.max_buffer_mb * MB)

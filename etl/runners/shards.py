@@ -20,7 +20,7 @@ from etl.meansum import mean_layout
 from etl.memory import MB, commit_records
 from etl.messages import Failure, WriterSummary, add_counts
 from etl.pagecache import CacheChoice
-from etl.settings import Settings
+from etl.settings import Settings, default_of
 from etl.sinks import MeanSink
 from etl.sources.base import Split
 from etl.stats import SplitStats
@@ -168,9 +168,15 @@ def convert_part(runner: Any, part: Split, shard: Shard, s: Settings, where: Pat
     return {**record, "resumed": False}
 
 
+# Options newer than the shard marker: at their default they are left out of its identity, which thus stays what an
+# earlier etl wrote (a shard it finished is still taken as done on --resume).
+NEWER_OPTIONS = frozenset({"size", "exif_orientation", "resize_filter"})
+
+
 def identity(s: Settings, part: Split) -> str:
     """What a done marker must match to be taken as this shard's: the options that decide the bytes, and its items."""
-    text = json.dumps(s.output_settings(), sort_keys=True, default=str) + plan_digest(part.items)
+    settings = {k: v for k, v in s.output_settings().items() if k not in NEWER_OPTIONS or v != default_of(k)}
+    text = json.dumps(settings, sort_keys=True, default=str) + plan_digest(part.items)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -264,7 +270,7 @@ def _join_sums(split: str, shard_dirs: list[Path], parts: list[SplitStats], s: S
     """The mean's integer sum: the shards' sums added, saved in OUT's checkpoint as a writer saves its own (the
     mean files are made from it as from a one-machine run's). Returns the chunk count it is saved under."""
     layout = mean_layout(s.width, s.height, s.channels, split)
-    if layout is None or s.caffe_imageset:
+    if layout is None or not s.makes_mean:
         return 0
     total = layout.zeros(np.int64)
     chunks = 0
