@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing as mp
+import signal
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -43,6 +44,9 @@ def _job(args: tuple[Callable[[bytes], bytes], str, int]) -> tuple[bytes | None,
 
 
 def _init_worker() -> None:
+    # Pool.__exit__ ends its workers with SIGTERM; `etl bench` turns SIGTERM into KeyboardInterrupt, which a fork
+    # inherits: a worker unwinding from it can leave the task queue's lock held, and its siblings wait for ever
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     cv2.setNumThreads(1)
 
 
