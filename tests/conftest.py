@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lmdb
 import numpy as np
 import pytest
 from PIL import Image
@@ -58,3 +59,13 @@ def gradient(width: int, height: int) -> np.ndarray:
     rgb = np.concatenate([np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)),
                           np.full((height, width, 1), 128, np.float32)], axis=2)
     return rgb.astype(np.uint8)
+
+
+def write_db(path: Path, records: list[tuple[bytes, bytes]]) -> Path:
+    """An LMDB written with py-lmdb itself, as Caffe's tools would leave it."""
+    env = lmdb.open(str(path), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for key, value in records:
+            txn.put(key, value)
+    env.close()
+    return path

@@ -7,7 +7,6 @@ import signal
 from pathlib import Path
 
 import cv2
-import lmdb
 import numpy as np
 import pytest
 from PIL import Image
@@ -22,6 +21,7 @@ from etl.procs import mp_context
 from etl.settings import build_settings
 from etl.synth import photo_like
 
+from .conftest import write_db
 from .test_end_to_end import all_records
 
 RNG_SEED = 5
@@ -35,16 +35,6 @@ def pil_bytes(im: Image.Image, fmt: str, **options) -> bytes:
     buf = io.BytesIO()
     im.save(buf, fmt, **options)
     return buf.getvalue()
-
-
-def write_db(path: Path, records: list[tuple[bytes, bytes]]) -> Path:
-    """An LMDB written with py-lmdb itself, as Caffe's tools would leave it."""
-    env = lmdb.open(str(path), map_size=1 << 26)
-    with env.begin(write=True) as txn:
-        for key, value in records:
-            txn.put(key, value)
-    env.close()
-    return path
 
 
 def caffe_encoded(pb2, data: bytes, label: int = 0) -> bytes:

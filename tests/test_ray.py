@@ -86,6 +86,22 @@ def job(small_tree, tmp_path_factory):
     return base, common, local
 
 
+def driver_stuck_at(victim: str, train: str, out: Path, fault_dir: Path, stderr: int) -> subprocess.Popen:
+    """A Ray driver in its own session whose shard task hangs once at the image `victim`."""
+    argv = [sys.executable, "-m", "etl", "convert", train, str(out), "--val-pct", "25", "--chunk-size", "4",
+            "--shard-size", "10", "--runner", "ray", "--cpus-per-shard", "1", "--quiet"]
+    env = {**os.environ, "ETL_TEST_FAULTS": f"hang_once={victim}", "ETL_TEST_FAULT_DIR": str(fault_dir)}
+    return subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=stderr, cwd=Path(__file__).parent.parent)
+
+
+def wait_until_stuck(victim: str, fault_dir: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (fault_dir / f"{victim}.fired").exists():
+        time.sleep(0.2)
+    assert (fault_dir / f"{victim}.fired").exists(), "the stuck image was never reached"
+
+
 def assert_same_as_local(base: Path, out: Path) -> None:
     assert shard_records(out) == shard_records(base / "local")
     for name in SIDE_FILES:
@@ -162,16 +178,9 @@ def test_a_killed_driver_then_resume_gives_the_same_output(cluster, job, tmp_pat
                                     for line in (last / ".etl" / "train.txt").read_text().splitlines())
                   if everywhere.count(name) == 1)
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "etl", "convert", common["train_dir"], str(out), "--val-pct", "25", "--chunk-size",
-            "4", "--shard-size", "10", "--runner", "ray", "--cpus-per-shard", "1", "--quiet"]
-    env = {**os.environ, "ETL_TEST_FAULTS": f"hang_once={victim}", "ETL_TEST_FAULT_DIR": str(tmp_path)}
-    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parent.parent)
+    proc = driver_stuck_at(victim, common["train_dir"], out, tmp_path, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (tmp_path / f"{victim}.fired").exists():
-            time.sleep(0.2)
-        assert (tmp_path / f"{victim}.fired").exists(), "the stuck image was never reached"
+        wait_until_stuck(victim, tmp_path)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -188,16 +197,9 @@ def test_a_driver_killed_alone_leaves_no_ray_process_and_ray_prints_nothing_of_i
 
     base, common, _ = job
     victim = Path((base / "local" / "train.txt").read_text().splitlines()[-1].rsplit(" ", 1)[0]).name
-    argv = [sys.executable, "-m", "etl", "convert", common["train_dir"], str(tmp_path / "out"), "--val-pct", "25",
-            "--chunk-size", "4", "--shard-size", "10", "--runner", "ray", "--cpus-per-shard", "1", "--quiet"]
-    env = {**os.environ, "ETL_TEST_FAULTS": f"hang_once={victim}", "ETL_TEST_FAULT_DIR": str(tmp_path)}
-    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    proc = driver_stuck_at(victim, common["train_dir"], tmp_path / "out", tmp_path, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (tmp_path / f"{victim}.fired").exists():
-            time.sleep(0.2)
-        assert (tmp_path / f"{victim}.fired").exists(), "the stuck image was never reached"
+        wait_until_stuck(victim, tmp_path)
         started = [p for p in psutil.Process(proc.pid).children(recursive=True) if "raywatch" not in " ".join(
             p.cmdline())]
         assert any(p.name().startswith("ray::") for p in started)  # the agents and the task: Ray's own processes

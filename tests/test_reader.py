@@ -8,17 +8,15 @@ import multiprocessing
 import os
 import pickle
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import cv2
-import lmdb
 import numpy as np
 import pytest
 from PIL import Image
 
 from etl.reader import INDEX_STRIDE, LmdbDataset
 
-from .conftest import gradient, jpeg
+from .conftest import gradient, jpeg, write_db
 from .test_imageset import images, run  # noqa: F401  (images: the fixture)
 
 
@@ -39,15 +37,6 @@ def caffe_datum(caffe_pb2, label: int, data: bytes = b"", encoded: bool = True, 
     if floats is not None:
         d.float_data.extend(floats.ravel().tolist())
     return d.SerializeToString()
-
-
-def write_db(path: Path, records: list[tuple[bytes, bytes]]) -> Path:
-    env = lmdb.open(str(path), map_size=1 << 26)
-    with env.begin(write=True) as txn:
-        for key, value in records:
-            txn.put(key, value)
-    env.close()
-    return path
 
 
 def opencv_rgb(data: bytes, flag: int) -> np.ndarray:
