@@ -52,7 +52,8 @@ def test_val_percentage_and_progress(small_tree, tmp_path, capsys):
 @pytest.mark.parametrize(("options", "message"), [
     ({"quality": 0}, "--quality must be from 1 to 100, got 0"),
     ({"val_pct": 150}, "--val-pct must be from 0 to below 100, got 150"),
-    ({"resize_mode": "zoom"}, "--resize-mode must be one of squash, crop, fill, half_crop, got 'zoom'"),
+    ({"resize_mode": "zoom"},
+     "--resize-mode must be one of squash, crop, fill, half_crop, shorter, longer, got 'zoom'"),
     ({"workers": -2}, "--workers must be from 1 to 1024 (0 = every core), got -2"),
     ({"width": "wide"}, "option width expects a whole number, got 'wide'"),
     ({"max_read_mbps": -3}, "--max-read-mbps must be above 0, got -3"),
