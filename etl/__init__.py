@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 # Loaded on first use, so that `import etl` stays cheap (no OpenCV, no LMDB) until a conversion runs.
 _LAZY = {"convert": "etl.api", "verify": "etl.api", "NothingConverted": "etl.api", "UsageError": "etl.errors",

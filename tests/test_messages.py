@@ -152,7 +152,7 @@ def test_demo_with_out_keeps_it_and_says_where(tmp_path, monkeypatch, capsys):
 @pytest.mark.quick
 def test_version():
     proc = run_cli("--version")
-    assert proc.returncode == 0 and proc.stdout.strip() == "etl 0.7.0"
+    assert proc.returncode == 0 and proc.stdout.strip() == "etl 0.8.0"
 
 
 @pytest.mark.quick
