@@ -1,7 +1,6 @@
 """The benchmark harness runs end to end on a tiny corpus and its outputs are well formed (no speed is asserted)."""
 
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -213,15 +212,21 @@ def test_bench_stopped_by_sigterm_removes_its_scratch_folder(tmp_path):
     assert list((tmp_path / "tmp").glob("etl-bench-*")) == []
 
 
-def _sigterm_handler(_: int) -> object:
-    return signal.getsignal(signal.SIGTERM)
+
+POOL_SIGTERM = """
+import multiprocessing, signal
+from etl.baselines import _init_worker
+from etl.pipeline import sigterm_as_interrupt
+def handler(_):
+    return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+with sigterm_as_interrupt(), multiprocessing.get_context("fork").Pool(1, initializer=_init_worker) as pool:
+    print(pool.apply(handler, (0,)))
+"""
 
 
 def test_the_pool_baselines_workers_die_of_the_sigterm_pool_exit_sends():
     """etl bench runs under sigterm_as_interrupt; its forked Pool workers must not inherit that handler: Pool's
-    exit SIGTERMs them, and one unwinding with the task queue's lock held hung its siblings for ever."""
-    from etl.baselines import _init_worker
-    from etl.pipeline import sigterm_as_interrupt
-
-    with sigterm_as_interrupt(), multiprocessing.get_context("fork").Pool(1, initializer=_init_worker) as pool:
-        assert pool.apply(_sigterm_handler, (0,)) == signal.SIG_DFL
+    exit SIGTERMs them, and one unwinding with the task queue's lock held hung its siblings for ever. In a fresh
+    process: a fork of the test runner itself could inherit a lock another test's thread holds."""
+    proc = subprocess.run([sys.executable, "-c", POOL_SIGTERM], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "True", proc.stderr
