@@ -54,8 +54,9 @@ def sum_bytes(s: Settings, images: int) -> int:
 
 
 def chunk_bytes(s: Settings, summed: bool) -> int:
-    """A chunk's results: chunk_size records, and the pixel sum when the split feeds the mean (train)."""
-    return s.chunk_size * record_bytes(s) + (sum_bytes(s, s.chunk_size) if summed else 0)
+    """A chunk's results: chunk_size records, and the pixel sum when the split feeds the mean (train, where the
+    settings make one)."""
+    return s.chunk_size * record_bytes(s) + (sum_bytes(s, s.chunk_size) if summed and s.makes_mean else 0)
 
 
 def window_chunks(s: Settings, workers: int, summed: bool) -> int:
@@ -98,14 +99,14 @@ def worker_bytes(s: Settings) -> int:
 def writer_bytes(s: Settings, workers: int) -> int:
     in_flight = (window_chunks(s, workers, True) + 1) * chunk_bytes(s, True)  # + 1: one being unpickled
     batch = 2 * (commit_records(s) + s.chunk_size) * record_bytes(s)  # and LMDB's copy (large values never spill)
-    size = SumLayout(s.width, s.height, s.channels).size
+    size = SumLayout(s.width, s.height, s.channels).size if s.makes_mean else 0
     mean = size * 20  # the int64 sum; saving it takes a uint32 copy and its file image (more than a planes-only copy)
     return PROCESS_BYTES + in_flight + batch + mean
 
 
 def memory_need(s: Settings, workers: int) -> MemoryNeed:
-    return MemoryNeed(workers, worker_bytes(s), writer_bytes(s, workers),
-                      MEAN_IMAGE_BYTES_PER_PIXEL * s.width * s.height)
+    mean_image = MEAN_IMAGE_BYTES_PER_PIXEL * s.width * s.height if s.makes_mean else 0
+    return MemoryNeed(workers, worker_bytes(s), writer_bytes(s, workers), mean_image)
 
 
 def available_bytes(proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup") -> int:

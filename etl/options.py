@@ -29,6 +29,8 @@ class Opt:
     preset: bool = True  # may be given in a TOML preset and to etl.convert (the folders are not)
     group: str = ""  # the --help section's title (the plain option list when empty)
     exclusive: str = ""  # options sharing this key are mutually exclusive on the command line
+    since: str = ""  # the etl version that added an output option after shard markers existed (0.6.0): at its
+    # default it is left out of a shard's identity, so shards an earlier etl finished stay done on --resume
     alias: tuple[str, Any, str] | None = None  # (flag, value, help): another switch that stores a value
     after: str = ""  # list it in --help after this option instead of in field order
     hidden: bool = False  # not an `etl convert` flag nor a preset key: set by another command (etl imageset)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from etl.codec import header_segments
+
 ORIENTATION_TAG = 0x0112
 TRANSPOSING = frozenset((5, 6, 7, 8))  # the orientations whose upright picture swaps width and height
-_SOS, _APP1 = 0xDA, 0xE1
+_APP1 = 0xE1
 _EXIF_HEADER = b"Exif\x00\x00"
 
 
@@ -14,18 +16,11 @@ def exif_orientation(data: bytes) -> int:
     """A JPEG's EXIF orientation, 1 to 8; 1 (as stored) for no tag, a value out of range or a damaged header.
 
     Walks the marker segments before the first scan: no decode, and nothing past the headers is read."""
-    pos = 2 if data[:2] == b"\xff\xd8" else len(data)
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == _SOS or 0xD0 <= marker <= 0xD9:  # the scan, or a marker without a length: no more headers
-            return 1
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+    if data[:2] != b"\xff\xd8":
+        return 1
+    for pos, marker in header_segments(data):
         if marker == _APP1 and data[pos + 4:pos + 10] == _EXIF_HEADER:
-            return _tiff_orientation(data[pos + 10:pos + 2 + length])
-        pos += 2 + length
+            return _tiff_orientation(data[pos + 10:pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")])
     return 1
 
 

@@ -104,11 +104,12 @@ class Settings:
                               choices=RESIZE_MODES)
     resize_filter: str = option("antialias", "antialias (default: area-averaged, DIGITS' quality) or caffe "
                                 "(OpenCV's bilinear on the whole decode, as convert_imageset: Caffe's own, "
-                                "aliased, pixels)", choices=RESIZE_FILTERS)
+                                "aliased, pixels)", choices=RESIZE_FILTERS, since="0.8.0")
     size: int | None = option(None, "the side length of --resize-mode shorter or longer (instead of --width and "
-                                    "--height)", low=1, high=16384)
+                                    "--height)", low=1, high=16384, since="0.8.0")
     exif_orientation: str = option("ignore", "ignore the EXIF orientation tag, as DIGITS and Caffe do (default), or "
-                                   "apply it: a photo tagged as turned is stored upright", choices=EXIF_ORIENTATIONS)
+                                   "apply it: a photo tagged as turned is stored upright", choices=EXIF_ORIENTATIONS,
+                                   since="0.8.0")
     channels: int = option(3, "3 = RGB (default), 1 = grayscale", choices=(1, 3), rule="1 (grayscale) or 3 (RGB)")
     encoding: str = option("jpg", "jpg (default), png or none (raw CHW BGR)", choices=ENCODINGS)
     quality: int = option(90, "JPEG quality (default {default})", low=1, high=100)
@@ -360,7 +361,8 @@ def _check_folders(s: Settings) -> None:
             raise UsageError("train folder not found: (none given)")
         if path is not None and find_kind(path) is None:
             if os.path.exists(path):
-                found = f" (it {found_instead(path)})" if found_instead(path) else ""
+                what = found_instead(path)  # it reads the file: once
+                found = f" (it {what})" if what else ""
                 raise UsageError(f"{role} folder {path} is not a folder, a tar archive nor a list file{found}: give "
                                  "the folder that holds one sub-folder per class, a tar of class tars or class "
                                  "folders, or a file of 'path label' lines")

@@ -175,3 +175,15 @@ def test_a_size_too_large_for_memory_is_refused_naming_size_and_a_smaller_one_fi
     with pytest.raises(UsageError, match="lower --size, --chunk-size"):
         check_memory(big, available=room)
     assert check_memory(small, available=room).workers == 1
+
+
+def test_no_mean_is_budgeted_where_none_is_made():
+    """--width and --height play no part in shorter and longer, and neither does the mean they would size."""
+    from etl.memory import chunk_bytes, memory_need, writer_bytes
+
+    small, huge = (Settings(resize_mode="shorter", size=256, width=w, height=w) for w in (224, 16384))
+    assert memory_need(huge, 2) == memory_need(small, 2) and memory_need(huge, 2).mean_image == 0
+    assert chunk_bytes(huge, summed=True) == chunk_bytes(huge, summed=False)
+    fixed = Settings(width=224, height=224)
+    assert memory_need(fixed, 2).mean_image > 0 and chunk_bytes(fixed, True) > chunk_bytes(fixed, False)
+    assert writer_bytes(huge, 2) < writer_bytes(Settings(width=16384, height=16384), 2)

@@ -60,8 +60,8 @@ class ConcurrentShards:
                     self._start(waiting.pop(0))
                 for conn in wait(list(self.running), timeout=POLL_SECONDS):
                     self._collect(conn, records)
-                bar.n = committed_images(self.split.name, shards, self.folder, self.s.chunk_size, set(records))
-                bar.refresh()
+                images = committed_images(self.split.name, shards, self.folder, self.s.chunk_size, set(records))
+                bar.update(images - bar.n)  # update, not refresh: a bar in a log file writes at most every few s
         except KeyboardInterrupt:
             self._stop()
             raise Interrupted(interrupted_text(self.split, shards, self.folder, self.s.chunk_size, set(records)),

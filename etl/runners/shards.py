@@ -19,8 +19,9 @@ from etl.layout import CHECKPOINT_DIR, Layout, db_path, list_path
 from etl.meansum import mean_layout
 from etl.memory import MB, commit_records
 from etl.messages import Failure, WriterSummary, add_counts
+from etl.options import opt_of
 from etl.pagecache import CacheChoice
-from etl.settings import Settings, default_of
+from etl.settings import FIELDS, Settings, default_of
 from etl.sinks import MeanSink
 from etl.sources.base import Split
 from etl.stats import SplitStats
@@ -168,9 +169,9 @@ def convert_part(runner: Any, part: Split, shard: Shard, s: Settings, where: Pat
     return {**record, "resumed": False}
 
 
-# Options newer than the shard marker: at their default they are left out of its identity, which thus stays what an
-# earlier etl wrote (a shard it finished is still taken as done on --resume).
-NEWER_OPTIONS = frozenset({"size", "exif_orientation", "resize_filter"})
+# Options newer than the shard marker (declared with `since`): at their default they are left out of its identity,
+# which thus stays what an earlier etl wrote (a shard it finished is still taken as done on --resume).
+NEWER_OPTIONS = frozenset(name for name, f in FIELDS.items() if opt_of(f).since)
 
 
 def identity(s: Settings, part: Split) -> str:
