@@ -23,8 +23,8 @@ from turbojpeg import (
 )
 
 from etl.colour import chroma_shape
+from etl.datumpixels import JPEG_MAGIC
 
-JPEG_MAGIC = b"\xff\xd8"
 # What one worker decodes at most, in pixels, unless the output itself is larger (decode_budget): ordinary
 # photographs stay below it; a JPEG above it is decoded at a smaller DCT scale, anything else is refused.
 DECODE_BUDGET_PIXELS = 1 << 26  # 8192 x 8192

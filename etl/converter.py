@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from etl.aspect import largest_output, target_size
+from etl.aspect import VARIABLE_MODES, largest_output, target_size
 from etl.caffeimage import CaffeImage
 from etl.checkpoint import add_stamps, item_stamp
 from etl.codec import BadImage, Codec, Decoded, decode_budget
@@ -26,6 +26,7 @@ from etl.throttle import ReadGate
 from etl.transform import Geometry, apply_geometry, dct_scale, fit_planes, noise_rng, plan_geometry
 
 SPLIT_CODES = {"train": 0, "val": 1}
+PLANAR_MODES = ("squash", "crop", *VARIABLE_MODES)  # the modes that never pad
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,9 @@ class WorkSpec:
 
     @property
     def planar(self) -> bool:
-        """Whether JPEGs can go through as YCbCr planes: colour JPEG output, and a mode that never pads."""
-        return (self.encoding == "jpg" and self.channels == 3 and self.resize_mode in ("squash", "crop")
+        """Whether JPEGs can go through as YCbCr planes: colour JPEG output, and a mode that never pads (shorter
+        and longer are squashes to each image's own size: target)."""
+        return (self.encoding == "jpg" and self.channels == 3 and self.resize_mode in PLANAR_MODES
                 and not self.caffe_imageset and self.resize_filter == "antialias")
 
     def caffe_image(self, codec: Codec) -> CaffeImage | None:

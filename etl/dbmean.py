@@ -17,11 +17,12 @@ import cv2
 import lmdb
 import numpy as np
 from PIL import Image
-from turbojpeg import TJFLAG_STOPONWARNING, TJPF_BGR, TJPF_GRAY, TJSAMP_GRAY, TJCS_YCbCr, TurboJPEG
+from turbojpeg import TJFLAG_STOPONWARNING, TJPF_BGR, TurboJPEG
 
 from etl.checkpoint import fsync_write
-from etl.codec import JPEG_MAGIC, libjpeg_warnings
+from etl.codec import libjpeg_warnings
 from etl.datum import Datum, decode_datum, encode_blobproto
+from etl.datumpixels import JPEG_MAGIC, datum_planes, turbojpeg_pixels
 from etl.errors import PipelineError, UsageError, write_failure
 from etl.layout import REPORT
 from etl.outlock import shared_around
@@ -215,27 +216,20 @@ def raw_pixels(datum: Datum) -> np.ndarray:
     """A raw record's CHW planes as an HWC view (no copy)."""
     if not datum.data and datum.float_data:
         raise RecordError("holds float_data (float pixels); etl mean sums 8-bit pixels only")
-    shape = Shape(datum.channels, datum.height, datum.width)
-    need = shape.channels * shape.height * shape.width
-    if need <= 0 or len(datum.data) != need:
-        raise RecordError(f"holds {plural(len(datum.data), 'byte')} of data, where its size {shape} needs {need:,d}")
-    return np.frombuffer(datum.data, np.uint8).reshape(shape).transpose(1, 2, 0)
+    try:
+        return datum_planes(datum)
+    except ValueError as exc:
+        raise RecordError(str(exc)) from None
 
 
 def decode_jpeg(data: bytes, tj: TurboJPEG) -> np.ndarray | None:
     """libjpeg-turbo straight to BGR, or to one plane for a gray JPEG: what OpenCV gives, faster.
 
-    None for what libjpeg-turbo would decode otherwise than OpenCV (CMYK/YCCK and RGB-coded JPEGs: OpenCV
-    converts them itself) and for a JPEG that makes libjpeg warn (OpenCV goes on past a warning)."""
+    None for what libjpeg-turbo cannot decode as OpenCV does (CMYK and YCCK: OpenCV converts them itself) and
+    for a JPEG that makes libjpeg warn (OpenCV goes on past a warning)."""
     with libjpeg_warnings() as caught:
         try:
-            _, _, subsample, colorspace = tj.decode_header(data)
-            if subsample == TJSAMP_GRAY:
-                pixels = tj.decode(data, pixel_format=TJPF_GRAY, flags=TJFLAG_STOPONWARNING)
-            elif colorspace == TJCS_YCbCr:
-                pixels = tj.decode(data, pixel_format=TJPF_BGR, flags=TJFLAG_STOPONWARNING)
-            else:
-                return None
+            pixels = turbojpeg_pixels(data, tj, TJPF_BGR, flags=TJFLAG_STOPONWARNING)
         except OSError:
             return None
     return None if caught else pixels

@@ -15,10 +15,10 @@ from typing import Any
 import cv2
 import lmdb
 import numpy as np
-from turbojpeg import TJCS_CMYK, TJCS_YCCK, TJPF_GRAY, TJPF_RGB, TJSAMP_GRAY, TurboJPEG
+from turbojpeg import TJPF_RGB, TurboJPEG
 
-from etl.codec import JPEG_MAGIC
 from etl.datum import Datum, decode_datum
+from etl.datumpixels import JPEG_MAGIC, datum_planes, turbojpeg_pixels
 
 Sample = tuple[np.ndarray, int]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -60,7 +60,7 @@ def datum_pixels(datum: Datum, tj: TurboJPEG | None = None) -> np.ndarray:
         raise ValueError("record is marked encoded but holds no data")
     gray = {1: True, 3: False}.get(datum.channels)
     if datum.data.startswith(JPEG_MAGIC) and tj is not None:
-        pixels = _turbojpeg_pixels(datum.data, tj, gray)
+        pixels = turbojpeg_pixels(datum.data, tj, TJPF_RGB, gray)
         if pixels is not None:
             return pixels
     if gray is None:
@@ -74,26 +74,11 @@ def datum_pixels(datum: Datum, tj: TurboJPEG | None = None) -> np.ndarray:
 
 def _raw_pixels(datum: Datum) -> np.ndarray:
     """Raw CHW planes (uint8 `data`, or float32 `float_data` when data is empty) as HWC, RGB for 3 channels."""
-    floats = not datum.data and bool(datum.float_data)
-    values = np.asarray(datum.float_data, np.float32) if floats else np.frombuffer(datum.data, dtype=np.uint8)
-    need = datum.channels * datum.height * datum.width
-    if need <= 0 or values.size != need:
-        raise ValueError(f"record holds {values.size:,d} {'float values' if floats else 'bytes'} where its size "
-                         f"{datum.channels}x{datum.height}x{datum.width} (channels x height x width) needs {need:,d}")
-    hwc = values.reshape(datum.channels, datum.height, datum.width).transpose(1, 2, 0)
+    try:
+        hwc = datum_planes(datum)
+    except ValueError as exc:
+        raise ValueError(f"record {exc}") from None
     return np.ascontiguousarray(hwc[:, :, ::-1] if datum.channels == 3 else hwc)
-
-
-def _turbojpeg_pixels(data: bytes, tj: TurboJPEG, gray: bool | None) -> np.ndarray | None:
-    """A JPEG through libjpeg-turbo, gray or RGB (None: as its header says); None for CMYK and YCCK, which
-    libjpeg-turbo cannot turn to RGB or gray and OpenCV does. A damaged JPEG raises libjpeg's own message."""
-    _, _, subsample, colorspace = tj.decode_header(data)
-    if colorspace in (TJCS_CMYK, TJCS_YCCK):
-        return None
-    if gray is None:
-        gray = subsample == TJSAMP_GRAY
-    pixels = tj.decode(data, pixel_format=TJPF_GRAY if gray else TJPF_RGB)
-    return pixels if pixels.ndim == 3 else pixels[:, :, None]
 
 
 def _png_is_gray(data: bytes) -> bool | None:
@@ -250,14 +235,6 @@ class LmdbDataset:
     def __iter__(self) -> Iterator[Sample]:
         for _, datum in self.items():
             yield self._sample(datum)
-
-    def value(self, key: bytes) -> bytes | None:
-        with self._open().begin() as txn:
-            return txn.get(key)
-
-    def keys(self) -> list[bytes]:
-        with self._open().begin() as txn:
-            return [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
 
     def close(self) -> None:
         """Stop using the environment; it closes when no other dataset of this process is using it."""

@@ -187,3 +187,29 @@ def test_no_mean_is_budgeted_where_none_is_made():
     fixed = Settings(width=224, height=224)
     assert memory_need(fixed, 2).mean_image > 0 and chunk_bytes(fixed, True) > chunk_bytes(fixed, False)
     assert writer_bytes(huge, 2) < writer_bytes(Settings(width=16384, height=16384), 2)
+
+
+@pytest.mark.parametrize("mode, size", [("shorter", 33), ("longer", 45)])
+def test_both_modes_take_the_jpeg_planes_path_odd_sizes_too(tree, mode, size, monkeypatch):
+    """shorter and longer are squashes to each image's own size: a JPEG goes as its YCbCr planes (no RGB decode),
+    as under squash and crop, also where the record's sides are odd (wide: 50x33, 45x30; tall: 33x82, 18x45)."""
+    from collections import defaultdict
+
+    from etl.codec import Codec
+    from etl.datum import decode_datum
+    from etl.messages import Item
+
+    def no_pixel_decode(*_):
+        raise AssertionError("took the RGB pixel path")
+
+    monkeypatch.setattr(Codec, "decode", no_pixel_decode)
+    conv = ImageConverter(WorkSpec.for_split(Settings(resize_mode=mode, size=size), "train", None, False))
+    for name in ("wide", "tall"):
+        data = (tree / "a" / f"{name}.jpg").read_bytes()
+        value, _ = conv.convert_bytes(data, Item(0, name, 0), defaultdict(float))
+        datum = decode_datum(value)
+        pixels = np.asarray(Image.open(io.BytesIO(datum.data)))
+        w, h = target_size(*SIZES[name], mode, size)
+        assert (datum.width, datum.height) == (w, h) and pixels.shape == (h, w, 3) and (w % 2 or h % 2), name
+        referee = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((w, h), Image.LANCZOS))
+        assert psnr(pixels, referee) > 32, name

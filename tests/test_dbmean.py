@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from turbojpeg import TurboJPEG
+from turbojpeg import TJCS_RGB, TurboJPEG
 
 from etl import dbmean
 from etl.cli import main
@@ -135,6 +135,32 @@ def test_the_fast_jpeg_path_gives_opencvs_pixels_for_every_kind_of_jpeg():
         record_pixels(encoded_datum(cut), tj)
 
 
+@pytest.mark.quick
+def test_an_rgb_coded_jpeg_takes_the_fast_path_in_the_mean_and_the_reader_with_opencvs_and_pillows_pixels():
+    """An Adobe marker with transform 0 says the JPEG's components are R, G, B, not YCbCr: libjpeg-turbo decodes it
+    as OpenCV and Pillow do, so neither etl mean nor the reader sends it to OpenCV (only CMYK and YCCK go)."""
+    from etl.datum import Datum
+    from etl.reader import datum_pixels
+
+    adobe_rgb = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # APP14, transform 0: RGB-coded
+    tj = TurboJPEG()
+    for subsampling in (0, 2):
+        plain = pil_bytes(Image.fromarray(photo(67, 45, RNG_SEED)), "JPEG", quality=90, subsampling=subsampling)
+        jfif_end = 4 + int.from_bytes(plain[4:6], "big")  # a JFIF marker would make libjpeg read YCbCr anyway
+        data = plain[:2] + adobe_rgb + plain[jfif_end:]
+        assert tj.decode_header(data)[3] == TJCS_RGB
+        opencv_bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        pillow_rgb = np.asarray(Image.open(io.BytesIO(data)))
+        np.testing.assert_array_equal(opencv_bgr[:, :, ::-1], pillow_rgb)  # the referees agree
+        fast = decode_jpeg(data, tj)
+        assert fast is not None
+        np.testing.assert_array_equal(fast, opencv_bgr)
+        np.testing.assert_array_equal(record_pixels(encoded_datum(data), tj), opencv_bgr)
+        np.testing.assert_array_equal(datum_pixels(Datum(0, 0, 0, data, 0, True), tj), pillow_rgb)
+        gray = datum_pixels(Datum(1, 45, 67, data, 0, True), tj)[:, :, 0]
+        np.testing.assert_array_equal(gray, cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE))
+
+
 def encoded_datum(data: bytes) -> bytes:
     from etl.datum import encode_datum
 
@@ -256,7 +282,7 @@ def test_records_it_cannot_read_are_one_line_naming_their_key(caffe_pb2, tmp_pat
                          "holds data that is not an image OpenCV can decode"),
         "not a datum": (b"\x22\x10abc", "is not a Datum"),
         "short raw": (caffe_pb2.Datum(channels=3, height=16, width=20, data=b"\0" * 10).SerializeToString(),
-                      "holds 10 bytes of data, where its size 3x16x20 needs 960"),
+                      "holds 10 bytes where its size 3x16x20 (channels x height x width) needs 960"),
         "float": (caffe_pb2.Datum(channels=1, height=2, width=2, float_data=[0.5] * 4).SerializeToString(),
                   "float_data"),
     }
