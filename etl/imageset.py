@@ -49,10 +49,14 @@ ETL_FLAGS: dict[str, Flag] = {
 }
 FLAGS = {**CAFFE_FLAGS, **ETL_FLAGS}
 CHUNK = 50  # images per worker task: 20 make the 1,000 records of each of convert_imageset's commits
-FLAG = re.compile(r"^--?([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$", re.S)
+# a name with '-' is matched too, so that etl convert's spelling (--resize-filter) is refused, never taken as DB_NAME
+FLAG = re.compile(r"^--?([A-Za-z_][A-Za-z0-9_-]*)(?:=(.*))?$", re.S)
 
 
 def _unknown(name: str) -> UsageError:
+    if name.replace("-", "_") in FLAGS:
+        return UsageError(f"etl imageset: unknown flag --{name}: its flags are spelt as Caffe's, with '_': "
+                          f"--{name.replace('-', '_')}")
     close = difflib.get_close_matches(name, list(FLAGS), 1)
     hint = f"; did you mean --{close[0]}?" if close else ""
     return UsageError(f"etl imageset: unknown flag --{name}{hint}")

@@ -338,6 +338,9 @@ def _check_size(s: Settings) -> None:
     if s.size is not None and s.resize_mode not in VARIABLE_MODES:
         raise UsageError(f"--size goes with --resize-mode shorter or longer; --resize-mode {s.resize_mode} makes "
                          "--width x --height: give those instead, or one of the two modes")
+    if s.resize_mode in VARIABLE_MODES and (s.width, s.height) != (default_of("width"), default_of("height")):
+        raise UsageError(f"--width and --height go with the fixed-size modes; --resize-mode {s.resize_mode} sizes "
+                         "each image by --size alone: leave them out")
 
 
 def _check_runner(s: Settings) -> None:

@@ -126,6 +126,8 @@ def test_verify_finds_a_record_whose_size_breaks_the_rule(tree, tmp_path):
     (["--resize-mode", "shorter"], "--resize-mode shorter makes each image's shorter side --size N: give --size"),
     (["--resize-mode", "longer"], "--resize-mode longer caps each image's longer side at --size N: give --size"),
     (["--resize-mode", "crop", "--size", "256"], "--resize-mode crop makes --width x --height"),
+    (["--resize-mode", "shorter", "--size", "40", "--width", "100"],
+     "--width and --height go with the fixed-size modes; --resize-mode shorter sizes each image by --size alone"),
 ])
 def test_size_and_the_two_modes_go_together_or_are_refused_in_one_line(tree, tmp_path, args, says):
     out = tmp_path / "ds"

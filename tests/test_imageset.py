@@ -88,6 +88,9 @@ def test_bad_flags_and_arguments_stop_with_one_line(images, tmp_path, capsys):
          "unknown flag --resize_widht; did you mean --resize_width?"),
         (["--shuffle=maybe", str(root), str(listed), "db"], "--shuffle takes true or false"),
         (["--backend", "leveldb", str(root), str(listed), "db"], "--backend leveldb is not supported"),
+        # etl convert's spelling, last: refused, never taken as DB_NAME (a folder named --resize-filter=antialias)
+        ([str(root), str(listed), "db", "--resize-filter=antialias"],
+         "unknown flag --resize-filter: its flags are spelt as Caffe's, with '_': --resize_filter"),
         (["--resize_filter=cubic", str(root), str(listed), str(tmp_path / "db")],
          "--resize_filter must be one of antialias, caffe, got 'cubic'"),
         (["--encoded", "--check_size", str(root), str(listed), "db"], "--check_size compares raw images"),
