@@ -41,6 +41,14 @@ from .test_end_to_end import all_records
 FOUR = [class_tar(f"n{c}", 3, 10 * c) for c in range(4)]
 
 
+def tar_folder(folder: Path, tars: list[tuple[str, bytes]]) -> Path:
+    """A folder of class tars, as the recipe's downloads leave it before extraction."""
+    folder.mkdir()
+    for name, data in tars:
+        (folder / name).write_bytes(data)
+    return folder
+
+
 def dataset(out: Path) -> dict[str, object]:
     """What a train-only conversion's consumers read: every record, the labels and the means."""
     return {"train_db": all_records(out / "train_db"), **{name: (out / name).read_bytes() for name in OUTPUTS}}
@@ -207,10 +215,7 @@ def test_a_tar_nested_in_a_class_tar_is_left_out_in_both_forms_alike(tmp_path):
     classes = [("n0.tar", tar_bytes([("n0_1.JPEG", image(1)), ("n0_2.JPEG", image(2)), ("backup.tar", backup)])),
                class_tar("n1", 2, 20)]
     train = write_tar(tmp_path / "train.tar", classes)
-    folder = tmp_path / "tars"
-    folder.mkdir()
-    for name, data in classes:
-        (folder / name).write_bytes(data)
+    folder = tar_folder(tmp_path / "tars", classes)
     from_tar, from_folder = tmp_path / "a", tmp_path / "b"
     convert(train, from_tar, "--val-pct", "0")
     convert(folder, from_folder, "--val-pct", "0")
@@ -399,10 +404,7 @@ def test_links_to_nothing_in_a_flat_val_folder_are_named_and_stop_a_fail_run(tmp
 
 
 def test_a_folder_of_class_tars_names_a_partial_download_and_a_link_to_nothing(tmp_path):
-    folder = tmp_path / "tars"
-    folder.mkdir()
-    for name, data in FOUR[:2]:
-        (folder / name).write_bytes(data)
+    folder = tar_folder(tmp_path / "tars", FOUR[:2])
     (folder / "n2.tar.part").write_bytes(FOUR[2][1])  # the recipe's *.tar loop skips it
     (folder / "n3.tar").symlink_to("/nonexistent/n3.tar")
     out = tmp_path / "out"
@@ -491,10 +493,7 @@ def test_a_hard_link_to_a_later_class_tar_stops_a_fail_run(tmp_path):
 
 
 def test_a_class_tar_not_named_tar_is_read_with_a_note(tmp_path):
-    folder = tmp_path / "tars"
-    folder.mkdir()
-    for name, data in FOUR[:2]:
-        (folder / name).write_bytes(data)
+    folder = tar_folder(tmp_path / "tars", FOUR[:2])
     (folder / "n2").write_bytes(FOUR[2][1])
     source = TarFolderSource(str(folder))
     assert list(source.classes()) == ["n0", "n1", "n2"]
